@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need, idempotently: Debian packages (LXC,
+# busybox, protoc, iproute2, systemd's unit verifier) and pinned Go tools. Safe to re-run.
+set -euo pipefail
+
+PROTOC_GEN_GO_VERSION=v1.36.12
+STATICCHECK_VERSION=v0.8.2
+PKGS=(lxc lxc-templates busybox-static uidmap protobuf-compiler iproute2 rsync systemd make git ca-certificates)
+
+export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
+if ! command -v go >/dev/null 2>&1; then
+  echo "deps: Go is not installed: install Go 1.26 to /usr/local/go (https://go.dev/doc/install), then re-run" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing Debian packages ${missing[*]}: run as root (or install them) and re-run" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq </dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+fi
+
+GOBIN=$(go env GOPATH)/bin
+if [ "$("$GOBIN/protoc-gen-go" --version 2>/dev/null)" != "protoc-gen-go $PROTOC_GEN_GO_VERSION" ]; then
+  echo "deps: go install protoc-gen-go@$PROTOC_GEN_GO_VERSION"
+  go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
+fi
+if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+  echo "deps: go install staticcheck@$STATICCHECK_VERSION"
+  go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
+
+# Unprivileged containers need subordinate ids for root.
+for f in /etc/subuid /etc/subgid; do
+  if [ "$(id -u)" -eq 0 ] && ! grep -q '^root:100000:65536$' "$f" 2>/dev/null; then
+    echo 'root:100000:65536' >> "$f"
+  fi
+done

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what tests need, then runs lint, the protobuf
+# drift check, every unit and integration test (real LXC containers where root) and the
+# end-to-end suite. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
+
+./scripts/deps.sh
+echo "== lint"
+make --no-print-directory lint
+echo "== protobuf drift"
+make --no-print-directory proto-check
+echo "== build"
+make --no-print-directory build
+echo "== tests (unit, integration, end to end)"
+go test -count=1 -timeout 25m -fuzztime=0s ./... 2>&1 | tee /tmp/gpupass-test.log
+echo "== fuzz (brief, over the committed corpus)"
+./scripts/fuzz.sh "${FUZZ_BRIEF:-3s}"
