@@ -1,0 +1,111 @@
+package hostagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"gpupass/internal/gpu"
+	"gpupass/internal/runner"
+)
+
+// Prepare makes sure the nodes GPU containers need exist before any container starts:
+// /dev/nvidia-uvm and /dev/nvidia-uvm-tools (and the MIG capability nodes where MIG is
+// on). It runs nvidia-modprobe -u -c=0 where present, else mknods them from the majors
+// /proc/devices gives now. When the driver is not loaded it says so; GPU containers are
+// then reported not ready with that reason.
+func (a *Agent) Prepare(ctx context.Context, r runner.Runner) error {
+	err := a.prepare(ctx, r)
+	a.mu.Lock()
+	a.prepErr = err
+	a.mu.Unlock()
+	return err
+}
+
+func (a *Agent) prepare(ctx context.Context, r runner.Runner) error {
+	inv, err := a.discover()
+	if err != nil {
+		if errors.Is(err, gpu.ErrNoDriver) {
+			return fmt.Errorf("nvidia kernel driver not loaded on this host: %w", err)
+		}
+		if inv == nil {
+			return err
+		}
+	}
+	root := a.cfg.HostRoot
+	if root == "" || root == "/" {
+		if path, lerr := exec.LookPath("nvidia-modprobe"); lerr == nil {
+			if _, rerr := r.Run(ctx, path, "-u", "-c=0"); rerr != nil {
+				a.log.WithError(rerr).Warn("nvidia-modprobe failed; creating nodes from /proc/devices")
+			} else if inv, err = a.discover(); err != nil && inv == nil {
+				return err
+			}
+		}
+	}
+	uvm, ok := inv.Majors[gpu.MajorUVM]
+	if !ok {
+		return errors.New("nvidia-uvm is not loaded (no nvidia-uvm major in /proc/devices): load it with nvidia-modprobe -u -c=0 or modprobe nvidia-uvm")
+	}
+	for _, n := range []struct {
+		path  string
+		minor uint32
+	}{{gpu.PathUVM, 0}, {gpu.PathUVMTools, 1}} {
+		if err := ensureNode(inv, n.path, uvm, n.minor); err != nil {
+			return err
+		}
+	}
+	if caps, ok := inv.Majors[gpu.MajorCaps]; ok {
+		for name, minor := range migCapMinors(root) {
+			if err := ensureNode(inv, filepath.Join(gpu.DirCaps, name), caps, minor); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ensureNode creates the node when it is missing, or replaces one whose major is stale.
+func ensureNode(inv *gpu.Inventory, path string, major, minor uint32) error {
+	if n, ok := inv.Nodes[path]; ok && n.Char && n.Major == major && n.Minor == minor {
+		return nil
+	}
+	host := inv.HostPath(path)
+	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(host), err)
+	}
+	_ = os.Remove(host)
+	if err := gpu.Mknod(host, major, minor, 0o666); err != nil {
+		return fmt.Errorf("create node %s (%d:%d): %w", host, major, minor, err)
+	}
+	return nil
+}
+
+// migCapMinors reads the MIG capability files (/proc/driver/nvidia/capabilities/mig/*:
+// "DeviceFileMinor: N") and names their nodes nvidia-cap<N>.
+func migCapMinors(root string) map[string]uint32 {
+	dir := filepath.Join(root, "proc/driver/nvidia/capabilities/mig")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := map[string]uint32{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "DeviceFileMinor:"); ok {
+				if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+					out[fmt.Sprintf("nvidia-cap%d", n)] = uint32(n)
+				}
+			}
+		}
+	}
+	return out
+}

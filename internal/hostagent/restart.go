@@ -1,0 +1,168 @@
+package hostagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"gpupass/internal/observe"
+	"gpupass/internal/passthrough"
+	"gpupass/internal/pveconf"
+	"gpupass/internal/runtime"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+var gpuNodeName = regexp.MustCompile(`^nvidia[0-9]+$`)
+
+// decideRestart applies the restart rule to a running container: restart iff what it runs
+// with differs from what is desired. The evidence is observed state: the nodes its init
+// really has (/proc/<pid>/root/dev), its guest socket mount, the device rules of the
+// config it was started with, and its guest's report. Whether this apply writes anything
+// never enters into it. Where the evidence cannot settle it, restart and say why.
+func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, res *passthrough.Result, style pb.Style) *pb.RestartDecision {
+	var reasons []string
+	want := map[string]passthrough.ExpectedDevice{}
+	paths := make([]string, 0, len(res.Devices))
+	for _, d := range res.Devices {
+		want[d.Path] = d
+		paths = append(paths, d.Path)
+	}
+
+	// 1. The nodes the running container really has.
+	seen, err := observe.Devices(a.procRoot(), st.InitPID, paths)
+	if err != nil {
+		reasons = append(reasons, fmt.Sprintf("cannot inspect the running container's /dev (%v); restarting to be sure", err))
+	}
+	for _, p := range paths {
+		d, n := want[p], seen[p]
+		switch {
+		case err != nil:
+		case !n.Exists:
+			reasons = append(reasons, fmt.Sprintf("running container has no %s (want %d:%d)", p, d.Major, d.Minor))
+		case !n.Char:
+			reasons = append(reasons, fmt.Sprintf("running container's %s is not a character device (an optional bind left an empty file); want %d:%d", p, d.Major, d.Minor))
+		case n.Major != d.Major || n.Minor != d.Minor:
+			reasons = append(reasons, fmt.Sprintf("running container's %s is %d:%d, want %d:%d", p, n.Major, n.Minor, d.Major, d.Minor))
+		}
+	}
+	for _, extra := range a.extraGPUNodes(st.InitPID, want) {
+		reasons = append(reasons, fmt.Sprintf("running container still has %s, which is not assigned", extra))
+	}
+
+	// 2. The guest socket directory must be the bind mount of this container's directory.
+	if ok, why := a.guestMountLive(st.InitPID, id); !ok {
+		reasons = append(reasons, why)
+	}
+
+	// 3. The device rules of the config it was started with (raw style: the lxc.* keys
+	// are copied verbatim into the start-time config; dev style entries are rendered by
+	// PVE itself and checked through the nodes and the guest).
+	noRecord := false
+	if style != pb.Style_STYLE_DEV {
+		started, err := a.rt.StartedConfig(ctx, id)
+		switch {
+		case errors.Is(err, runtime.ErrNoStartedConfig):
+			noRecord = true
+		case err != nil:
+			reasons = append(reasons, fmt.Sprintf("cannot read the config the container was started with (%v); restarting to be sure", err))
+		default:
+			reasons = append(reasons, a.compareStarted(started, res)...)
+		}
+	}
+
+	// 4. The guest's own report from inside this running container.
+	guestProved := false
+	if snap, ok := a.guests.Latest(id); ok && snap.Connected && snap.Report != nil {
+		checked := 0
+		for _, dc := range snap.Report.GetDevices() {
+			d, ok := want[dc.GetPath()]
+			if !ok || dc.GetMajor() != d.Major || dc.GetMinor() != d.Minor {
+				continue
+			}
+			checked++
+			if dc.GetStatus() == pb.DeviceStatus_DEVICE_STATUS_DENIED {
+				reasons = append(reasons, fmt.Sprintf("guest reports %s denied by the device cgroup: the running rules do not allow it", dc.GetPath()))
+			}
+		}
+		guestProved = checked == len(want) && len(want) > 0
+	}
+	if noRecord && len(reasons) == 0 && len(want) > 0 && !guestProved {
+		reasons = append(reasons, "no record of the device rules the running container was started with, and no guest report proves them; restarting to be sure")
+	}
+	sort.Strings(reasons)
+	return &pb.RestartDecision{Required: len(reasons) > 0, Reasons: reasons}
+}
+
+// extraGPUNodes lists /dev/nvidia<N> nodes inside the running container that are not
+// desired (a shrunk assignment, GPUs a clone inherited).
+func (a *Agent) extraGPUNodes(pid int, want map[string]passthrough.ExpectedDevice) []string {
+	ents, err := os.ReadDir(filepath.Join(a.procRoot(), fmt.Sprint(pid), "root", "dev"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		p := "/dev/" + e.Name()
+		if gpuNodeName.MatchString(e.Name()) {
+			if _, ok := want[p]; !ok {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// guestMountLive reports whether the container's /run/gpupass is this container's guest
+// directory (the same inode as seen from the host).
+func (a *Agent) guestMountLive(pid int, id string) (bool, string) {
+	host, err := os.Stat(a.guestDir(id))
+	if err != nil {
+		return false, fmt.Sprintf("guest socket directory %s is missing on the host", a.guestDir(id))
+	}
+	inside, err := os.Stat(filepath.Join(a.procRoot(), fmt.Sprint(pid), "root", "run", "gpupass"))
+	if err != nil || !os.SameFile(host, inside) {
+		return false, "running container was started without the guest socket mount at /run/gpupass"
+	}
+	return true, ""
+}
+
+// compareStarted compares the managed device rules of the start-time config with the
+// desired ones.
+func (a *Agent) compareStarted(started []byte, res *passthrough.Result) []string {
+	cfg, err := pveconf.Parse(started, pveconf.FormatLXC)
+	if err != nil {
+		return []string{fmt.Sprintf("cannot parse the config the container was started with (%v); restarting to be sure", err)}
+	}
+	have := ruleSet(passthrough.ManagedSet(cfg))
+	want := ruleSet(passthrough.ManagedSet(res.Config))
+	var reasons []string
+	for r := range have {
+		if !want[r] {
+			reasons = append(reasons, fmt.Sprintf("running container was started with %s, which is not desired", r))
+		}
+	}
+	for r := range want {
+		if !have[r] {
+			reasons = append(reasons, fmt.Sprintf("running container was started without %s", r))
+		}
+	}
+	return reasons
+}
+
+// ruleSet keeps the device cgroup rules of a managed set: mount entries are judged by
+// the nodes the container really has, since their text differs between the PVE config
+// and the start-time config.
+func ruleSet(managed []string) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range managed {
+		if strings.Contains(m, "devices.allow") || strings.Contains(m, "devices.deny") {
+			out[m] = true
+		}
+	}
+	return out
+}

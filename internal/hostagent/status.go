@@ -1,0 +1,200 @@
+package hostagent
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"gpupass/internal/guestchan"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// States of a container (DESIGN.md, JSON contract).
+const (
+	StateReady    = "ready"
+	StatePending  = "pending"
+	StateNotReady = "not-ready"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// status judges one container from what the agent already knows: the runtime state, the
+// guest's latest report and the host's driver. It never execs into the container.
+func (a *Agent) status(ctx context.Context, spec *pb.ContainerSpec) *pb.ContainerStatus {
+	id := spec.GetId()
+	cs := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), Reasons: []string{}}
+	st, err := a.rt.State(ctx, id)
+	if err != nil {
+		cs.State = StateError
+		cs.Reasons = append(cs.Reasons, err.Error())
+		return cs
+	}
+	cs.RunState = runState(st)
+	if !st.Running {
+		cs.State = StateStopped
+		cs.Reasons = append(cs.Reasons, "container is stopped")
+		a.metrics.setReady(id, false)
+		return cs
+	}
+	snap, _ := a.guests.Latest(id)
+	a.judge(cs, spec, snap)
+	a.metrics.setReady(id, cs.State == StateReady)
+	return cs
+}
+
+// judge fills state and reasons of a running container from its guest snapshot.
+func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guestchan.Snapshot) {
+	cs.GuestConnected = snap.Connected
+	a.mu.Lock()
+	prepErr := a.prepErr
+	a.mu.Unlock()
+	if prepErr != nil && len(spec.GetGpus()) > 0 {
+		cs.Reasons = append(cs.Reasons, "host: "+prepErr.Error())
+	}
+	rep := snap.Report
+	switch {
+	case rep == nil && !snap.Connected:
+		cs.Reasons = append(cs.Reasons, "guest agent has not connected (is gpupass-guest-agent installed and running in the container?)")
+	case rep == nil:
+		cs.Reasons = append(cs.Reasons, "guest agent connected but has not reported yet")
+	case snap.Stale:
+		cs.Reasons = append(cs.Reasons, fmt.Sprintf("guest agent silent for %v (last report %s)", a.now().Sub(snap.At).Round(time.Second), snap.At.UTC().Format(time.RFC3339)))
+	}
+	if rep != nil {
+		cs.Report = rep
+		cs.Devices = rep.GetDevices()
+		cs.Driver = rep.GetDriver()
+		cs.Warnings = rep.GetWarnings()
+		cs.NetworkOk = rep.GetNetwork().GetOk()
+		cs.ReportAgeMs = a.now().Sub(snap.At).Milliseconds()
+		cs.Reasons = append(cs.Reasons, rep.GetReasons()...)
+		if spec.GetRequireNetwork() && !rep.GetNetwork().GetOk() && !containsPrefix(rep.GetReasons(), "network") {
+			cs.Reasons = append(cs.Reasons, "network: "+orDefault(rep.GetNetwork().GetReason(), "no usable network"))
+		}
+		cs.Reasons = append(cs.Reasons, a.expectationDrift(spec.GetId(), rep)...)
+	}
+	sort.Strings(cs.Reasons)
+	cs.Reasons = dedupe(cs.Reasons)
+	if len(cs.Reasons) == 0 && rep != nil && rep.GetReady() {
+		cs.State = StateReady
+	} else {
+		cs.State = StateNotReady
+	}
+}
+
+// expectationDrift names expected devices the guest's report does not cover yet (its
+// report predates the current expectation).
+func (a *Agent) expectationDrift(id string, rep *pb.GuestReport) []string {
+	exp, ok := a.expectationOf(id)
+	if !ok {
+		return nil
+	}
+	have := map[string]bool{}
+	for _, d := range rep.GetDevices() {
+		have[fmt.Sprintf("%s %d:%d", d.GetPath(), d.GetMajor(), d.GetMinor())] = true
+		have[d.GetPath()] = true
+	}
+	var out []string
+	for _, d := range exp.GetDevices() {
+		if !have[d.GetPath()] {
+			out = append(out, fmt.Sprintf("guest has not reported on %s yet", d.GetPath()))
+		}
+	}
+	return out
+}
+
+// Status answers host.Status.
+func (a *Agent) Status(ctx context.Context, req *pb.StatusRequest) *pb.StatusResponse {
+	resp := &pb.StatusResponse{Host: a.inventory(ctx)}
+	specs := req.GetContainers()
+	if len(specs) == 0 {
+		for _, id := range a.knownIDs() {
+			spec, ok := a.desiredSpec(id)
+			if !ok {
+				spec = &pb.ContainerSpec{Id: id}
+			}
+			specs = append(specs, spec)
+		}
+	}
+	for _, spec := range specs {
+		resp.Containers = append(resp.Containers, a.status(ctx, spec))
+	}
+	return resp
+}
+
+// Watch streams readiness changes until ctx ends: first the current status of every
+// watched container, then one event per change.
+func (a *Agent) Watch(ctx context.Context, req *pb.WatchRequest, send func(*pb.WatchEvent) error) error {
+	events, cancel := a.guests.Subscribe(256)
+	defer cancel()
+	want := map[string]bool{}
+	for _, id := range req.GetContainerIds() {
+		want[id] = true
+	}
+	specFor := func(id string) *pb.ContainerSpec {
+		if s, ok := a.desiredSpec(id); ok {
+			return s
+		}
+		return &pb.ContainerSpec{Id: id}
+	}
+	last := map[string]string{}
+	emit := func(id string) error {
+		cs := a.status(ctx, specFor(id))
+		key := fmt.Sprint(cs.GetState(), cs.GetReasons())
+		if last[id] == key {
+			return nil
+		}
+		last[id] = key
+		return send(&pb.WatchEvent{Host: a.name, Status: cs, TimeUnixNano: a.now().UnixNano()})
+	}
+	for _, id := range a.knownIDs() {
+		if len(want) == 0 || want[id] {
+			if err := emit(id); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			if len(want) > 0 && !want[ev.ID] {
+				continue
+			}
+			if err := emit(ev.ID); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func containsPrefix(list []string, prefix string) bool {
+	for _, s := range list {
+		if len(s) >= len(prefix) && s[:len(prefix)] == prefix {
+			return true
+		}
+	}
+	return false
+}
+
+func dedupe(sorted []string) []string {
+	out := sorted[:0]
+	for i, s := range sorted {
+		if i == 0 || s != sorted[i-1] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
