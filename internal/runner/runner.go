@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // Runner runs one command and returns its standard output.
@@ -57,6 +58,8 @@ func (x Exec) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
+	// A killed command whose child keeps stdout open must not hold us past the deadline.
+	cmd.WaitDelay = 2 * time.Second
 	err := cmd.Run()
 	if err == nil {
 		return stdout.Bytes(), nil

@@ -1,0 +1,326 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gpupass/internal/runner"
+)
+
+// PCT is the Proxmox VE runtime: the pct command, configs under /etc/pve/lxc, and the
+// start-time config PVE regenerates at /var/lib/lxc/<id>/config on every start.
+type PCT struct {
+	Runner runner.Runner
+	// HostRoot prefixes /etc/pve, /var/lib/lxc, /run/lock and /proc; "" means "/".
+	HostRoot string
+	// Deadlines; zero means the Default* constants.
+	QueryTimeout, StartTimeout, StopTimeout time.Duration
+
+	now func() time.Time // tests
+}
+
+var _ Runtime = (*PCT)(nil)
+
+// startSlack is how much later than the init's start the start-time config may have been
+// written and still count as the one it was started with (the clock error of processStart).
+const startSlack = 100 * time.Millisecond
+
+// Name implements Runtime.
+func (p *PCT) Name() string { return "pct" }
+
+func (p *PCT) root(elem ...string) string {
+	r := p.HostRoot
+	if r == "" {
+		r = "/"
+	}
+	return filepath.Join(append([]string{r}, elem...)...)
+}
+
+// checkVMID accepts the ids PVE accepts: 100 to 999999999.
+func checkVMID(id string) error {
+	n, err := strconv.ParseUint(id, 10, 32)
+	if err != nil || n < 100 || n > 999999999 || strconv.FormatUint(n, 10) != id {
+		return fmt.Errorf("%w %q: a Proxmox container id is a number from 100 to 999999999", ErrInvalidID, id)
+	}
+	return nil
+}
+
+func (p *PCT) pct(ctx context.Context, timeout time.Duration, id string, args ...string) ([]byte, error) {
+	out, err := run(ctx, p.Runner, timeout, append([]string{"pct"}, args...)...)
+	if err != nil && strings.Contains(stderrOf(err), "does not exist") {
+		return out, fmt.Errorf("%w: CT %s: %w", ErrNotFound, id, err)
+	}
+	return out, err
+}
+
+// Status returns the fields of `pct status <id> --verbose` ("status", "pid", "uptime", ...).
+func (p *PCT) Status(ctx context.Context, id string) (map[string]string, error) {
+	if err := checkVMID(id); err != nil {
+		return nil, err
+	}
+	out, err := p.pct(ctx, orDefault(p.QueryTimeout, DefaultQueryTimeout), id, "status", id, "--verbose")
+	if err != nil {
+		return nil, err
+	}
+	return parseColonLines(out), nil
+}
+
+// State implements Runtime from `pct status <id> --verbose` ("status: running", "pid: N").
+func (p *PCT) State(ctx context.Context, id string) (State, error) {
+	st, err := p.Status(ctx, id)
+	if err != nil {
+		return State{}, err
+	}
+	switch st["status"] {
+	case "running":
+		pid, err := strconv.Atoi(st["pid"])
+		if err != nil || pid <= 0 {
+			return State{}, fmt.Errorf("pct status %s --verbose: running but pid %q is not a pid", id, st["pid"])
+		}
+		return State{Running: true, InitPID: pid}, nil
+	case "stopped":
+		return State{}, nil
+	case "":
+		return State{}, fmt.Errorf("pct status %s --verbose: no status line", id)
+	default:
+		return State{}, fmt.Errorf("pct status %s --verbose: unknown status %q", id, st["status"])
+	}
+}
+
+// Start implements Runtime (`pct start <id>`).
+func (p *PCT) Start(ctx context.Context, id string) error {
+	if err := checkVMID(id); err != nil {
+		return err
+	}
+	_, err := p.pct(ctx, orDefault(p.StartTimeout, DefaultStartTimeout), id, "start", id)
+	if err != nil && strings.Contains(stderrOf(err), "already running") {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("start CT %s: %w", id, err)
+	}
+	return nil
+}
+
+// Stop implements Runtime (`pct stop <id>`: PVE's immediate stop).
+func (p *PCT) Stop(ctx context.Context, id string) error {
+	if err := checkVMID(id); err != nil {
+		return err
+	}
+	_, err := p.pct(ctx, orDefault(p.StopTimeout, DefaultStopTimeout), id, "stop", id)
+	if err != nil && strings.Contains(stderrOf(err), "not running") {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stop CT %s: %w", id, err)
+	}
+	return nil
+}
+
+// Restart implements Runtime: `pct reboot <id>` when running (there is no pct restart; the
+// reboot shuts down cleanly, starts again and so regenerates the start-time config), else
+// `pct start <id>`.
+func (p *PCT) Restart(ctx context.Context, id string) error {
+	st, err := p.State(ctx, id)
+	if err != nil {
+		return fmt.Errorf("restart CT %s: %w", id, err)
+	}
+	if !st.Running {
+		return p.Start(ctx, id)
+	}
+	stop := orDefault(p.StopTimeout, DefaultStopTimeout)
+	deadline := stop + orDefault(p.StartTimeout, DefaultStartTimeout) + 10*time.Second
+	secs := strconv.Itoa(int(stop / time.Second))
+	if _, err := p.pct(ctx, deadline, id, "reboot", id, "--timeout", secs); err != nil {
+		return fmt.Errorf("restart CT %s: %w", id, err)
+	}
+	return nil
+}
+
+// ConfigPath implements Runtime: <HostRoot>/etc/pve/lxc/<id>.conf.
+func (p *PCT) ConfigPath(id string) string { return p.root("etc/pve/lxc", id+".conf") }
+
+// ConfigFormat implements Runtime.
+func (p *PCT) ConfigFormat() Format { return FormatPVE }
+
+// LockPath implements Runtime: the lock pct itself takes, <HostRoot>/run/lock/lxc/pve-config-<id>.lock.
+func (p *PCT) LockPath(id string) string {
+	return p.root("run/lock/lxc", "pve-config-"+id+".lock")
+}
+
+// StartedPath is where PVE writes the LXC config it starts the container with.
+func (p *PCT) StartedPath(id string) string { return p.root("var/lib/lxc", id, "config") }
+
+// StartedConfig implements Runtime: <HostRoot>/var/lib/lxc/<id>/config of a running
+// container, provided the file was not written after the container's init started.
+func (p *PCT) StartedConfig(ctx context.Context, id string) ([]byte, error) {
+	st, err := p.State(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Running {
+		return nil, fmt.Errorf("%w: CT %s is not running", ErrNoStartedConfig, id)
+	}
+	path := p.StartedPath(id)
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s is missing", ErrNoStartedConfig, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read start-time config: %w", err)
+	}
+	now := time.Now
+	if p.now != nil {
+		now = p.now
+	}
+	started, err := processStart(p.root("proc"), st.InitPID, now())
+	if err != nil {
+		return nil, fmt.Errorf("%w: start of CT %s init %d: %w", ErrNoStartedConfig, id, st.InitPID, err)
+	}
+	if fi.ModTime().After(started.Add(startSlack)) {
+		return nil, fmt.Errorf("%w: %s was written at %s, after CT %s started at %s",
+			ErrNoStartedConfig, path, fi.ModTime().UTC().Format(time.RFC3339Nano), id, started.UTC().Format(time.RFC3339Nano))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read start-time config: %w", err)
+	}
+	return b, nil
+}
+
+// List implements Runtime from `pct list` (the containers of this node), numerically sorted.
+func (p *PCT) List(ctx context.Context) ([]string, error) {
+	out, err := run(ctx, p.Runner, orDefault(p.QueryTimeout, DefaultQueryTimeout), "pct", "list")
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	return parsePCTList(out)
+}
+
+func parsePCTList(out []byte) ([]string, error) {
+	ids := []string{}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	first := true
+	for n := 1; sc.Scan(); n++ {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if first && f[0] == "VMID" {
+			first = false
+			continue
+		}
+		first = false
+		if err := checkVMID(f[0]); err != nil {
+			return nil, fmt.Errorf("parse pct list line %d %q: %w", n, sc.Text(), err)
+		}
+		ids = append(ids, f[0])
+	}
+	sort.Slice(ids, func(i, j int) bool {
+		a, _ := strconv.Atoi(ids[i])
+		b, _ := strconv.Atoi(ids[j])
+		return a < b
+	})
+	return ids, nil
+}
+
+// CurrentConfig returns `pct config <id> --current`: the main section as PVE reads it,
+// pending changes not applied, description encoded on one line, raw lxc.* keys last.
+func (p *PCT) CurrentConfig(ctx context.Context, id string) ([]byte, error) {
+	if err := checkVMID(id); err != nil {
+		return nil, err
+	}
+	out, err := p.pct(ctx, orDefault(p.QueryTimeout, DefaultQueryTimeout), id, "config", id, "--current")
+	if err != nil {
+		return nil, fmt.Errorf("read config of CT %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// PendingEntry is one key of `pct pending <id>`.
+type PendingEntry struct {
+	Key        string
+	Current    string // value in effect ("cur" or "del" line)
+	New        string // pending value ("new" line)
+	HasCurrent bool
+	HasNew     bool
+	Delete     bool // pending deletion ("del" line)
+}
+
+// Changed reports whether the key has a pending change.
+func (e PendingEntry) Changed() bool { return e.HasNew || e.Delete }
+
+// Pending returns `pct pending <id>`: each key with its current and pending value.
+func (p *PCT) Pending(ctx context.Context, id string) ([]PendingEntry, error) {
+	if err := checkVMID(id); err != nil {
+		return nil, err
+	}
+	out, err := p.pct(ctx, orDefault(p.QueryTimeout, DefaultQueryTimeout), id, "pending", id)
+	if err != nil {
+		return nil, fmt.Errorf("read pending changes of CT %s: %w", id, err)
+	}
+	return parsePending(out)
+}
+
+// parsePending parses the lines "cur KEY: VALUE", "new KEY: VALUE", "del KEY: VALUE"
+// (PVE::GuestHelpers::format_pending), keeping the order of first appearance.
+func parsePending(out []byte) ([]PendingEntry, error) {
+	var entries []PendingEntry
+	index := map[string]int{}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		kind, rest, ok := strings.Cut(line, " ")
+		key, value, ok2 := strings.Cut(rest, ":")
+		if !ok || !ok2 || key == "" || strings.ContainsAny(key, " \t") {
+			return nil, fmt.Errorf("parse pct pending line %d %q: want \"cur|new|del KEY: VALUE\"", n, line)
+		}
+		value = strings.TrimPrefix(value, " ")
+		i, seen := index[key]
+		if !seen {
+			i = len(entries)
+			index[key] = i
+			entries = append(entries, PendingEntry{Key: key})
+		}
+		e := &entries[i]
+		switch kind {
+		case "cur":
+			e.Current, e.HasCurrent = value, true
+		case "new":
+			e.New, e.HasNew = value, true
+		case "del":
+			e.Current, e.HasCurrent, e.Delete = value, true, true
+		default:
+			return nil, fmt.Errorf("parse pct pending line %d %q: unknown kind %q", n, line, kind)
+		}
+	}
+	return entries, nil
+}
+
+// parseColonLines parses "key: value" lines; later keys win, other lines are skipped.
+func parseColonLines(out []byte) map[string]string {
+	m := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || k == "" || strings.ContainsAny(k, " \t") {
+			continue
+		}
+		m[k] = strings.TrimSpace(v)
+	}
+	return m
+}

@@ -1,0 +1,231 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/runner"
+)
+
+func TestPCTTranscripts(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		file    string
+		op      func(*PCT) (any, error)
+		want    any
+		wantErr error  // errors.Is
+		errText string // substring of the error
+	}{
+		{name: "state running", file: "status-running.txt",
+			op:   func(p *PCT) (any, error) { return p.State(ctx, "101") },
+			want: State{Running: true, InitPID: 2207}},
+		{name: "state stopped", file: "status-stopped.txt",
+			op:   func(p *PCT) (any, error) { return p.State(ctx, "102") },
+			want: State{}},
+		{name: "state of a missing container", file: "status-missing.txt",
+			op:      func(p *PCT) (any, error) { return p.State(ctx, "999") },
+			want:    State{},
+			wantErr: ErrNotFound, errText: "999.conf' does not exist"},
+		{name: "start", file: "start.txt",
+			op: func(p *PCT) (any, error) { return nil, p.Start(ctx, "102") }},
+		{name: "start when already running is fine", file: "start-already-running.txt",
+			op: func(p *PCT) (any, error) { return nil, p.Start(ctx, "101") }},
+		{name: "start failure names the cause", file: "start-failed.txt",
+			op:      func(p *PCT) (any, error) { return nil, p.Start(ctx, "102") },
+			errText: "start CT 102: run pct start 102: exit 255: run_buffer: 322 Script exited with status 1"},
+		{name: "start of a locked container", file: "start-locked.txt",
+			op:      func(p *PCT) (any, error) { return nil, p.Start(ctx, "110") },
+			errText: "CT is locked (backup)"},
+		{name: "stop", file: "stop.txt",
+			op: func(p *PCT) (any, error) { return nil, p.Stop(ctx, "101") }},
+		{name: "stop when not running is fine", file: "stop-not-running.txt",
+			op: func(p *PCT) (any, error) { return nil, p.Stop(ctx, "102") }},
+		{name: "restart a running container reboots it", file: "restart-running.txt",
+			op: func(p *PCT) (any, error) { return nil, p.Restart(ctx, "101") }},
+		{name: "restart a stopped container starts it", file: "restart-stopped.txt",
+			op: func(p *PCT) (any, error) { return nil, p.Restart(ctx, "102") }},
+		{name: "restart whose shutdown times out", file: "restart-timeout.txt",
+			op:      func(p *PCT) (any, error) { return nil, p.Restart(ctx, "101") },
+			errText: "restart CT 101: run pct reboot 101 --timeout 120: exit 255: shutdown timeout"},
+		{name: "list", file: "list.txt",
+			op:   func(p *PCT) (any, error) { return p.List(ctx) },
+			want: []string{"101", "102", "110", "1001"}},
+		{name: "list without containers", file: "list-empty.txt",
+			op:   func(p *PCT) (any, error) { return p.List(ctx) },
+			want: []string{}},
+		{name: "current config", file: "config-current.txt",
+			op: func(p *PCT) (any, error) {
+				b, err := p.CurrentConfig(ctx, "101")
+				return strings.Count(string(b), "\n"), err
+			},
+			want: 18},
+		{name: "pending", file: "pending.txt",
+			op: func(p *PCT) (any, error) { return p.Pending(ctx, "101") },
+			want: []PendingEntry{
+				{Key: "arch", Current: "amd64", HasCurrent: true},
+				{Key: "cores", Current: "4", New: "8", HasCurrent: true, HasNew: true},
+				{Key: "description", Current: "GPU worker%0Amanaged by gpupass%0A", HasCurrent: true},
+				{Key: "dev0", New: "/dev/nvidia0,gid=44,mode=0660", HasNew: true},
+				{Key: "hostname", Current: "gpu-worker-1", HasCurrent: true},
+				{Key: "memory", Current: "8192", HasCurrent: true},
+				{Key: "ostype", Current: "debian", HasCurrent: true},
+				{Key: "rootfs", Current: "local-lvm:vm-101-disk-0,size=8G", HasCurrent: true},
+				{Key: "swap", Current: "512", HasCurrent: true, Delete: true},
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fake, cmds := loadTranscript(t, tt.file)
+			p := &PCT{Runner: fake, HostRoot: t.TempDir()}
+			got, err := tt.op(p)
+			switch {
+			case tt.wantErr == nil && tt.errText == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case (tt.wantErr != nil || tt.errText != "") && err == nil:
+				t.Fatalf("no error, want %v %q", tt.wantErr, tt.errText)
+			case tt.wantErr != nil && !errors.Is(err, tt.wantErr):
+				t.Errorf("error %v, want errors.Is %v", err, tt.wantErr)
+			case tt.errText != "" && !strings.Contains(err.Error(), tt.errText):
+				t.Errorf("error %q, want it to contain %q", err, tt.errText)
+			}
+			if d := cmp.Diff(got, tt.want); d != "" && tt.want != nil {
+				t.Errorf("result (-got +want):\n%s", d)
+			}
+			if d := cmp.Diff(fake.Transcript(), cmds); d != "" {
+				t.Errorf("commands run (-got +want):\n%s", d)
+			}
+		})
+	}
+}
+
+func TestPCTInvalidIDs(t *testing.T) {
+	for _, id := range []string{"", "99", "0101", "abc", "1000000000", "101/../7", "-1", "101 "} {
+		t.Run(id, func(t *testing.T) {
+			fake := &runner.Fake{}
+			p := &PCT{Runner: fake}
+			ctx := context.Background()
+			if _, err := p.State(ctx, id); !errors.Is(err, ErrInvalidID) {
+				t.Errorf("State(%q): %v, want ErrInvalidID", id, err)
+			}
+			if err := p.Start(ctx, id); !errors.Is(err, ErrInvalidID) {
+				t.Errorf("Start(%q): %v, want ErrInvalidID", id, err)
+			}
+			if len(fake.Transcript()) != 0 {
+				t.Errorf("ran commands for an invalid id: %q", fake.Transcript())
+			}
+		})
+	}
+}
+
+func TestPCTPaths(t *testing.T) {
+	p := &PCT{HostRoot: "/srv/host"}
+	got := []string{p.ConfigPath("101"), p.LockPath("101"), p.StartedPath("101")}
+	want := []string{"/srv/host/etc/pve/lxc/101.conf", "/srv/host/run/lock/lxc/pve-config-101.lock", "/srv/host/var/lib/lxc/101/config"}
+	if d := cmp.Diff(got, want); d != "" {
+		t.Errorf("(-got +want):\n%s", d)
+	}
+	if d := cmp.Diff((&PCT{}).ConfigPath("101"), "/etc/pve/lxc/101.conf"); d != "" {
+		t.Errorf("default host root (-got +want):\n%s", d)
+	}
+	if p.ConfigFormat() != FormatPVE || p.Name() != "pct" {
+		t.Errorf("format %v name %q", p.ConfigFormat(), p.Name())
+	}
+}
+
+// TestPCTStartedConfig checks that /var/lib/lxc/<id>/config counts as evidence only for a
+// running container and only when it was written before the container's init started.
+func TestPCTStartedConfig(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	const uptime = 10000.00                   // seconds since boot
+	boot := now.Add(-uptime * time.Second)    // 09:13:20
+	initStart := boot.Add(9000 * time.Second) // start ticks 900000
+	const stat = "2207 (lxc-init (x)) S 2190 2207 2207 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 900000 2 3\n"
+	tests := []struct {
+		name     string
+		status   string // transcript
+		written  time.Time
+		noFile   bool
+		want     string
+		wantText string
+	}{
+		{name: "written before the start", status: "status-running.txt", written: initStart.Add(-2 * time.Second), want: "lxc.arch = amd64\n"},
+		{name: "written within the clock error of the start", status: "status-running.txt", written: initStart.Add(50 * time.Millisecond), want: "lxc.arch = amd64\n"},
+		{name: "written after the start", status: "status-running.txt", written: initStart.Add(time.Minute), wantText: "after CT 101 started at 2026-11-25T11:43:20Z"},
+		{name: "missing", status: "status-running.txt", noFile: true, wantText: "var/lib/lxc/101/config is missing"},
+		{name: "not running", status: "status-stopped.txt", written: initStart, wantText: "CT 102 is not running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			fake, cmds := loadTranscript(t, tt.status)
+			id := strings.Fields(cmds[0])[2]
+			p := &PCT{Runner: fake, HostRoot: root, now: func() time.Time { return now }}
+			writeFile(t, filepath.Join(root, "proc/2207/stat"), stat)
+			writeFile(t, filepath.Join(root, "proc/uptime"), "10000.00 19000.00\n")
+			if !tt.noFile {
+				path := p.StartedPath(id)
+				writeFile(t, path, "lxc.arch = amd64\n")
+				if err := os.Chtimes(path, tt.written, tt.written); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := p.StartedConfig(context.Background(), id)
+			if tt.wantText != "" {
+				if !errors.Is(err, ErrNoStartedConfig) || !strings.Contains(err.Error(), tt.wantText) {
+					t.Fatalf("error %v, want ErrNoStartedConfig containing %q", err, tt.wantText)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(string(got), tt.want); d != "" {
+				t.Errorf("(-got +want):\n%s", d)
+			}
+		})
+	}
+}
+
+// hangingRunner answers only when the context ends, as a wedged pct would.
+type hangingRunner struct{}
+
+func (hangingRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
+	<-ctx.Done()
+	return nil, &runner.ExitError{Argv: argv, ExitCode: -1, Err: ctx.Err()}
+}
+
+func TestCommandDeadline(t *testing.T) {
+	p := &PCT{Runner: hangingRunner{}, QueryTimeout: 50 * time.Millisecond}
+	start := time.Now()
+	_, err := p.State(context.Background(), "101")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("State took %v with a 50ms deadline", d)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "run pct status 101 --verbose: no answer after 50ms") {
+		t.Errorf("error %v, want a deadline error naming the command", err)
+	}
+	// A caller's own cancellation is reported as such, not as a command timeout.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := p.State(ctx, "101"); !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "no answer") {
+		t.Errorf("cancelled: %v", err)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
