@@ -6,7 +6,6 @@ package hostagent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -240,11 +239,6 @@ func runState(st runtime.State) string {
 		return "running"
 	}
 	return "stopped"
-}
-
-func specJSON(spec *pb.ContainerSpec) string {
-	b, _ := json.Marshal(spec)
-	return string(b)
 }
 
 // setExpectation records what the guest of id must check and pushes it to the guest.
