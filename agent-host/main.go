@@ -59,7 +59,7 @@ Run it under systemd (packaging/gpupass-host-agent.service, Type=notify).`,
 		},
 	}
 	root.Flags().StringVar(&configPath, "config", hostconfig.DefaultPath, "host agent configuration file")
-	root.AddCommand(conftool.NewCommand())
+	root.AddCommand(conftool.NewCommand(), newSimulateCmd())
 	return root
 }
 

@@ -100,7 +100,7 @@ func (a *Agent) plan(ctx context.Context, spec *pb.ContainerSpec) (*planned, err
 	p.state = st
 	p.pb.RunState = runState(st)
 	if st.Running {
-		p.pb.Restart = a.decideRestart(ctx, id, st, res, spec.GetStyle())
+		p.pb.Restart = a.decideRestart(ctx, id, st, res, inv, spec.GetStyle())
 	} else if spec.GetWantState() == "running" {
 		p.pb.Start = true
 	}

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"gpupass/internal/gpu"
 	"gpupass/internal/observe"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/pveconf"
@@ -24,7 +25,7 @@ var gpuNodeName = regexp.MustCompile(`^nvidia[0-9]+$`)
 // really has (/proc/<pid>/root/dev), its guest socket mount, the device rules of the
 // config it was started with, and its guest's report. Whether this apply writes anything
 // never enters into it. Where the evidence cannot settle it, restart and say why.
-func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, res *passthrough.Result, style pb.Style) *pb.RestartDecision {
+func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, res *passthrough.Result, inv *gpu.Inventory, style pb.Style) *pb.RestartDecision {
 	var reasons []string
 	want := map[string]passthrough.ExpectedDevice{}
 	paths := make([]string, 0, len(res.Devices))
@@ -71,7 +72,7 @@ func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, 
 		case err != nil:
 			reasons = append(reasons, fmt.Sprintf("cannot read the config the container was started with (%v); restarting to be sure", err))
 		default:
-			reasons = append(reasons, a.compareStarted(started, res)...)
+			reasons = append(reasons, compareStarted(started, res, inv)...)
 		}
 	}
 
@@ -133,13 +134,15 @@ func (a *Agent) guestMountLive(pid int, id string) (bool, string) {
 
 // compareStarted compares the managed device rules of the start-time config with the
 // desired ones.
-func (a *Agent) compareStarted(started []byte, res *passthrough.Result) []string {
+func compareStarted(started []byte, res *passthrough.Result, inv *gpu.Inventory) []string {
 	cfg, err := pveconf.Parse(started, pveconf.FormatLXC)
 	if err != nil {
 		return []string{fmt.Sprintf("cannot parse the config the container was started with (%v); restarting to be sure", err)}
 	}
-	have := ruleSet(passthrough.ManagedSet(cfg))
-	want := ruleSet(passthrough.ManagedSet(res.Config))
+	// Judge the start-time config with the host's inventory: without it, allow rules are
+	// recognised only for 195 and the dynamic ranges.
+	have := ruleSet(passthrough.NewMatcher(inv).ManagedSet(cfg))
+	want := ruleSet(res.Set)
 	var reasons []string
 	for r := range have {
 		if !want[r] {

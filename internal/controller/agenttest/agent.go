@@ -1,0 +1,435 @@
+package agenttest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"gpupass/internal/log"
+	"gpupass/internal/wire"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// KernelVersion is the driver version of a default fake host.
+const KernelVersion = "580.95.05"
+
+// Agent is one fake host agent.
+type Agent struct {
+	Name      string
+	Simulated bool
+	GPUs      []*pb.GPU
+	Driver    *pb.Driver
+	// Delay is slept (context-aware) before every answer; StepDelay between apply steps.
+	Delay, StepDelay time.Duration
+	// Hang makes every call wait until the caller gives up.
+	Hang bool
+	Log  *log.Entry
+
+	mu         sync.Mutex
+	containers map[string]*Container
+	changed    chan struct{} // closed and replaced on every change
+	calls      map[string]int
+	resumed    int // TLS handshakes that resumed a session
+
+	Addr string // set by Serve
+}
+
+// New returns a host with two H100s and a loaded 580.95.05 driver whose majors are not the
+// textbook ones (uvm at 238, as on the real test host).
+func New(name string) *Agent {
+	return &Agent{
+		Name: name,
+		GPUs: []*pb.GPU{
+			{Index: 0, Uuid: "GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f", Minor: 0, BusId: "0000:41:00.0", Model: "NVIDIA H100 80GB HBM3"},
+			{Index: 1, Uuid: "GPU-9c0d1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f", Minor: 1, BusId: "0000:61:00.0", Model: "NVIDIA H100 80GB HBM3"},
+		},
+		Driver: &pb.Driver{Loaded: true, KernelVersion: KernelVersion,
+			Majors: map[string]uint32{"nvidia-frontend": 195, "nvidia-uvm": 238, "nvidia-caps": 241}},
+		containers: map[string]*Container{},
+		changed:    make(chan struct{}),
+		calls:      map[string]int{},
+	}
+}
+
+// Add puts a container on the host. A running container with nil Running was started
+// with its current GPUs.
+func (a *Agent) Add(c Container) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c.RunState == "" {
+		c.RunState = "running"
+	}
+	if c.Running == nil && c.RunState == "running" {
+		gs, _ := a.resolve(c.GPUs)
+		c.Running = minors(gs)
+	}
+	a.containers[c.ID] = &c
+	a.notifyLocked()
+}
+
+// Update changes a container under the lock and tells watchers.
+func (a *Agent) Update(id string, fn func(c *Container)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.containers[id]; ok {
+		fn(c)
+		a.notifyLocked()
+	}
+}
+
+// Get returns a copy of a container.
+func (a *Agent) Get(id string) (Container, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.containers[id]
+	if !ok {
+		return Container{}, false
+	}
+	return *c, true
+}
+
+// Resumed returns how many TLS handshakes resumed an earlier session.
+func (a *Agent) Resumed() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.resumed
+}
+
+// Calls returns how often method was called.
+func (a *Agent) Calls(method string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.calls[method]
+}
+
+func (a *Agent) notifyLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+func (a *Agent) wait(ctx context.Context, d time.Duration) error {
+	if a.Hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (a *Agent) count(method string) {
+	a.mu.Lock()
+	a.calls[method]++
+	a.mu.Unlock()
+}
+
+// Mux returns the handlers of the host agent's controller-facing methods.
+func (a *Agent) Mux() *wire.Mux {
+	m := wire.NewMux()
+	wire.HandleUnary(m, "host.Inventory", func(ctx context.Context, _ *pb.InventoryRequest) (*pb.HostInventory, error) {
+		a.count("host.Inventory")
+		if err := a.wait(ctx, a.Delay); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.inventory(), nil
+	})
+	wire.HandleUnary(m, "host.Status", func(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
+		a.count("host.Status")
+		if err := a.wait(ctx, a.Delay); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		resp := &pb.StatusResponse{Host: a.inventory()}
+		for _, spec := range a.specs(req.GetContainers()) {
+			resp.Containers = append(resp.Containers, a.status(spec.GetId(), spec))
+		}
+		return resp, nil
+	})
+	wire.HandleUnary(m, "host.Plan", func(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+		a.count("host.Plan")
+		if err := a.wait(ctx, a.Delay); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		resp := &pb.PlanResponse{Host: a.inventory()}
+		for _, spec := range req.GetContainers() {
+			resp.Containers = append(resp.Containers, a.plan(spec))
+		}
+		return resp, nil
+	})
+	wire.HandleServerStream(m, "host.Apply", func(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream) error {
+		a.count("host.Apply")
+		if err := a.wait(ctx, a.Delay); err != nil {
+			return err
+		}
+		return a.apply(ctx, req, s)
+	})
+	wire.HandleServerStream(m, "host.Watch", func(ctx context.Context, req *pb.WatchRequest, s *wire.Stream) error {
+		a.count("host.Watch")
+		return a.watch(ctx, req, s)
+	})
+	return m
+}
+
+// specs returns the requested specs, or one per known container when none are named.
+func (a *Agent) specs(req []*pb.ContainerSpec) []*pb.ContainerSpec {
+	if len(req) > 0 {
+		return req
+	}
+	ids := make([]string, 0, len(a.containers))
+	for id := range a.containers {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var out []*pb.ContainerSpec
+	for _, id := range ids {
+		out = append(out, &pb.ContainerSpec{Id: id, Gpus: a.containers[id].GPUs})
+	}
+	return out
+}
+
+func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream) error {
+	resp := &pb.ApplyResponse{}
+	step := func(id, name, msg string) error {
+		if err := s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Progress{Progress: &pb.ApplyProgress{ContainerId: id, Step: name, Message: msg}}}); err != nil {
+			return err
+		}
+		return a.wait(ctx, a.StepDelay)
+	}
+	for _, spec := range req.GetContainers() {
+		id := spec.GetId()
+		a.mu.Lock()
+		p := a.plan(spec)
+		a.mu.Unlock()
+		res := &pb.ContainerResult{Plan: p}
+		resp.Containers = append(resp.Containers, res)
+		if p.GetError() != "" {
+			res.Error = p.GetError()
+			continue
+		}
+		if d, ok := req.GetExpectDigest()[id]; ok && d != p.GetDigest() {
+			res.Error = "the config changed since the plan (digest mismatch); run gpupass plan again"
+			continue
+		}
+		if err := step(id, "journal", "begin"); err != nil {
+			return err
+		}
+		if len(p.GetChanges()) > 0 {
+			if err := step(id, "lock", "/run/lock/lxc/pve-config-"+id+".lock"); err != nil {
+				return err
+			}
+			if err := step(id, "write", fmt.Sprintf("%d line(s) changed in %s", len(p.GetChanges()), p.GetConfigPath())); err != nil {
+				return err
+			}
+			res.Written = true
+		}
+		a.Update(id, func(c *Container) { c.GPUs, c.Style = spec.GetGpus(), spec.GetStyle() })
+		if p.GetRestart().GetRequired() || p.GetStart() {
+			verb := "pct reboot " + id
+			if p.GetStart() {
+				verb = "pct start " + id
+			}
+			if err := step(id, "restart", verb); err != nil {
+				return err
+			}
+			a.Update(id, func(c *Container) {
+				gs, _ := a.resolve(c.GPUs)
+				c.Running, c.RunState = minors(gs), "running"
+			})
+			res.Restarted = true
+		}
+		if err := step(id, "wait-ready", fmt.Sprintf("waiting up to %s for the guest's report", time.Duration(req.GetTimeoutMs())*time.Millisecond)); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		res.Status = a.status(id, spec)
+		a.mu.Unlock()
+		if err := step(id, "done", res.Status.GetState()); err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	resp.Host = a.inventory()
+	a.mu.Unlock()
+	return s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Result{Result: resp}})
+}
+
+func (a *Agent) watch(ctx context.Context, req *pb.WatchRequest, s *wire.Stream) error {
+	last := map[string]*pb.ContainerStatus{}
+	for {
+		a.mu.Lock()
+		ch := a.changed
+		var ids []string
+		if len(req.GetContainerIds()) > 0 {
+			ids = req.GetContainerIds()
+		} else {
+			for id := range a.containers {
+				ids = append(ids, id)
+			}
+			sort.Strings(ids)
+		}
+		var events []*pb.WatchEvent
+		for _, id := range ids {
+			spec := &pb.ContainerSpec{Id: id}
+			st := a.status(id, spec)
+			if prev, ok := last[id]; ok && proto.Equal(prev, st) {
+				continue
+			}
+			last[id] = st
+			events = append(events, &pb.WatchEvent{Host: a.Name, Status: st, TimeUnixNano: time.Now().UnixNano()})
+		}
+		a.mu.Unlock()
+		for _, ev := range events {
+			if err := s.Reply(ev); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+		}
+	}
+}
+
+// Serve answers on ln with TLS config cfg until tb's cleanup; it returns the address.
+func (a *Agent) Serve(tb testing.TB, ln net.Listener, cfg *tls.Config) string {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	mux := a.Mux()
+	lg := a.Log
+	if lg == nil {
+		lg = log.Discard()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if a.serveConn(ctx, c, cfg, mux, lg) {
+					a.mu.Lock()
+					a.resumed++
+					a.mu.Unlock()
+				}
+			}()
+		}
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		ln.Close()
+		wg.Wait()
+	})
+	a.Addr = ln.Addr().String()
+	return a.Addr
+}
+
+// serveConn serves one connection; it reports whether its TLS handshake resumed a session.
+func (a *Agent) serveConn(ctx context.Context, c net.Conn, cfg *tls.Config, mux *wire.Mux, lg *log.Entry) (resumed bool) {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	defer c.Close()
+	tc := tls.Server(c, cfg)
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		lg.WithError(err).Debug("TLS handshake failed")
+		return false
+	}
+	resumed = tc.ConnectionState().DidResume
+	s, err := wire.Server(ctx, tc, wire.Config{Role: pb.Role_ROLE_HOST_AGENT, Build: "agenttest", Log: lg}, mux)
+	if err != nil {
+		lg.WithError(err).Debug("hello failed")
+		return resumed
+	}
+	defer s.Close()
+	if err := s.Serve(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		lg.WithError(err).Debug("session ended")
+	}
+	return resumed
+}
+
+// Listen opens a loopback TCP listener closed at tb's cleanup.
+func Listen(tb testing.TB, addr string) net.Listener {
+	tb.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// Refused returns a loopback address where nothing listens.
+func Refused(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// Silent returns the address of a listener that accepts TCP connections and never reads
+// or writes: a host that is up but hung.
+func Silent(tb testing.TB) string {
+	tb.Helper()
+	ln := Listen(tb, "")
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}

@@ -1,0 +1,364 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"gpupass/internal/fleet"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// ErrUnknownHost is returned by Doctor for a host the fleet does not name.
+var ErrUnknownHost = errors.New("unknown host")
+
+// Diagnosis is everything doctor learned about one container.
+type Diagnosis struct {
+	FleetFile string
+	Host      Host
+	Entry     fleet.Container // the fleet entry (InFleet) or a bare one
+	InFleet   bool
+	Inventory *pb.HostInventory
+	Status    *pb.ContainerStatus
+	Plan      *pb.ContainerPlan
+	Container Container // the report form: state and reasons as plan would show them
+	Findings  []Finding
+}
+
+// Finding is one problem, its likely cause and the command that fixes it.
+type Finding struct {
+	Problem string `json:"problem"`
+	Cause   string `json:"cause"`
+	Fix     string `json:"fix"`
+}
+
+// ExitCode is 0 when the container is ready with nothing to change, 1 when its host could
+// not be asked, 2 otherwise.
+func (d *Diagnosis) ExitCode() int {
+	switch {
+	case !d.Host.Reachable || d.Host.Error != "" || d.Container.State == StateError:
+		return ExitError
+	case d.Container.State == StateReady && len(d.Findings) == 0:
+		return ExitOK
+	case d.Container.Ready() && d.Container.State != StateReady && len(d.Findings) == 0:
+		return ExitOK
+	}
+	return ExitPending
+}
+
+// Doctor asks the container's host for its inventory, the container's status and what
+// apply would change, and explains what it finds.
+func (c *Controller) Doctor(ctx context.Context, hostName, id string) (*Diagnosis, error) {
+	f := c.opts.Fleet
+	h, ok := f.Host(hostName)
+	if !ok {
+		names := []string{}
+		for _, h := range f.Hosts {
+			names = append(names, h.Name)
+		}
+		return nil, fmt.Errorf("doctor: %w %q: %s names %s", ErrUnknownHost, hostName, f.File, strings.Join(names, ", "))
+	}
+	entry, inFleet := f.Container(hostName, id)
+	if !inFleet {
+		entry = fleet.Container{Host: hostName, ID: id, GPUs: []string{}, Style: fleet.StyleRaw}
+	}
+	d := &Diagnosis{FleetFile: f.File, Entry: entry, InFleet: inFleet, Host: newHost(h), Container: newContainer(entry)}
+	w := &hostWork{host: h, entries: []fleet.Container{entry}, report: &d.Host, out: []*Container{&d.Container}}
+	start := time.Now()
+	hctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	s, err := c.connect(hctx, h)
+	if err != nil {
+		w.fail(err, c.opts.Timeout)
+		d.Findings = explain(d)
+		return d, nil
+	}
+	defer s.close()
+	d.Host.Reachable = true
+	if err := c.doctorCalls(hctx, s, d); err != nil {
+		if hctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+		}
+		w.fail(&stageError{"waiting for the answer of", h.Address, err}, c.opts.Timeout)
+	}
+	d.Host.ElapsedMS = time.Since(start).Milliseconds()
+	d.Findings = explain(d)
+	return d, nil
+}
+
+func (c *Controller) doctorCalls(ctx context.Context, s *conn, d *Diagnosis) error {
+	var inv pb.HostInventory
+	if err := s.Call(ctx, MethodInventory, &pb.InventoryRequest{}, &inv); err != nil {
+		return err
+	}
+	d.Inventory = &inv
+	fillHost(&d.Host, &inv)
+	d.Container.Simulated = inv.GetSimulated()
+	var req pb.StatusRequest
+	if d.InFleet {
+		req.Containers = []*pb.ContainerSpec{d.Entry.Spec()}
+	}
+	var st pb.StatusResponse
+	if err := s.Call(ctx, MethodStatus, &req, &st); err != nil {
+		return err
+	}
+	for _, cs := range st.GetContainers() {
+		if cs.GetId() == d.Entry.ID {
+			d.Status = cs
+		}
+	}
+	if d.Status != nil {
+		applyStatus(&d.Container, d.Status)
+		markGPUsDiffer(&d.Container, d.Host.GPUs, false)
+	} else {
+		d.Container.State = StateError
+		d.Container.Reasons = append(d.Container.Reasons, fmt.Sprintf("%s does not know container %s", d.Host.Name, d.Entry.ID))
+	}
+	if !d.InFleet {
+		return nil
+	}
+	var plan pb.PlanResponse
+	if err := s.Call(ctx, MethodPlan, &pb.PlanRequest{Containers: []*pb.ContainerSpec{d.Entry.Spec()}}, &plan); err != nil {
+		return err
+	}
+	for _, p := range plan.GetContainers() {
+		if p.GetId() == d.Entry.ID {
+			d.Plan = p
+			applyPlan(&d.Container, p)
+		}
+	}
+	return nil
+}
+
+// explain turns what the host, the config and the guest say into findings, most
+// fundamental first.
+func explain(d *Diagnosis) []Finding {
+	var out []Finding
+	file := d.FleetFile
+	if file == "" {
+		file = "fleet.yaml"
+	}
+	apply := "gpupass apply -f " + file
+	key := d.Entry.Host + "/" + d.Entry.ID
+	if !d.Host.Reachable || d.Host.Error != "" && d.Inventory == nil {
+		return append(out, Finding{
+			Problem: fmt.Sprintf("host %s could not be asked: %s", d.Host.Name, d.Host.Error),
+			Cause:   "the host agent is down, the address is wrong, a firewall drops port " + port(d.Host.Address) + ", or the certificates do not chain to the fleet CA",
+			Fix:     fmt.Sprintf("on %s: systemctl status gpupass-host-agent; from here: check that %s is reachable", d.Host.Name, d.Host.Address),
+		})
+	}
+	if d.Host.Error != "" {
+		out = append(out, Finding{Problem: "the host agent answered with an error: " + d.Host.Error,
+			Cause: "see the host agent's log", Fix: fmt.Sprintf("on %s: journalctl -u gpupass-host-agent", d.Host.Name)})
+	}
+	if !d.InFleet {
+		out = append(out, Finding{
+			Problem: fmt.Sprintf("%s is not in %s", key, file),
+			Cause:   "gpupass manages only the containers the fleet file lists",
+			Fix:     fmt.Sprintf("add {host: %s, id: %q, gpus: [\"0\"]} under containers in %s, then %s", d.Entry.Host, d.Entry.ID, file, apply),
+		})
+	}
+	kernel := d.Host.Driver.Kernel
+	if d.Inventory != nil && !d.Host.Driver.Loaded {
+		why := d.Host.Driver.Error
+		if why == "" {
+			why = "no /proc/driver/nvidia/version"
+		}
+		out = append(out, Finding{
+			Problem: "the NVIDIA kernel driver is not loaded on " + d.Host.Name + ": " + why,
+			Cause:   "the module failed to load (kernel update without a rebuilt module, Secure Boot) or was never installed",
+			Fix:     fmt.Sprintf("on %s: load the driver until nvidia-smi lists the GPUs, then systemctl restart gpupass-host-agent and %s", d.Host.Name, apply),
+		})
+	}
+	if p := d.Plan; p != nil && p.GetError() != "" {
+		out = append(out, Finding{
+			Problem: "the host cannot make a plan: " + p.GetError(),
+			Cause:   "the fleet entry names something this host does not have",
+			Fix:     fmt.Sprintf("fix the entry for %s in %s (%s has GPUs %s)", key, file, d.Host.Name, gpuList(d.Host.GPUs)),
+		})
+	}
+	st := d.Status
+	if p := d.Plan; p != nil && p.GetError() == "" {
+		if n := len(p.GetChanges()); n > 0 {
+			f := Finding{
+				Problem: fmt.Sprintf("the container config %s differs from %s (%d managed line(s))", p.GetConfigPath(), file, n),
+				Cause:   "the fleet changed, or another tool edited or left GPU entries",
+				Fix:     apply,
+			}
+			if p.GetRestart().GetRequired() {
+				f.Fix += " (it restarts the container: " + strings.Join(p.GetRestart().GetReasons(), "; ") + ")"
+			}
+			out = append(out, f)
+		} else if p.GetRestart().GetRequired() {
+			out = append(out, Finding{
+				Problem: "the running container does not have what its config now says: " + strings.Join(p.GetRestart().GetReasons(), "; "),
+				Cause:   "the config was edited after the container started; mount entries and cgroup rules only take effect at start",
+				Fix:     apply + " (it restarts the container)",
+			})
+		}
+		if p.GetStart() {
+			out = append(out, Finding{Problem: "the container is stopped and " + file + " asks for it to run",
+				Cause: "it was stopped, or failed to start", Fix: apply})
+		}
+	}
+	if st == nil {
+		return out
+	}
+	if st.GetRunState() != "running" && st.GetState() == StateStopped && d.Entry.State != fleet.StateRunning {
+		out = append(out, Finding{Problem: "the container is stopped",
+			Cause: "nothing in " + file + " asks for it to run",
+			Fix:   fmt.Sprintf("pct start %s on %s, or set state: running for it in %s and run %s", d.Entry.ID, d.Host.Name, file, apply)})
+		return out
+	}
+	if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
+		out = append(out, Finding{
+			Problem: "no report from the guest agent",
+			Cause:   "gpupass-guest-agent is not installed in the container's template or not running, or the /run/gpupass socket mount is missing",
+			Fix:     "install gpupass-guest-agent in the template and enable it; " + apply + " renders the socket mount",
+		})
+	}
+	out = append(out, deviceFindings(d, st.GetDevices(), apply)...)
+	user := st.GetDriver().GetUserspace()
+	if kernel == "" {
+		kernel = st.GetDriver().GetKernel()
+	}
+	switch {
+	case st.GetGuestConnected() && user != "" && kernel != "" && user != kernel:
+		out = append(out, Finding{
+			Problem: fmt.Sprintf("the container's userspace driver (libnvidia-ml %s) does not match the host's kernel module %s", user, kernel),
+			Cause:   "the template's NVIDIA libraries come from another driver release; NVML refuses with \"Driver/library version mismatch\" (even a patch level differs)",
+			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container", kernel, kernel, kernel),
+		})
+	case st.GetGuestConnected() && user == "" && len(st.GetDevices()) > 0:
+		out = append(out, Finding{
+			Problem: "the container has no userspace driver (libnvidia-ml); passthrough works but CUDA and nvidia-smi will not",
+			Cause:   "the template lacks the NVIDIA userspace libraries",
+			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module)", kernel, kernel),
+		})
+	}
+	if d.Entry.RequireNetwork && st.GetGuestConnected() && !st.GetNetworkOk() {
+		out = append(out, Finding{
+			Problem: "the container has no working network (an up link with an address and a default route)",
+			Cause:   "its net0 bridge, address or gateway is wrong, or DHCP did not answer",
+			Fix:     fmt.Sprintf("pct config %s on %s; check net0 and the bridge", d.Entry.ID, d.Host.Name),
+		})
+	}
+	// Whatever the host says that no finding above explains.
+	for _, r := range st.GetReasons() {
+		if !explained(r, out) {
+			out = append(out, Finding{Problem: r, Cause: "reported by the host agent", Fix: "gpupass status -f " + file + " -o json shows the details"})
+		}
+	}
+	return out
+}
+
+// deviceFindings groups the failing devices by status: one finding per kind of failure.
+func deviceFindings(d *Diagnosis, devs []*pb.DeviceCheck, apply string) []Finding {
+	groups := map[pb.DeviceStatus][]string{}
+	var order []pb.DeviceStatus
+	for _, dev := range devs {
+		st := dev.GetStatus()
+		if st == pb.DeviceStatus_DEVICE_STATUS_OK {
+			continue
+		}
+		label := dev.GetPath()
+		if st != pb.DeviceStatus_DEVICE_STATUS_MISSING && (dev.GetMajor() != 0 || dev.GetMinor() != 0) {
+			label += fmt.Sprintf(" (%d:%d)", dev.GetMajor(), dev.GetMinor())
+		}
+		if _, ok := groups[st]; !ok {
+			order = append(order, st)
+		}
+		groups[st] = append(groups[st], label)
+	}
+	var out []Finding
+	for _, st := range order {
+		paths := groups[st]
+		subject, be := strings.Join(paths, ", "), "is"
+		if len(paths) > 1 {
+			be = "are"
+		}
+		var f Finding
+		switch st {
+		case pb.DeviceStatus_DEVICE_STATUS_MISSING:
+			f = Finding{Problem: fmt.Sprintf("%s %s missing in the container", subject, be),
+				Cause: "the config lacks the mount entries, or they were added after the container started",
+				Fix:   apply + " (renders the entries and restarts the container if needed)"}
+		case pb.DeviceStatus_DEVICE_STATUS_DENIED:
+			f = Finding{Problem: fmt.Sprintf("%s %s denied by the container's device cgroup", subject, be),
+				Cause: "the allow rules are missing or name stale majors (NVIDIA majors change with driver updates; this host has " + majors(d.Host.Driver.Majors) + ")",
+				Fix:   apply + " (renders the rules from the majors read now and restarts)"}
+		case pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER:
+			f = Finding{Problem: fmt.Sprintf("%s %s present but no driver answers (ENXIO)", subject, be),
+				Cause: "the NVIDIA kernel module is not loaded on " + d.Host.Name + ", or the nodes' majors belong to no loaded driver",
+				Fix:   "on " + d.Host.Name + ": load the NVIDIA driver (nvidia-smi must work there), then " + apply}
+		case pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE:
+			f = Finding{Problem: fmt.Sprintf("%s %s not a character device (an empty file stands in its place)", subject, be),
+				Cause: "a bind,optional,create=file mount whose source was missing when the container started (e.g. /dev/nvidia-uvm appears only once the driver is initialised)",
+				Fix:   apply + " (the host agent creates the nodes first and mounts them without optional), restarting the container"}
+		case pb.DeviceStatus_DEVICE_STATUS_WRONG_DEVICE:
+			f = Finding{Problem: fmt.Sprintf("%s %s the wrong device", subject, be),
+				Cause: "the GPU index was taken for the device minor, or the node was made for a stale major",
+				Fix:   apply}
+		default:
+			f = Finding{Problem: fmt.Sprintf("%s: the guest reported an unknown device status", subject),
+				Cause: "a newer guest agent than this controller", Fix: "upgrade gpupass"}
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// explained reports whether a host reason is covered by a finding (same device path, or
+// a topic a finding already names).
+func explained(reason string, fs []Finding) bool {
+	head, _, _ := strings.Cut(reason, ":")
+	for _, f := range fs {
+		if strings.HasPrefix(head, "/dev/") && (strings.HasPrefix(f.Problem, head+" ") || strings.Contains(f.Problem, ", "+head+" ")) {
+			return true
+		}
+		if strings.Contains(reason, "userspace driver") && strings.Contains(f.Problem, "userspace driver") {
+			return true
+		}
+		if strings.Contains(reason, "guest agent") && strings.Contains(f.Problem, "guest agent") {
+			return true
+		}
+		if strings.HasPrefix(reason, "no network") && strings.Contains(f.Problem, "network") {
+			return true
+		}
+		if strings.Contains(reason, "driver") && strings.Contains(f.Problem, "kernel driver is not loaded") {
+			return true
+		}
+	}
+	return false
+}
+
+func gpuList(gs []GPU) string {
+	if len(gs) == 0 {
+		return "none"
+	}
+	var s []string
+	for _, g := range gs {
+		s = append(s, fmt.Sprintf("%d (%s, %s)", g.Index, g.Bus, g.UUID))
+	}
+	return strings.Join(s, ", ")
+}
+
+func majors(m map[string]uint32) string {
+	if len(m) == 0 {
+		return "no NVIDIA majors in /proc/devices"
+	}
+	var s []string
+	for _, k := range sortedKeys(m) {
+		s = append(s, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(s, ", ")
+}
+
+func port(addr string) string {
+	if i := strings.LastIndex(addr, ":"); i >= 0 {
+		return addr[i+1:]
+	}
+	return fleet.DefaultPort
+}

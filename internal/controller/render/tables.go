@@ -1,0 +1,233 @@
+package render
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"gpupass/internal/controller"
+)
+
+// Report writes a plan, apply or status report as tables.
+func Report(w io.Writer, r *controller.Report, s Style) {
+	hosts(w, r, s)
+	fmt.Fprintln(w)
+	switch r.Kind {
+	case controller.KindPlan:
+		planBody(w, r, s)
+	default:
+		containers(w, r, s)
+	}
+	fmt.Fprintln(w)
+	summary(w, r, s)
+}
+
+func hosts(w io.Writer, r *controller.Report, s Style) {
+	t := &table{}
+	t.add(cc("HOST", bold), cc("ADDRESS", bold), cc("REACHABLE", bold), cc("DRIVER", bold), cc("GPUS", bold), cc("NOTE", bold))
+	for _, h := range r.Hosts {
+		reach := cc("yes", green)
+		if !h.Reachable {
+			reach = cc("no", red)
+		}
+		driver, gpus := "-", "-"
+		var note []string
+		if h.Reachable {
+			driver = h.Driver.Kernel
+			if !h.Driver.Loaded {
+				driver = "not loaded"
+			}
+			gpus = fmt.Sprint(len(h.GPUs))
+		}
+		if h.Simulated {
+			note = append(note, "(simulated)")
+		}
+		if h.Error != "" {
+			note = append(note, h.Error)
+		}
+		nc := ""
+		if h.Error != "" {
+			nc = red
+		}
+		t.add(c(h.Name), c(h.Address), reach, c(orDash(driver)), c(gpus), cc(strings.Join(note, " "), nc))
+	}
+	t.write(w, s)
+}
+
+func gpus(g []string) string {
+	if len(g) == 0 {
+		return "none"
+	}
+	return strings.Join(g, ",")
+}
+
+func name(ct controller.Container) string {
+	if ct.Simulated {
+		return ct.Key() + " (simulated)"
+	}
+	return ct.Key()
+}
+
+func versions(d controller.Driver) string {
+	if d.Kernel == "" && d.Userspace == "" {
+		return "-"
+	}
+	return orDash(d.Kernel) + "/" + orDash(d.Userspace)
+}
+
+func containers(w io.Writer, r *controller.Report, s Style) {
+	t := &table{}
+	head := []cell{cc("CONTAINER", bold), cc("GPUS", bold), cc("STATE", bold), cc("RESTART", bold)}
+	if r.Kind == controller.KindApply {
+		head = append(head, cc("WRITTEN", bold), cc("RESTARTED", bold))
+	}
+	head = append(head, cc("DRIVER KERNEL/USER", bold), cc("REASONS", bold))
+	t.add(head...)
+	for _, ct := range r.Containers {
+		restart := "-"
+		if ct.State != controller.StateUnreachable {
+			restart = yesNo(ct.RestartRequired)
+		}
+		g := gpus(ct.GPUs)
+		if ct.GPUsDiffer {
+			g = gpus(ct.ConfiguredGPUs) + " (fleet: " + g + ")"
+		}
+		row := []cell{c(name(ct)), c(g), cc(ct.State, StateColor(ct.State)), c(restart)}
+		if r.Kind == controller.KindApply {
+			row = append(row, c(yesNo(ct.Written)), c(yesNo(ct.Restarted)))
+		}
+		reasons := strings.Join(ct.Reasons, "; ")
+		if len(ct.Warnings) > 0 {
+			if reasons != "" {
+				reasons += "; "
+			}
+			reasons += "warning: " + strings.Join(ct.Warnings, "; warning: ")
+		}
+		row = append(row, c(versions(ct.Driver)), c(reasons))
+		t.add(row...)
+	}
+	t.write(w, s)
+}
+
+func planBody(w io.Writer, r *controller.Report, s Style) {
+	for i, ct := range r.Containers {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		head := fmt.Sprintf("%s  gpus %s", s.paint(bold, name(ct)), gpus(ct.GPUs))
+		if ct.GPUsDiffer {
+			head += " (now " + gpus(ct.ConfiguredGPUs) + ")"
+		}
+		if ct.RunState != "" {
+			head += "  " + ct.RunState
+		}
+		switch {
+		case ct.State == controller.StatePending:
+			head += "  " + s.paint(yellow, "changes pending")
+		case ct.State == controller.StateUnreachable || ct.State == controller.StateError:
+			head += "  " + s.paint(red, ct.State)
+		default:
+			head += "  no changes (" + s.paint(StateColor(ct.State), ct.State) + ")"
+		}
+		fmt.Fprintln(w, head)
+		if ct.State == controller.StateUnreachable || ct.State == controller.StateError {
+			for _, r := range ct.Reasons {
+				fmt.Fprintf(w, "    %s\n", r)
+			}
+			continue
+		}
+		if ct.ConfigPath != "" && len(ct.Changes) > 0 {
+			fmt.Fprintf(w, "    %s\n", s.paint(grey, ct.ConfigPath))
+		}
+		for _, ch := range ct.Changes {
+			if ch.Op == "remove" {
+				fmt.Fprintf(w, "    %s\n", s.paint(red, "- "+ch.Line))
+			} else {
+				fmt.Fprintf(w, "    %s\n", s.paint(green, "+ "+ch.Line))
+			}
+		}
+		switch {
+		case ct.RestartRequired:
+			fmt.Fprintf(w, "    restart: %s\n", s.paint(yellow, "yes"))
+			for _, r := range ct.RestartReasons {
+				fmt.Fprintf(w, "      - %s\n", r)
+			}
+		case ct.Start:
+			fmt.Fprintf(w, "    start: %s (stopped; the fleet asks for it to run)\n", s.paint(yellow, "yes"))
+		case ct.State == controller.StatePending && ct.RunState == "running":
+			fmt.Fprintln(w, "    restart: no (the running container already has what the new config gives it)")
+		case ct.State == controller.StatePending:
+			fmt.Fprintln(w, "    restart: no (stopped; the new config applies at its next start)")
+		}
+		if ct.State != controller.StatePending {
+			for _, r := range ct.Reasons {
+				fmt.Fprintf(w, "    %s\n", r)
+			}
+		}
+		for _, wn := range ct.Warnings {
+			fmt.Fprintf(w, "    warning: %s\n", wn)
+		}
+	}
+}
+
+func summary(w io.Writer, r *controller.Report, s Style) {
+	counts := r.Summary()
+	states := make([]string, 0, len(counts))
+	for st := range counts {
+		states = append(states, st)
+	}
+	order := map[string]int{controller.StateReady: 0, controller.StatePending: 1, controller.StateNotReady: 2,
+		controller.StateStopped: 3, controller.StateUnreachable: 4, controller.StateError: 5}
+	sort.Slice(states, func(i, j int) bool { return order[states[i]] < order[states[j]] })
+	var parts []string
+	for _, st := range states {
+		parts = append(parts, s.paint(StateColor(st), fmt.Sprintf("%d %s", counts[st], st)))
+	}
+	unreach := 0
+	for _, h := range r.Hosts {
+		if !h.Reachable {
+			unreach++
+		}
+	}
+	line := fmt.Sprintf("%s: %s", strings.ToUpper(r.Kind[:1])+r.Kind[1:], plural(len(r.Containers), "container", "containers"))
+	if len(parts) > 0 {
+		line += " (" + strings.Join(parts, ", ") + ")"
+	}
+	line += fmt.Sprintf(" on %s", plural(len(r.Hosts), "host", "hosts"))
+	if unreach > 0 {
+		line += ", " + s.paint(red, fmt.Sprintf("%d unreachable", unreach))
+	}
+	switch r.Kind {
+	case controller.KindPlan:
+		restarts := 0
+		for _, ct := range r.Containers {
+			if ct.State == controller.StatePending && ct.RestartRequired {
+				restarts++
+			}
+		}
+		if counts[controller.StatePending] > 0 {
+			line += fmt.Sprintf("; apply would change %s and restart %d", plural(counts[controller.StatePending], "container", "containers"), restarts)
+		} else if r.ExitCode() == controller.ExitOK {
+			line += "; nothing to change"
+		}
+	case controller.KindApply:
+		written, restarted, rolled := 0, 0, 0
+		for _, ct := range r.Containers {
+			if ct.Written {
+				written++
+			}
+			if ct.Restarted {
+				restarted++
+			}
+			if ct.RolledBack {
+				rolled++
+			}
+		}
+		line += fmt.Sprintf("; %d written, %d restarted", written, restarted)
+		if rolled > 0 {
+			line += fmt.Sprintf(", %d rolled back", rolled)
+		}
+	}
+	fmt.Fprintln(w, line+".")
+}

@@ -1,0 +1,401 @@
+// Package controller is the fleet side of gpupass: it talks to every host agent of a
+// fleet at once (one mTLS + yamux session per host, bounded concurrency, per-host
+// deadlines) for plan, apply, status, watch and doctor, and turns the answers into a
+// Report whose JSON form is the contract in DESIGN.md ("Formats").
+package controller
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"gpupass/internal/fleet"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// Container states (DESIGN.md).
+const (
+	StateReady       = "ready"
+	StatePending     = "pending"
+	StateNotReady    = "not-ready"
+	StateStopped     = "stopped"
+	StateUnreachable = "unreachable"
+	StateError       = "error"
+)
+
+// Kinds of report.
+const (
+	KindPlan   = "plan"
+	KindApply  = "apply"
+	KindStatus = "status"
+)
+
+// Exit codes (DESIGN.md): 0 ok / nothing to change, 2 changes pending or not ready, 1 error.
+const (
+	ExitOK      = 0
+	ExitError   = 1
+	ExitPending = 2
+)
+
+// Report is the answer of plan, apply or status. Its JSON encoding is the contract;
+// fields may be added, never renamed or removed.
+type Report struct {
+	Kind       string      `json:"kind"`
+	Hosts      []Host      `json:"hosts"`
+	Containers []Container `json:"containers"`
+}
+
+// Host is one host agent as the controller saw it.
+type Host struct {
+	Name       string     `json:"name"`
+	Reachable  bool       `json:"reachable"`
+	GPUs       []GPU      `json:"gpus"`
+	Address    string     `json:"address"`
+	Simulated  bool       `json:"simulated"`
+	Runtime    string     `json:"runtime,omitempty"`
+	AgentBuild string     `json:"agent_build,omitempty"`
+	Driver     HostDriver `json:"driver"`
+	Error      string     `json:"error,omitempty"` // why it is unreachable or failed
+	ElapsedMS  int64      `json:"elapsed_ms"`      // time to its answer (or failure)
+}
+
+// GPU is one GPU of a host.
+type GPU struct {
+	Index uint32 `json:"index"`
+	UUID  string `json:"uuid"`
+	Minor uint32 `json:"minor"`
+	Bus   string `json:"bus"`
+	Model string `json:"model"`
+}
+
+// HostDriver is the host's NVIDIA kernel driver.
+type HostDriver struct {
+	Loaded bool              `json:"loaded"`
+	Kernel string            `json:"kernel"`
+	Error  string            `json:"error,omitempty"`
+	Majors map[string]uint32 `json:"majors,omitempty"`
+}
+
+// Container is one fleet container entry with what its host said about it.
+type Container struct {
+	Host            string   `json:"host"`
+	ID              string   `json:"id"`
+	GPUs            []string `json:"gpus"`
+	State           string   `json:"state"`
+	RestartRequired bool     `json:"restart_required"`
+	Restarted       bool     `json:"restarted"`
+	Reasons         []string `json:"reasons"`
+	Devices         []Device `json:"devices"`
+	Driver          Driver   `json:"driver"`
+	Warnings        []string `json:"warnings"`
+	Error           string   `json:"error,omitempty"`
+	RunState        string   `json:"run_state,omitempty"`
+	GuestConnected  bool     `json:"guest_connected"`
+	NetworkOK       bool     `json:"network_ok"`
+	RequireNetwork  bool     `json:"require_network"`
+	WantState       string   `json:"want_state,omitempty"`
+	ReportAgeMS     int64    `json:"report_age_ms,omitempty"`
+	Simulated       bool     `json:"simulated"` // on a simulated GPU host
+	// ConfiguredGPUs are the GPUs the container's config passes now (GPUs is the fleet's
+	// assignment); nil when the host was not asked.
+	ConfiguredGPUs []string `json:"configured_gpus,omitempty"`
+	// GPUsDiffer: the configured GPUs are not the fleet's (compared through the host's
+	// GPU list, so an index and a UUID of the same GPU are equal).
+	GPUsDiffer bool `json:"-"`
+
+	// plan and apply
+	Changes        []Change `json:"changes,omitempty"`
+	Diff           string   `json:"diff,omitempty"`
+	ConfigPath     string   `json:"config_path,omitempty"`
+	RestartReasons []string `json:"restart_reasons,omitempty"`
+	Start          bool     `json:"start,omitempty"`       // stopped and the fleet wants it running
+	Written        bool     `json:"written,omitempty"`     // apply wrote the config
+	RolledBack     bool     `json:"rolled_back,omitempty"` // apply failed and restored the config
+}
+
+// Key is "host/id".
+func (c Container) Key() string { return c.Host + "/" + c.ID }
+
+// Device is one expected device node as the guest found it.
+type Device struct {
+	Path   string `json:"path"`
+	Status string `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Driver holds the versions seen for a container.
+type Driver struct {
+	Kernel    string `json:"kernel"`
+	Userspace string `json:"userspace"`
+}
+
+// Change is one managed config line added or removed.
+type Change struct {
+	Op         string `json:"op"` // add | remove
+	Line       string `json:"line"`
+	LineNumber uint32 `json:"line_number"`
+}
+
+// DeviceStatusString maps a device status to its contract name.
+func DeviceStatusString(s pb.DeviceStatus) string {
+	switch s {
+	case pb.DeviceStatus_DEVICE_STATUS_OK:
+		return "ok"
+	case pb.DeviceStatus_DEVICE_STATUS_MISSING:
+		return "missing"
+	case pb.DeviceStatus_DEVICE_STATUS_DENIED:
+		return "denied"
+	case pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER:
+		return "no-driver"
+	case pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE:
+		return "not-char-device"
+	case pb.DeviceStatus_DEVICE_STATUS_WRONG_DEVICE:
+		return "wrong-device"
+	}
+	return "unknown"
+}
+
+func validState(s string) bool {
+	switch s {
+	case StateReady, StatePending, StateNotReady, StateStopped, StateUnreachable, StateError:
+		return true
+	}
+	return false
+}
+
+// newContainer starts a report entry from the fleet entry; every list is non-nil so that
+// JSON shows [] rather than null.
+func newContainer(c fleet.Container) Container {
+	gpus := append([]string{}, c.GPUs...)
+	return Container{
+		Host: c.Host, ID: c.ID, GPUs: gpus, State: StateError,
+		Reasons: []string{}, Devices: []Device{}, Warnings: []string{},
+		RequireNetwork: c.RequireNetwork, WantState: c.State,
+	}
+}
+
+func newHost(h fleet.Host) Host {
+	return Host{Name: h.Name, Address: h.Address, GPUs: []GPU{}}
+}
+
+// fillHost copies a host's inventory into h.
+func fillHost(h *Host, inv *pb.HostInventory) {
+	if inv == nil {
+		return
+	}
+	h.Simulated = inv.GetSimulated()
+	h.Runtime = inv.GetRuntime()
+	h.AgentBuild = inv.GetAgentBuild()
+	d := inv.GetDriver()
+	h.Driver = HostDriver{Loaded: d.GetLoaded(), Kernel: d.GetKernelVersion(), Error: d.GetError()}
+	if len(d.GetMajors()) > 0 {
+		h.Driver.Majors = map[string]uint32{}
+		for k, v := range d.GetMajors() {
+			h.Driver.Majors[k] = v
+		}
+	}
+	h.GPUs = []GPU{}
+	for _, g := range inv.GetGpus() {
+		h.GPUs = append(h.GPUs, GPU{Index: g.GetIndex(), UUID: g.GetUuid(), Minor: g.GetMinor(), Bus: g.GetBusId(), Model: g.GetModel()})
+	}
+}
+
+// applyStatus copies a host's status of the container into c.
+func applyStatus(c *Container, st *pb.ContainerStatus) {
+	c.State = st.GetState()
+	if !validState(c.State) {
+		c.Reasons = append(c.Reasons, fmt.Sprintf("the host agent reported an unknown state %q", st.GetState()))
+		c.State = StateError
+	}
+	c.ConfiguredGPUs = append([]string{}, st.GetGpus()...)
+	c.Reasons = append(c.Reasons, st.GetReasons()...)
+	c.Warnings = append(c.Warnings, st.GetWarnings()...)
+	c.Devices = c.Devices[:0]
+	for _, d := range st.GetDevices() {
+		c.Devices = append(c.Devices, Device{Path: d.GetPath(), Status: DeviceStatusString(d.GetStatus()), Detail: d.GetDetail()})
+	}
+	c.Driver = Driver{Kernel: st.GetDriver().GetKernel(), Userspace: st.GetDriver().GetUserspace()}
+	c.RestartRequired = st.GetRestartRequired()
+	c.RunState = st.GetRunState()
+	c.GuestConnected = st.GetGuestConnected()
+	c.NetworkOK = st.GetNetworkOk()
+	c.ReportAgeMS = st.GetReportAgeMs()
+}
+
+// applyPlan copies a host's plan for the container into c. A plan with something to do
+// makes the container pending; otherwise the state stays what status said.
+func applyPlan(c *Container, p *pb.ContainerPlan) {
+	c.ConfigPath = p.GetConfigPath()
+	c.Diff = p.GetDiff()
+	c.Changes = []Change{}
+	for _, ch := range p.GetChanges() {
+		op := "add"
+		if ch.GetOp() == pb.ConfigChange_OP_REMOVE {
+			op = "remove"
+		}
+		c.Changes = append(c.Changes, Change{Op: op, Line: ch.GetLine(), LineNumber: ch.GetLineNumber()})
+	}
+	c.RestartRequired = p.GetRestart().GetRequired()
+	c.RestartReasons = append([]string{}, p.GetRestart().GetReasons()...)
+	c.Start = p.GetStart()
+	if p.GetRunState() != "" {
+		c.RunState = p.GetRunState()
+	}
+	if p.GetError() != "" {
+		c.State = StateError
+		c.Error = p.GetError()
+		c.Reasons = append(c.Reasons, "plan failed: "+p.GetError())
+		return
+	}
+	if len(c.Changes) > 0 || c.RestartRequired || c.Start {
+		c.State = StatePending
+		var why []string
+		if n := len(c.Changes); n > 0 {
+			why = append(why, fmt.Sprintf("config differs from the fleet (%d managed line(s) to change)", n))
+		}
+		if c.RestartRequired {
+			for _, r := range c.RestartReasons {
+				why = append(why, "restart: "+r)
+			}
+			if len(c.RestartReasons) == 0 {
+				why = append(why, "restart required")
+			}
+		}
+		if c.Start {
+			why = append(why, "stopped; fleet.yaml asks for it to run")
+		}
+		c.Reasons = append(why, c.Reasons...)
+	}
+}
+
+// applyResult copies an apply result into c.
+func applyResult(c *Container, r *pb.ContainerResult) {
+	if r.GetStatus() != nil {
+		applyStatus(c, r.GetStatus())
+	}
+	if r.GetPlan() != nil {
+		state, reasons := c.State, c.Reasons
+		applyPlan(c, r.GetPlan())
+		// After apply the state is the observed one, not "pending".
+		if r.GetStatus() != nil && c.State == StatePending {
+			c.State, c.Reasons = state, reasons
+		}
+		c.RestartRequired = r.GetPlan().GetRestart().GetRequired()
+	}
+	c.Written = r.GetWritten()
+	c.Restarted = r.GetRestarted()
+	c.RolledBack = r.GetRolledBack()
+	if r.GetError() != "" {
+		c.State = StateError
+		c.Error = r.GetError()
+		msg := "apply failed: " + r.GetError()
+		if c.RolledBack {
+			msg += " (rolled back: the config and the container are as they were)"
+		}
+		c.Reasons = append([]string{msg}, c.Reasons...)
+	}
+	if r.GetStatus() == nil && r.GetError() == "" {
+		c.State = StatePending
+	}
+}
+
+// markHost sets every container of a host that failed as a whole.
+func markHost(cs []*Container, state, reason string) {
+	for _, c := range cs {
+		c.State = state
+		c.Reasons = []string{reason}
+		c.Error = reason
+	}
+}
+
+// Ready reports whether the container counts as fine for the exit code: ready, or stopped
+// while the fleet does not ask for it to run.
+func (c Container) Ready() bool {
+	return c.State == StateReady || (c.State == StateStopped && c.WantState != fleet.StateRunning)
+}
+
+// ExitCode is the CLI exit status for the report (DESIGN.md): 1 if any host could not be
+// asked or any container is in error, else 2 if a plan has changes pending or a container
+// is not ready, else 0.
+func (r *Report) ExitCode() int {
+	for _, h := range r.Hosts {
+		if !h.Reachable || h.Error != "" {
+			return ExitError
+		}
+	}
+	pending := false
+	for _, c := range r.Containers {
+		switch {
+		case c.State == StateError || c.State == StateUnreachable:
+			return ExitError
+		case r.Kind == KindPlan:
+			if c.State == StatePending {
+				pending = true
+			}
+		case !c.Ready():
+			pending = true
+		}
+	}
+	if pending {
+		return ExitPending
+	}
+	return ExitOK
+}
+
+// Summary counts containers per state.
+func (r *Report) Summary() map[string]int {
+	m := map[string]int{}
+	for _, c := range r.Containers {
+		m[c.State]++
+	}
+	return m
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// sameGPUs reports whether two selector lists name the same GPUs of a host.
+func sameGPUs(a, b []string, gpus []GPU) bool {
+	norm := func(list []string) []string {
+		out := make([]string, 0, len(list))
+		for _, s := range list {
+			key := strings.ToLower(s)
+			for _, g := range gpus {
+				if s == fmt.Sprint(g.Index) || strings.EqualFold(s, g.UUID) || strings.EqualFold(s, g.Bus) ||
+					strings.EqualFold("0000:"+s, g.Bus) {
+					key = g.UUID
+					if key == "" {
+						key = fmt.Sprint(g.Index)
+					}
+				}
+			}
+			out = append(out, key)
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	return slices.Equal(norm(a), norm(b))
+}
+
+// markGPUsDiffer compares the configured GPUs with the fleet's through the host's GPU list
+// and, when they differ, says so in a warning (readiness is the host's call).
+func markGPUsDiffer(c *Container, gpus []GPU, warn bool) {
+	c.GPUsDiffer = c.ConfiguredGPUs != nil && !sameGPUs(c.GPUs, c.ConfiguredGPUs, gpus)
+	if c.GPUsDiffer && warn {
+		now := "none"
+		if len(c.ConfiguredGPUs) > 0 {
+			now = strings.Join(c.ConfiguredGPUs, ",")
+		}
+		want := "none"
+		if len(c.GPUs) > 0 {
+			want = strings.Join(c.GPUs, ",")
+		}
+		c.Warnings = append(c.Warnings, fmt.Sprintf("the config passes GPUs %s, the fleet asks for %s (gpupass plan shows the change)", now, want))
+	}
+}

@@ -1,0 +1,158 @@
+package controller
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/controller/agenttest"
+)
+
+func TestWatchStreamsChangesFromAllHosts(t *testing.T) {
+	e := newEnv(t)
+	a := e.host(t, agenttest.New("pve1"))
+	a.Add(agenttest.Container{ID: "901", GPUs: []string{"0"}, Guest: true, Lib: agenttest.KernelVersion})
+	b := e.host(t, agenttest.New("pve2"))
+	b.Add(agenttest.Container{ID: "950", GPUs: []string{"1"}, Guest: false})
+	e.deadHost("pve3", agenttest.Refused(t))
+	e.container("pve1", "901", "0")
+	e.container("pve2", "950", "1")
+	e.container("pve3", "960", "0")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var got []string
+	seen := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- e.controller(t, time.Second).Watch(ctx, func(ev Event) {
+			mu.Lock()
+			got = append(got, ev.Container.Key()+" "+ev.Container.State)
+			mu.Unlock()
+			seen <- struct{}{}
+		})
+	}()
+	waitFor := func(n int) {
+		t.Helper()
+		for {
+			mu.Lock()
+			l := len(got)
+			mu.Unlock()
+			if l >= n {
+				return
+			}
+			select {
+			case <-seen:
+			case <-ctx.Done():
+				t.Fatalf("timed out waiting for %d events, have %v", n, got)
+			}
+		}
+	}
+	waitFor(3)
+	// A guest on pve2 connects: its container becomes ready.
+	b.Update("950", func(c *agenttest.Container) { c.Guest, c.Lib = true, agenttest.KernelVersion })
+	waitFor(4)
+	// pve1's container loses its device cgroup rule.
+	a.Update("901", func(c *agenttest.Container) { c.Denied = true })
+	waitFor(5)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	first := map[string]bool{}
+	for _, g := range got[:3] {
+		first[g] = true
+	}
+	if diff := cmp.Diff(first, map[string]bool{"pve1/901 ready": true, "pve2/950 not-ready": true, "pve3/960 unreachable": true}); diff != "" {
+		t.Errorf("initial events (-got +want)\n%s", diff)
+	}
+	if diff := cmp.Diff(got[3:5], []string{"pve2/950 ready", "pve1/901 not-ready"}); diff != "" {
+		t.Errorf("changes (-got +want)\n%s", diff)
+	}
+}
+
+func TestApplyProgressAndFailingHosts(t *testing.T) {
+	e := newEnv(t)
+	a := e.host(t, agenttest.New("pve1"))
+	a.StepDelay = 5 * time.Millisecond
+	a.Add(agenttest.Container{ID: "901", GPUs: []string{}, Guest: true, Lib: agenttest.KernelVersion})
+	a.Add(agenttest.Container{ID: "902", GPUs: []string{"0"}, Guest: true, Lib: agenttest.KernelVersion})
+	e.deadHost("pve2", agenttest.Silent(t))
+	e.deadHost("pve3", agenttest.Refused(t))
+	e.container("pve1", "901", "1")
+	e.container("pve1", "902")
+	e.container("pve1", "903", "0") // not on the host
+	e.container("pve2", "950", "0")
+	e.container("pve3", "960", "0")
+
+	var mu sync.Mutex
+	steps := map[string][]string{}
+	start := time.Now()
+	r := e.controller(t, 600*time.Millisecond).Apply(context.Background(), ApplyOptions{Timeout: 5 * time.Second, Parallel: 3, Progress: func(p Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		key := p.Host
+		if p.Container != "" {
+			key += "/" + p.Container
+		}
+		steps[key] = append(steps[key], p.Step)
+	}})
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("apply took %s", took)
+	}
+	want := map[string][]string{
+		"pve1":     {"connect"},
+		"pve1/901": {"journal", "lock", "write", "restart", "wait-ready", "done"},
+		"pve1/902": {"journal", "lock", "write", "restart", "wait-ready", "done"},
+		"pve2":     {"connect", "failed"},
+		"pve3":     {"connect", "failed"},
+	}
+	if diff := cmp.Diff(steps, want); diff != "" {
+		t.Errorf("progress (-got +want)\n%s", diff)
+	}
+	states := map[string]string{}
+	for _, c := range r.Containers {
+		states[c.Key()] = c.State
+	}
+	wantStates := map[string]string{"pve1/901": "ready", "pve1/902": "ready", "pve1/903": "error", "pve2/950": "unreachable", "pve3/960": "unreachable"}
+	if diff := cmp.Diff(states, wantStates); diff != "" {
+		t.Errorf("states (-got +want)\n%s", diff)
+	}
+	if c := r.Containers[0]; !c.Written || !c.Restarted {
+		t.Errorf("901: written=%v restarted=%v", c.Written, c.Restarted)
+	}
+	if c := r.Containers[2]; !strings.Contains(c.Reasons[0], "does not exist on pve1") {
+		t.Errorf("903 reasons: %v", c.Reasons)
+	}
+	if got := r.ExitCode(); got != ExitError {
+		t.Errorf("exit %d, want 1", got)
+	}
+	if c, _ := a.Get("901"); len(c.Running) != 1 || c.Running[0] != 1 {
+		t.Errorf("901 runs with minors %v after apply, want [1]", c.Running)
+	}
+}
+
+func TestApplyCancelled(t *testing.T) {
+	e := newEnv(t)
+	a := e.host(t, agenttest.New("pve1"))
+	a.StepDelay = time.Hour
+	a.Add(agenttest.Container{ID: "901", GPUs: []string{}})
+	e.container("pve1", "901", "0")
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	r := e.controller(t, time.Second).Apply(ctx, ApplyOptions{})
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("cancelled apply took %s", took)
+	}
+	if c := r.Containers[0]; c.State != StateUnreachable && c.State != StateError {
+		t.Errorf("901 after cancel: %+v", c)
+	}
+}

@@ -1,0 +1,10 @@
+package guest
+
+import (
+	"runtime"
+	"strings"
+)
+
+func testingArch() string { return runtime.GOARCH }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -1,0 +1,60 @@
+package guest
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"gpupass/internal/log"
+)
+
+func TestWatcher(t *testing.T) {
+	checkLeaks(t)
+	f := newTree(t)
+	w, err := NewWatcher(f.paths(), log.ForTest(t, "watcher"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	changes := make(chan string, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, func(s string) { changes <- s }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != context.Canceled {
+			t.Errorf("Run = %v, want context.Canceled", err)
+		}
+	}()
+	expect := func(what string, act func()) {
+		t.Helper()
+		for len(changes) > 0 {
+			<-changes
+		}
+		act()
+		select {
+		case s := <-changes:
+			if s != ChangeDev {
+				t.Errorf("%s: change %q, want %q", what, s, ChangeDev)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s: no change reported", what)
+		}
+	}
+	expect("create in /dev", func() { f.file("dev/nvidia0", "") })
+	expect("chmod in /dev", func() { os.Chmod(f.path("dev/nvidia0"), 0o600) })
+	expect("remove in /dev", func() { os.Remove(f.path("dev/nvidia0")) })
+	expect("nvidia-caps appears", func() { os.Mkdir(f.path("dev/nvidia-caps"), 0o755) })
+	expect("create in /dev/nvidia-caps", func() { f.file("dev/nvidia-caps/nvidia-cap1", "") })
+	expect("remove in /dev/nvidia-caps", func() { os.Remove(f.path("dev/nvidia-caps/nvidia-cap1")) })
+	expect("nvidia-caps goes", func() { os.Remove(f.path("dev/nvidia-caps")) })
+	expect("nvidia-caps comes back", func() { os.Mkdir(f.path("dev/nvidia-caps"), 0o755) })
+	expect("create in the new /dev/nvidia-caps", func() { f.file("dev/nvidia-caps/nvidia-cap2", "") })
+}
+
+func TestWatcherNoDev(t *testing.T) {
+	if _, err := NewWatcher(Paths{Root: t.TempDir()}, nil); err == nil {
+		t.Fatal("NewWatcher without a /dev: no error")
+	}
+}

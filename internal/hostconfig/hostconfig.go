@@ -1,0 +1,141 @@
+// Package hostconfig reads /etc/gpupass/host-agent.yaml, the host agent's configuration:
+// strictly decoded, versioned, with every default set in one place (Default).
+package hostconfig
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gpupass/internal/strictyaml"
+)
+
+// Version is the host-agent.yaml format version this package reads.
+const Version = 1
+
+// DefaultPath is where the host agent looks for its configuration.
+const DefaultPath = "/etc/gpupass/host-agent.yaml"
+
+// Runtimes the host agent can drive.
+const (
+	RuntimePct = "pct"
+	RuntimeLXC = "lxc"
+)
+
+// Config is the host agent's configuration.
+type Config struct {
+	Version        int    `yaml:"version"`
+	Listen         string `yaml:"listen"`  // host:port of the controller-facing TLS listener
+	Runtime        string `yaml:"runtime"` // pct | lxc
+	TLS            TLS    `yaml:"tls"`
+	StateDir       string `yaml:"state_dir"`        // journal and backups
+	GuestSocketDir string `yaml:"guest_socket_dir"` // one socket directory per container below it
+	HostRoot       string `yaml:"host_root"`        // prefix for /proc, /dev, /etc/pve, /var/lib/lxc
+	MetricsListen  string `yaml:"metrics_listen"`   // host:port for Prometheus metrics; "" = off
+	// Heartbeat is how often guests push a report when nothing changes.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// GuestStaleAfter: a guest whose last report is older counts as not reporting.
+	GuestStaleAfter time.Duration `yaml:"guest_stale_after"`
+	LXCPath         string        `yaml:"lxc_path"`  // the lxc runtime's container directory
+	Simulated       bool          `yaml:"simulated"` // label the host as a simulated GPU host
+
+	File string `yaml:"-"` // the file it was read from ("" for defaults)
+}
+
+// TLS names the host agent's certificate files.
+type TLS struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Default returns the configuration used for every field a file leaves out.
+func Default() *Config {
+	return &Config{
+		Version:         Version,
+		Listen:          "0.0.0.0:7420",
+		Runtime:         RuntimePct,
+		TLS:             TLS{CA: "/etc/gpupass/ca.crt", Cert: "/etc/gpupass/host.crt", Key: "/etc/gpupass/host.key"},
+		StateDir:        "/var/lib/gpupass",
+		GuestSocketDir:  "/run/gpupass/guests",
+		HostRoot:        "/",
+		MetricsListen:   "",
+		Heartbeat:       10 * time.Second,
+		GuestStaleAfter: 30 * time.Second,
+		LXCPath:         "/var/lib/lxc",
+		Simulated:       false,
+	}
+}
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load host agent config: %w", err)
+	}
+	return Parse(path, b)
+}
+
+// Parse decodes and validates host-agent.yaml contents (file names it in errors); fields
+// the file leaves out keep their Default values.
+func Parse(file string, data []byte) (*Config, error) {
+	c := Default()
+	doc, err := strictyaml.Decode(file, data, Version, c)
+	if err != nil {
+		return nil, err
+	}
+	c.File = file
+	if err := c.validate(doc); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) validate(doc *strictyaml.Doc) error {
+	if err := checkHostPort(c.Listen); err != nil {
+		return doc.Errorf("listen", "%v", err)
+	}
+	if c.MetricsListen != "" {
+		if err := checkHostPort(c.MetricsListen); err != nil {
+			return doc.Errorf("metrics_listen", "%v", err)
+		}
+	}
+	switch c.Runtime {
+	case RuntimePct, RuntimeLXC:
+	default:
+		return doc.Errorf("runtime", "%q: use pct (Proxmox) or lxc (plain LXC)", c.Runtime)
+	}
+	for _, f := range []struct{ path, val string }{
+		{"tls.ca", c.TLS.CA}, {"tls.cert", c.TLS.Cert}, {"tls.key", c.TLS.Key},
+		{"state_dir", c.StateDir}, {"guest_socket_dir", c.GuestSocketDir},
+		{"host_root", c.HostRoot}, {"lxc_path", c.LXCPath},
+	} {
+		if f.val == "" {
+			return doc.Errorf(f.path, "must not be empty")
+		}
+		if !filepath.IsAbs(f.val) {
+			return doc.Errorf(f.path, "%q: use an absolute path", f.val)
+		}
+	}
+	if c.Heartbeat < 100*time.Millisecond || c.Heartbeat > time.Hour {
+		return doc.Errorf("heartbeat", "%s: use a duration between 100ms and 1h", c.Heartbeat)
+	}
+	if c.GuestStaleAfter <= c.Heartbeat {
+		return doc.Errorf("guest_stale_after", "%s must be longer than heartbeat (%s), e.g. three heartbeats", c.GuestStaleAfter, c.Heartbeat)
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (e.g. \"0.0.0.0:7420\")", s)
+	}
+	var n int
+	if _, err := fmt.Sscanf(port, "%d", &n); err != nil || n < 0 || n > 65535 || fmt.Sprint(n) != port {
+		return fmt.Errorf("%q: port %q is not a number 0-65535", s, port)
+	}
+	return nil
+}

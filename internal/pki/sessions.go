@@ -1,0 +1,160 @@
+package pki
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+)
+
+// SessionCache is a tls.ClientSessionCache that is loaded from and saved to a file, so that
+// successive controller runs resume TLS 1.3 sessions with the host agents instead of
+// repeating the full certificate handshake with every host. The file holds resumption
+// secrets, which are as sensitive as the controller's key for as long as the host agent
+// accepts them (at most 7 days): it is written 0600, next to nothing else.
+type SessionCache struct {
+	path string
+	now  func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]sessionEntry
+	dirty   bool
+}
+
+type sessionEntry struct {
+	Ticket []byte    `json:"ticket"`
+	State  []byte    `json:"state"`
+	Saved  time.Time `json:"saved"`
+}
+
+type sessionFile struct {
+	Version  int                     `json:"version"`
+	Sessions map[string]sessionEntry `json:"sessions"`
+}
+
+const (
+	sessionFileVersion = 1
+	// sessionMaxAge: Go host agents accept a ticket for 7 days; older ones are dropped.
+	sessionMaxAge = 7 * 24 * time.Hour
+	// sessionMaxEntries bounds the file.
+	sessionMaxEntries = 8192
+)
+
+// DefaultSessionCachePath is $XDG_CACHE_HOME/gpupass/tls-sessions.json (or the platform's
+// user cache directory); "" when there is none.
+func DefaultSessionCachePath() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "gpupass", "tls-sessions.json")
+}
+
+// LoadSessionCache reads path. A missing, unreadable or corrupt file gives an empty cache
+// (a cache never makes a command fail); the error says why it was ignored.
+func LoadSessionCache(path string) (*SessionCache, error) {
+	c := &SessionCache{path: path, now: time.Now, entries: map[string]sessionEntry{}}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("load TLS session cache: %w", err)
+	}
+	var f sessionFile
+	if err := json.Unmarshal(b, &f); err != nil || f.Version != sessionFileVersion {
+		return c, fmt.Errorf("load TLS session cache %s: unreadable, starting afresh", path)
+	}
+	for k, e := range f.Sessions {
+		if c.now().Sub(e.Saved) < sessionMaxAge {
+			c.entries[k] = e
+		}
+	}
+	return c, nil
+}
+
+// Get implements tls.ClientSessionCache.
+func (c *SessionCache) Get(key string) (*tls.ClientSessionState, bool) {
+	c.mu.Lock()
+	e, ok := c.entries[key]
+	c.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	st, err := tls.ParseSessionState(e.State)
+	if err != nil {
+		return nil, false
+	}
+	cs, err := tls.NewResumptionState(e.Ticket, st)
+	if err != nil {
+		return nil, false
+	}
+	return cs, true
+}
+
+// Put implements tls.ClientSessionCache; a nil cs deletes the entry.
+func (c *SessionCache) Put(key string, cs *tls.ClientSessionState) {
+	var e sessionEntry
+	if cs != nil {
+		ticket, st, err := cs.ResumptionState()
+		if err != nil || st == nil {
+			return
+		}
+		b, err := st.Bytes()
+		if err != nil {
+			return
+		}
+		e = sessionEntry{Ticket: ticket, State: b, Saved: c.now()}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dirty = true
+	if cs == nil {
+		delete(c.entries, key)
+		return
+	}
+	c.entries[key] = e
+}
+
+// Len is the number of cached sessions.
+func (c *SessionCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// Save writes the cache (0600, atomically) if it changed.
+func (c *SessionCache) Save() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dirty || c.path == "" {
+		return nil
+	}
+	if len(c.entries) > sessionMaxEntries {
+		keys := make([]string, 0, len(c.entries))
+		for k := range c.entries {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return c.entries[keys[i]].Saved.After(c.entries[keys[j]].Saved) })
+		for _, k := range keys[sessionMaxEntries:] {
+			delete(c.entries, k)
+		}
+	}
+	b, err := json.Marshal(sessionFile{Version: sessionFileVersion, Sessions: c.entries})
+	if err != nil {
+		return fmt.Errorf("save TLS session cache: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
+		return fmt.Errorf("save TLS session cache: %w", err)
+	}
+	if err := writeFile(c.path, b, 0o600); err != nil {
+		return fmt.Errorf("save TLS session cache: %w", err)
+	}
+	c.dirty = false
+	return nil
+}
