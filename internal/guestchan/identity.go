@@ -54,11 +54,13 @@ func UnifiedCgroup(procCgroup string) (path string, ok bool) {
 }
 
 // ContainerOfCgroup returns the container a cgroup v2 path belongs to, or ok false when the
-// path is outside every container. It recognises plain LXC (`/lxc.payload.<id>[/...]`)
-// and Proxmox (`/lxc/<id>[/ns[/...]]`). The container's segment must be the first one: a
-// process of container 902 can create `/lxc.payload.902/lxc.payload.901` inside its own
-// delegated subtree, and that must not pass for container 901. The monitor cgroups
-// (`/lxc.monitor.<id>`, `/lxc.monitor/<id>`) are not inside the container.
+// path is outside every container. It recognises plain LXC (`.../lxc.payload.<id>[/...]`)
+// and Proxmox (`.../lxc/<id>[/ns[/...]]`) below whatever cgroup the host's LXC runs in
+// (`/`, or e.g. `/process_api/core` on a host that is itself a slice of a bigger machine).
+// The FIRST container segment decides: a process of container 902 can create
+// `/lxc.payload.902/lxc.payload.901` inside its own delegated subtree, and that must not
+// pass for container 901. The monitor cgroups (`lxc.monitor.<id>`, `lxc.monitor/<id>`)
+// are not inside the container.
 func ContainerOfCgroup(path string) (id string, ok bool) {
 	rest, found := strings.CutPrefix(path, "/")
 	if !found {
@@ -70,18 +72,23 @@ func ContainerOfCgroup(path string) (id string, ok bool) {
 			return "", false
 		}
 	}
-	switch {
-	case strings.HasPrefix(segs[0], "lxc.payload."):
-		id = strings.TrimPrefix(segs[0], "lxc.payload.")
-	case segs[0] == "lxc" && len(segs) >= 2:
-		id = segs[1]
-	default:
-		return "", false
+	for i, s := range segs {
+		switch {
+		case strings.HasPrefix(s, "lxc.payload."):
+			id = strings.TrimPrefix(s, "lxc.payload.")
+		case s == "lxc" && i+1 < len(segs):
+			id = segs[i+1]
+		case strings.HasPrefix(s, "lxc.monitor"):
+			return "", false
+		default:
+			continue
+		}
+		if ValidateID(id) != nil {
+			return "", false
+		}
+		return id, true
 	}
-	if ValidateID(id) != nil {
-		return "", false
-	}
-	return id, true
+	return "", false
 }
 
 // peerIdentity is what the kernel says about a connecting process.

@@ -65,7 +65,12 @@ func TestContainerOfCgroup(t *testing.T) {
 		{"proxmox lxc parent", "/lxc", ""},
 		{"pivot", "/lxc.pivot", ""},
 		{"impersonation from a nested cgroup of 902", "/lxc.payload.902/lxc.payload.901", "902"},
-		{"impersonation below a host cgroup", "/system.slice/lxc.payload.901", ""},
+		// Only host root can create cgroups outside a container's delegated subtree, and host
+		// root is trusted anyway; LXC itself nests containers below its caller's cgroup.
+		{"below the host's own cgroup", "/process_api/core/lxc.payload.g0", "g0"},
+		{"attach below the host's own cgroup", "/process_api/core/lxc.payload.g0/.lxc", "g0"},
+		{"monitor below the host's own cgroup", "/process_api/core/lxc.monitor.g0", ""},
+		{"proxmox below a slice", "/system.slice/lxc/901/ns", "901"},
 		{"proxmox impersonation", "/lxc/902/ns/lxc/901", "902"},
 		{"empty payload name", "/lxc.payload.", ""},
 		{"proxmox empty id", "/lxc//ns", ""},

@@ -13,6 +13,7 @@ import (
 
 	"gpupass/internal/log"
 	"gpupass/internal/lxctest"
+	"gpupass/internal/testenv"
 )
 
 // buildGuestClient builds testdata/guestclient statically, for busybox containers.
@@ -42,13 +43,15 @@ func randomName(prefix string) string {
 // accepted; a process of container B, which has A's socket directory mounted too, is
 // refused whatever it claims.
 func TestLXCIdentity(t *testing.T) {
+	testenv.RequireLXC(t)
+	lxctest.RequireCgroup2(t)
+	client := buildGuestClient(t)
 	for _, unpriv := range []bool{false, true} {
 		name := "privileged"
 		if unpriv {
 			name = "unprivileged"
 		}
 		t.Run(name, func(t *testing.T) {
-			client := buildGuestClient(t)
 			cfg := Config{Dir: filepath.Join(lxctest.TempDir(t), "guests"), Log: log.ForTest(t, "guestchan"), Build: "test"}
 			r := New(cfg)
 			idA, idB := randomName("gca"), randomName("gcb")

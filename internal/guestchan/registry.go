@@ -225,7 +225,8 @@ func (r *Registry) lookupOrAdd(id string) *container {
 }
 
 // Run serves every ensured socket (and those ensured later) until ctx ends, then closes
-// the listeners and sessions and waits for every goroutine it started.
+// the listeners (removing the socket files) and sessions and waits for every goroutine it
+// started. The registry keeps its state; a later Run serves only what is ensured again.
 func (r *Registry) Run(ctx context.Context) error {
 	r.mu.Lock()
 	if r.runCtx != nil {

@@ -74,8 +74,8 @@ func TestGuestSession(t *testing.T) {
 		t.Fatalf("Wait: %v", err)
 	}
 	t.Logf("Wait woke %v after the report was sent", latency)
-	if latency > 250*time.Millisecond {
-		t.Errorf("Wait woke %v after the report, want promptly (< 250ms)", latency)
+	if latency > 500*time.Millisecond { // typically well under 1ms; polling would show
+		t.Errorf("Wait woke %v after the report, want promptly (< 500ms)", latency)
 	}
 	s, _ = f.r.Latest("901")
 	if s.Report.GetContainerId() != "901" {

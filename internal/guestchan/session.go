@@ -143,10 +143,13 @@ func (r *Registry) sessionUp(c *container, hello *pb.Hello) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c.sessions++
+	if c.removed {
+		return
+	}
 	c.seen = r.cfg.Now()
 	c.stale = false
 	if b := hello.GetBootId(); b != "" {
-		c.bootID = b
+		c.bootID = clip(b)
 	}
 	r.changedLocked(c, true)
 }
@@ -266,6 +269,9 @@ func (r *Registry) acceptReport(c *container, rep *pb.GuestReport) bool {
 	rep.ContainerId = c.id // the identity, never the guest's word
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if c.removed {
+		return true // its session is closing; nobody reads this record any more
+	}
 	now := r.cfg.Now()
 	if !c.bucket.take(now) {
 		c.dropped++
@@ -274,7 +280,7 @@ func (r *Registry) acceptReport(c *container, rep *pb.GuestReport) bool {
 	significant := c.report == nil || c.stale || reportChanged(c.report, rep)
 	c.report, c.at, c.seen, c.stale = rep, now, now, false
 	if b := rep.GetBootId(); b != "" {
-		c.bootID = b
+		c.bootID = clip(b)
 	}
 	r.changedLocked(c, significant)
 	return true
@@ -295,4 +301,14 @@ func reportChanged(a, b *pb.GuestReport) bool {
 		}
 	}
 	return false
+}
+
+// maxBootID bounds the boot id kept from a guest (a UUID has 36 characters).
+const maxBootID = 128
+
+func clip(s string) string {
+	if len(s) > maxBootID {
+		return s[:maxBootID]
+	}
+	return s
 }

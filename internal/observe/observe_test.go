@@ -1,7 +1,6 @@
 package observe
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -136,48 +135,6 @@ func TestServing(t *testing.T) {
 	}
 	if _, ok := Serving(nil, "/x"); ok {
 		t.Error("Serving(nil) found a mount")
-	}
-}
-
-func TestContainerOf(t *testing.T) {
-	tests := []struct {
-		cgroup, want string
-		ok           bool
-	}{
-		{"/lxc.payload.c1", "c1", true},
-		{"/lxc.payload.c1/.lxc", "c1", true},
-		{"/lxc.payload.901/system.slice/gpupass-guest.service", "901", true},
-		{"/lxc/901/ns/init.scope", "901", true},
-		{"/lxc/901", "901", true},
-		{"/lxc.monitor.c1", "", false},
-		{"/lxc.monitor/901", "", false},
-		{"/lxc.payload.", "", false},
-		{"/lxc", "", false},
-		{"/user.slice/user-0.slice/session-1.scope", "", false},
-		{"/", "", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.cgroup, func(t *testing.T) {
-			got, ok := ContainerOf(tt.cgroup)
-			if got != tt.want || ok != tt.ok {
-				t.Errorf("ContainerOf(%q) = %q, %v; want %q, %v", tt.cgroup, got, ok, tt.want, tt.ok)
-			}
-		})
-	}
-}
-
-func TestCgroupFixture(t *testing.T) {
-	proc := t.TempDir()
-	write(t, filepath.Join(proc, "42/cgroup"), "12:devices:/lxc.payload.c1\n0::/lxc.payload.c1\n")
-	write(t, filepath.Join(proc, "43/cgroup"), "12:devices:/\n")
-	if got, err := Cgroup(proc, 42); err != nil || got != "/lxc.payload.c1" {
-		t.Errorf("Cgroup(42) = %q, %v", got, err)
-	}
-	if _, err := Cgroup(proc, 43); err == nil || !strings.Contains(err.Error(), "no cgroup v2") {
-		t.Errorf("Cgroup(43): %v", err)
-	}
-	if _, err := Cgroup(proc, 44); !errors.Is(err, ErrNoProcess) {
-		t.Errorf("Cgroup(44): %v, want ErrNoProcess", err)
 	}
 }
 
