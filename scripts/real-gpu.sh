@@ -39,7 +39,8 @@ EOT
 
 mkrootfs() { # name
   local R=$S/lxc/$1/rootfs
-  mkdir -p $R/{bin,dev,proc,sys,tmp,etc,run,lib,lib64,usr/lib,usr/local/nvidia,usr/local/bin}
+  mkdir -p $R/{bin,dev,proc,sys,tmp,etc,run,lib,usr/lib,usr/lib64,usr/local/nvidia,usr/local/bin}
+  ln -sfn usr/lib64 $R/lib64   # as on the host: the loader link is relative (../lib/x86_64-linux-gnu)
   cp /opt/bb/bin/busybox $R/bin/; for a in sh ls cat test sleep head mknod echo env; do ln -sf busybox $R/bin/$a; done
   cp $B/gpupass-guest-agent $R/usr/local/bin/
   cat > $R/etc/init.sh <<'EOT'
@@ -65,7 +66,7 @@ lxc.cgroup2.devices.allow = c 5:* rwm
 lxc.cgroup2.devices.allow = c 136:* rwm
 lxc.mount.entry = /usr/local/nvidia usr/local/nvidia none ro,bind,create=dir 0 0
 lxc.mount.entry = /lib lib none ro,bind 0 0
-lxc.mount.entry = /usr/lib64 lib64 none ro,bind,optional 0 0
+lxc.mount.entry = /usr/lib64 usr/lib64 none ro,bind,optional 0 0
 lxc.mount.entry = /usr/lib usr/lib none ro,bind 0 0
 EOT
 }
