@@ -168,7 +168,7 @@ func testRSS(t *testing.T, bin string) {
 	rss := m["VmRSS"]
 	t.Logf("after %d reports: VmRSS %d KiB (RssAnon %d KiB, RssFile %d KiB), VmHWM %d KiB; limit %d KiB",
 		n, rss>>10, m["RssAnon"]>>10, m["RssFile"]>>10, m["VmHWM"]>>10, maxRSS>>10)
-	if n < 20 {
+	if n < 5 { // about 70 on an idle machine; CI may be busy
 		t.Errorf("%d reports in 1.5 s with a 20 ms heartbeat", n)
 	}
 	if rss > maxRSS {

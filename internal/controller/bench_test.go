@@ -2,10 +2,10 @@ package controller
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"slices"
 	"syscall"
 	"testing"
@@ -62,6 +62,10 @@ func ensureFDs(b *testing.B, n int) {
 // iterations (status --watch reconnects, long-running callers). p50 and p99 are of the
 // whole fleet query.
 func BenchmarkStatusFanout(b *testing.B) {
+	// As the gpupass binary does (controller/main.go), unless GOGC is set.
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+	}
 	p := agenttest.NewPKI(b)
 	for _, n := range []int{1, 10, 100, 1000} {
 		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
@@ -78,9 +82,6 @@ func BenchmarkStatusFanout(b *testing.B) {
 			} {
 				b.Run(mode.name, func(b *testing.B) {
 					tlsCfg := p.ClientTLS(b)
-					if os.Getenv("X25519") != "" {
-						tlsCfg.CurvePreferences = []tls.CurveID{tls.X25519}
-					}
 					if !mode.resume {
 						tlsCfg.ClientSessionCache = nil
 					}

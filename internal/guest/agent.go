@@ -47,6 +47,11 @@ type Config struct {
 	Debounce    time.Duration // default DefaultDebounce
 	BackoffMin  time.Duration // default DefaultBackoffMin
 	BackoffMax  time.Duration // default DefaultBackoffMax
+	// ReportRate and ReportBurst pace change reports (a token bucket; default 10 a
+	// second, bursts of 20) below the host agent's limit: the latest state is sent late,
+	// never dropped.
+	ReportRate  float64
+	ReportBurst int
 	Log         *log.Entry
 	// Dial connects to the host agent; default: the unix socket at Socket.
 	Dial func(ctx context.Context) (net.Conn, error)
@@ -92,6 +97,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.BackoffMax < cfg.BackoffMin {
 		cfg.BackoffMax = max(DefaultBackoffMax, cfg.BackoffMin)
+	}
+	if cfg.ReportRate <= 0 {
+		cfg.ReportRate = reportRate
+	}
+	if cfg.ReportBurst <= 0 {
+		cfg.ReportBurst = reportBurst
 	}
 	if cfg.Log == nil {
 		cfg.Log = log.Discard()
@@ -267,6 +278,7 @@ func (a *Agent) session(ctx context.Context, changes <-chan struct{}) (establish
 		heartbeat = time.NewTimer(time.Hour)
 		debounce  = time.NewTimer(time.Hour)
 		pending   bool // a debounce is armed
+		pace      = newPacer(a.cfg.ReportRate, a.cfg.ReportBurst, time.Now())
 	)
 	heartbeat.Stop()
 	debounce.Stop()
@@ -279,12 +291,12 @@ func (a *Agent) session(ctx context.Context, changes <-chan struct{}) (establish
 		return a.cfg.Heartbeat
 	}
 	send := func(trigger string) error {
-		r := a.build(exp, trigger, &smi, func(fp string) {
+		r := a.build(exp, trigger, &smi, func(fp, nvmlPath string) {
 			smi.running = fp
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				res := a.checker.Deep(sctx)
+				res := a.checker.Deep(sctx, nvmlPath)
 				select {
 				case smiResult <- smiDone{fp: fp, res: res}:
 				case <-sctx.Done():
@@ -331,6 +343,10 @@ func (a *Agent) session(ctx context.Context, changes <-chan struct{}) (establish
 				debounce.Reset(a.cfg.Debounce)
 			}
 		case <-debounce.C:
+			if wait := pace.take(time.Now()); wait > 0 {
+				debounce.Reset(wait) // still pending: the latest state goes out then
+				continue
+			}
 			pending = false
 			if err := send(TriggerChange); err != nil {
 				return established, err
@@ -352,7 +368,7 @@ func (a *Agent) session(ctx context.Context, changes <-chan struct{}) (establish
 // build makes one report for exp. When the fast checks pass and nvidia-smi exists, the
 // deep check must have run in the same state (the fingerprint); otherwise startSmi is
 // asked to run it and the report says it is running.
-func (a *Agent) build(exp *pb.Expectation, trigger string, smi *smiCache, startSmi func(fp string)) *pb.GuestReport {
+func (a *Agent) build(exp *pb.Expectation, trigger string, smi *smiCache, startSmi func(fp, nvmlPath string)) *pb.GuestReport {
 	c := &a.checker
 	r := c.Observe(exp)
 	Assess(exp, r, false)
@@ -364,7 +380,7 @@ func (a *Agent) build(exp *pb.Expectation, trigger string, smi *smiCache, startS
 				Assess(exp, r, false)
 			} else {
 				if smi.running == "" {
-					startSmi(fp)
+					startSmi(fp, r.GetDriver().GetUserspacePath())
 				}
 				Assess(exp, r, true)
 			}

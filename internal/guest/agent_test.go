@@ -13,6 +13,7 @@ import (
 
 	"gpupass/internal/guest/guesttest"
 	"gpupass/internal/log"
+	"gpupass/internal/runner"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -169,5 +170,85 @@ func TestAgentNoHost(t *testing.T) {
 	<-started
 	if len(states) < 5 || !strings.HasPrefix(states[0], "disconnected: dial host agent:") {
 		t.Errorf("states = %q; want many failed dials", states)
+	}
+}
+
+// TestAgentDeepCheck: where nvidia-smi exists, the first report says the deep check is
+// running (not ready yet) and the verdict follows when it ends; heartbeats reuse it.
+func TestAgentDeepCheck(t *testing.T) {
+	checkLeaks(t)
+	requireDevNodesWork(t)
+	f := newTree(t)
+	f.file("proc/driver/nvidia/version", procVersionOpen)
+	f.chardev("dev/nvidia0", 1, 3)
+	f.executable("usr/bin/nvidia-smi", "#!/bin/sh\n")
+	key := f.path("usr/bin/nvidia-smi") + " " + strings.Join(SmiArgs, " ")
+	fake := &runner.Fake{
+		Responses: map[string][]runner.Response{key: {{Stdout: smiH100}}},
+		Hook:      func([]string) { time.Sleep(50 * time.Millisecond) }, // NVML init takes a while
+	}
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	exp := &pb.Expectation{DriverLoaded: true, KernelDriverVersion: "580.159.04", HeartbeatIntervalMs: 100,
+		Devices: []*pb.ExpectedDevice{{Path: "/dev/nvidia0", Major: 1, Minor: 3}}, Gpus: []*pb.GPU{{Uuid: uuidA}}}
+	host := guesttest.NewHost(t, socket, exp)
+	startAgent(t, f, socket, func(c *Config) {
+		c.Checker = &Checker{Paths: f.paths(), Network: okNetwork, Runner: fake}
+	})
+	r, err := host.Wait(5*time.Second, trigger(TriggerConnect))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ready || strings.Join(r.Reasons, ";") != "nvidia-smi check running" {
+		t.Errorf("connect report: ready %v, reasons %q; want the deep check running", r.Ready, r.Reasons)
+	}
+	if r, err = host.Wait(5*time.Second, func(r *pb.GuestReport) bool { return r.GetSmi().GetRan() }); err != nil {
+		t.Fatalf("report with the deep check: %v", err)
+	}
+	if !r.Ready || r.Smi.Gpus[0].Uuid != uuidA {
+		t.Errorf("report after nvidia-smi: ready %v, reasons %q, smi %v", r.Ready, r.Reasons, r.Smi)
+	}
+	for i := 0; i < 2; i++ {
+		if r, err = host.Wait(5*time.Second, trigger(TriggerHeartbeat)); err != nil || !r.Ready {
+			t.Fatalf("heartbeat %d: %v, ready %v", i, err, r.GetReady())
+		}
+	}
+	if n := len(fake.Transcript()); n != 1 {
+		t.Errorf("nvidia-smi ran %d times; want once (heartbeats reuse the result)", n)
+	}
+}
+
+// TestAgentDeviceStorm: a storm of /dev changes is paced below the host's rate limit, and
+// the state it ends in always reaches the host.
+func TestAgentDeviceStorm(t *testing.T) {
+	checkLeaks(t)
+	f := newTree(t)
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	exp := &pb.Expectation{DriverLoaded: true, HeartbeatIntervalMs: 60_000,
+		Devices: []*pb.ExpectedDevice{{Path: "/dev/nvidia0", Major: 1, Minor: 3}}}
+	host := guesttest.NewHost(t, socket, exp)
+	startAgent(t, f, socket, nil)
+	if _, err := host.Wait(5*time.Second, trigger(TriggerConnect)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := 0; i < 300; i++ { // flapping: every flip changes the verdict
+		f.file("dev/nvidia0", "")
+		time.Sleep(200 * time.Microsecond)
+		os.Remove(f.path("dev/nvidia0"))
+		time.Sleep(200 * time.Microsecond)
+	}
+	f.file("dev/nvidia0", "x") // the state it ends in: a regular file of 1 byte
+	r, err := host.Wait(5*time.Second, func(r *pb.GuestReport) bool {
+		return strings.Contains(r.GetDevices()[0].GetDetail(), "regular file of 1 bytes")
+	})
+	if err != nil {
+		t.Fatalf("the final state never reached the host: %v", err)
+	}
+	took := r.At.Sub(start).Seconds()
+	n := int(r.Seq) - 1 // reports sent after the connect report
+	limit := reportBurst + int(took*reportRate) + 2
+	t.Logf("%d change reports in %.2fs (limit %d)", n, took, limit)
+	if n > limit {
+		t.Errorf("%d reports in %.2fs: more than the pacing allows (%d)", n, took, limit)
 	}
 }

@@ -2,6 +2,8 @@ package guest
 
 import (
 	"net"
+	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -9,7 +11,8 @@ import (
 )
 
 // CheckNetwork reports the container's network through netlink: ok when a non-loopback
-// link is up with a global address and there is a default route (IPv4 or IPv6).
+// link is up with a global address and there is a default route (IPv4 or IPv6). Links are
+// sorted by name.
 func CheckNetwork() *pb.Network {
 	n := &pb.Network{}
 	links, err := netlink.LinkList()
@@ -50,6 +53,7 @@ func CheckNetwork() *pb.Network {
 			n.Links = append(n.Links, nl)
 		}
 	}
+	slices.SortFunc(n.Links, func(a, b *pb.NetLink) int { return strings.Compare(a.Name, b.Name) })
 	routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
 	if err == nil {
 		for _, r := range routes {

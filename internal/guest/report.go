@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -90,8 +92,11 @@ func (c *Checker) Observe(exp *pb.Expectation) *pb.GuestReport {
 	return r
 }
 
-// Deep runs nvidia-smi when the container has it; nil when it does not.
-func (c *Checker) Deep(ctx context.Context) *pb.SmiResult {
+// Deep runs nvidia-smi when the container has it; nil when it does not. nvmlPath is the
+// libnvidia-ml the fast checks found (in the container, "" if none): its directory is put
+// first on nvidia-smi's LD_LIBRARY_PATH, so that the deep check tests which GPUs are
+// visible, not whether the agent's own environment names /usr/local/nvidia/lib64.
+func (c *Checker) Deep(ctx context.Context, nvmlPath string) *pb.SmiResult {
 	p := c.Paths.withDefaults()
 	path, ok := p.FindSmi()
 	if !ok {
@@ -99,7 +104,15 @@ func (c *Checker) Deep(ctx context.Context) *pb.SmiResult {
 	}
 	r := c.Runner
 	if r == nil {
-		r = runner.Exec{}
+		var env []string
+		if nvmlPath != "" {
+			ld := p.host(filepath.Dir(nvmlPath))
+			if old := os.Getenv("LD_LIBRARY_PATH"); old != "" {
+				ld += ":" + old
+			}
+			env = append(env, "LD_LIBRARY_PATH="+ld)
+		}
+		r = runner.Exec{Env: env}
 	}
 	return RunSmi(ctx, r, p.host(path), c.SmiTimeout)
 }
@@ -114,7 +127,7 @@ func (c *Checker) Check(ctx context.Context, exp *pb.Expectation) *pb.GuestRepor
 	}
 	r := c.Observe(exp)
 	if Assess(exp, r, false); r.Ready {
-		r.Smi = c.Deep(ctx)
+		r.Smi = c.Deep(ctx, r.GetDriver().GetUserspacePath())
 	}
 	Assess(exp, r, false)
 	if discovered && len(exp.GetDevices()) == 0 {

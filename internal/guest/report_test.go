@@ -177,3 +177,26 @@ func TestAssessBounds(t *testing.T) {
 		t.Errorf("first reason %q does not say the expectation was cut", r.Reasons[0])
 	}
 }
+
+// TestDeepFindsNVML: nvidia-smi runs with the directory of the libnvidia-ml the checks
+// found first on LD_LIBRARY_PATH, so that an image relying on its own environment (NVIDIA's
+// /usr/local/nvidia/lib64) is judged by the GPUs it sees.
+func TestDeepFindsNVML(t *testing.T) {
+	f := newTree(t)
+	lib := f.path("usr/local/nvidia/lib64")
+	f.executable("usr/local/nvidia/bin/nvidia-smi", `#!/bin/sh
+case ":$LD_LIBRARY_PATH:" in
+*":`+lib+`:"*) printf '%s' '`+smiH100+`' ;;
+*) echo "NVIDIA-SMI couldn't find libnvidia-ml.so library in your system."; exit 9 ;;
+esac
+`)
+	c := &Checker{Paths: f.paths()}
+	got := c.Deep(context.Background(), "/usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04")
+	if got == nil || got.Error != "" || len(got.Gpus) != 1 || got.Gpus[0].Uuid != uuidA {
+		t.Errorf("Deep with the library's directory = %v; want the H100", got)
+	}
+	got = c.Deep(context.Background(), "")
+	if got == nil || !strings.Contains(got.Error, "couldn't find libnvidia-ml") {
+		t.Errorf("Deep without a library = %v; want nvidia-smi's complaint", got)
+	}
+}

@@ -3,10 +3,14 @@ package guest
 import (
 	"context"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"gpupass/internal/log"
+	"gpupass/internal/testenv"
 )
 
 func TestWatcher(t *testing.T) {
@@ -56,5 +60,63 @@ func TestWatcher(t *testing.T) {
 func TestWatcherNoDev(t *testing.T) {
 	if _, err := NewWatcher(Paths{Root: t.TempDir()}, nil); err == nil {
 		t.Fatal("NewWatcher without a /dev: no error")
+	}
+}
+
+// TestWatcherMounts: a mount appearing or going is a change (a bind mount brings no
+// inotify event), and the mount table watch does not spin.
+func TestWatcherMounts(t *testing.T) {
+	testenv.RequireRoot(t)
+	checkLeaks(t)
+	dev := t.TempDir()
+	target := t.TempDir()
+	w, err := NewWatcher(Paths{Root: "/", Dev: dev}, log.ForTest(t, "watcher"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if w.mounts < 0 {
+		t.Skip("the mount table cannot be watched here")
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- w.Run(ctx, func(s string) {
+			mu.Lock()
+			seen[s]++
+			mu.Unlock()
+		})
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[ChangeMounts]
+	}
+	waitFor := func(what string, n int) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); count() < n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d mount changes seen, want %d", what, count(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := unix.Mount("tmpfs", target, "tmpfs", 0, "size=64k"); err != nil {
+		testenv.Skip(t, "mount tmpfs: "+err.Error())
+	}
+	waitFor("mount", 1)
+	if err := unix.Unmount(target, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("unmount", 2)
+	time.Sleep(100 * time.Millisecond)
+	if n := count(); n > 4 {
+		t.Errorf("%d mount changes for one mount and one unmount: the watch spins", n)
 	}
 }

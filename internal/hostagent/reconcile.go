@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "gpupass/proto/gpupass/v1"
 )
 
 // Reconcile finishes the applies an earlier agent left unfinished (killed at any step):
@@ -27,7 +31,16 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		// The config may hold the desired entries while the container still runs the
 		// old ones, or was stopped mid-restart. Apply the journaled spec again: the
 		// editor is idempotent and the restart rule judges the running container.
-		res := a.applyOne(ctx, in.Spec, "", 30*time.Second, nil)
+		spec := in.Spec
+		if in.Entries[0].WasRunning && spec.GetWantState() == "" {
+			// e2e fix (test/e2e, issue 7): an agent killed between the stop and the start
+			// of a restart left the container stopped, and the re-apply of a spec without
+			// state: running wrote it "and left it stopped" (journaled as-desired). It was
+			// running before this apply: start it again.
+			spec = proto.Clone(spec).(*pb.ContainerSpec)
+			spec.WantState = "running"
+		}
+		res := a.applyOne(ctx, spec, "", 30*time.Second, nil)
 		if res.GetError() == "" {
 			_ = in.Op.Done(OutcomeDesired, "reconciled on start: "+res.GetStatus().GetState())
 			l.Info("interrupted apply completed")

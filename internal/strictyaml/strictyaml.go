@@ -317,7 +317,7 @@ func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) error {
 }
 
 func (d *decoder) typeError(n *yaml.Node, path, want string) error {
-	got := n.Value
+	var got string
 	switch n.Kind {
 	case yaml.MappingNode:
 		got = "a mapping"

@@ -21,12 +21,28 @@ type scenario struct {
 var scenarios = []scenario{
 	{"Row01_SeedLinesPresentContainerRunningWithout", testSeed},
 	{"Row02_SnapshotSectionNeverEdited_PVE", testSnapshotSection},
+	{"Row03_DuplicateConflictingRulesReplaced", testDuplicateRules},
 	{"Row03_DuplicateConflictingRulesReplaced_PVE", testDuplicateRulesPVE},
+	{"Row04_ShrinkRemovesGPU0_CloneGetsNone", testShrinkAndClone},
 	{"Row04_ShrinkAndCloneConfig_PVE", testShrinkAndClonePVE},
+	{"Row05_StaleUVMMajorCorrected", testStaleMajor},
 	{"Row05_StaleMajorReplaced_PVE", testStaleMajorPVE},
+	{"Row06_HostPrepCreatesUVMNodes", testHostPrepCreatesUVM},
 	{"Row06_RequiredNodesNeverOptional_PVE", testRequiredNotOptionalPVE},
+	{"Row07_VersionMismatchIsTheReason", testVersionMismatch},
+	{"Row08_GPU1OnlyBecomesReady", testGPU1OnlyReady},
+	{"Row09_NotReadyIsAHardFailure", testNotReadyHardFailure},
+	{"Row10_IndexIsNotMinor", testIndexIsNotMinor},
 	{"Row10_IndexIsNotMinor_PVE", testIndexNotMinorPVE},
+	{"Row11_LockHeld", testLockHeld},
 	{"Row11_LockHeld_PVE", testLockHeldPVE},
+	{"Row12_PushNotPoll", testPushNotPoll},
+	{"Row13_EveryNotReadyHasAReason", testEveryNotReadyHasReason},
+	{"Isolation_GPU1OnlyCannotOpenGPU0", testIsolationGPU0Denied},
+	{"Fleet_ThreeHostsApply", testFleet},
+	{"Digest_ExternalEditBetweenPlanAndApply", testDigestMismatch},
+	{"Crash_HostAgentKilledAtEachStep", testAgentKilledAtEachStep},
+	{"Crash_ControllerKilledMidApply", testControllerKilled},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

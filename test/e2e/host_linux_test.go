@@ -26,6 +26,8 @@ type hostOpts struct {
 	Wrappers map[string]string
 	// NoAgent leaves the agent unstarted (Start it later).
 	NoAgent bool
+	// Heartbeat of the guests (default 2s); guests go stale after 3.5 heartbeats.
+	Heartbeat time.Duration
 }
 
 // host is one simulated Proxmox-like host: its own network namespace with an address on
@@ -85,6 +87,10 @@ func (f *fabric) addHost(t *testing.T, opts hostOpts) *host {
 	for name, script := range opts.Wrappers {
 		h.wrap(t, name, script)
 	}
+	hb := opts.Heartbeat
+	if hb == 0 {
+		hb = 2 * time.Second
+	}
 	cfg := fmt.Sprintf(`version: 1
 listen: "%s:%s"
 runtime: lxc
@@ -93,11 +99,11 @@ state_dir: %s
 guest_socket_dir: %s
 host_root: %s
 lxc_path: %s
-heartbeat: 2s
-guest_stale_after: 7s
+heartbeat: %s
+guest_stale_after: %s
 simulated: true
 `, h.ip, agentPort, filepath.Join(f.pki, "ca.crt"), filepath.Join(f.pki, h.name+".crt"), filepath.Join(f.pki, h.name+".key"),
-		h.stateDir, h.guestDir, h.root, h.lxcPath)
+		h.stateDir, h.guestDir, h.root, h.lxcPath, hb, hb*7/2)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +185,7 @@ func (h *host) Start(t testing.TB) {
 	go func() {
 		buf := make([]byte, 4096)
 		for {
-			_ = ln.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_ = ln.SetReadDeadline(time.Now().Add(90 * time.Second))
 			n, err := ln.Read(buf)
 			if err != nil {
 				ready <- err

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 
 	"gpupass/internal/lxctest"
@@ -30,16 +29,9 @@ func TestMain(m *testing.M) {
 	lxctest.Cgroup2Main(m)
 }
 
-// bins are the three gpupass binaries, built once per test process from this checkout.
+// bins are the three gpupass binaries, built from this checkout for each run.
 type bins struct {
 	Controller, HostAgent, GuestAgent string
-}
-
-var built struct {
-	once sync.Once
-	bins bins
-	err  error
-	out  string
 }
 
 // repoRoot is the module root (this package is test/e2e).
@@ -57,36 +49,29 @@ func repoRoot(t testing.TB) string {
 // suite always tests this checkout. The Go build cache makes it quick after `make build`.
 func buildBinaries(t testing.TB, dir string) bins {
 	t.Helper()
-	built.once.Do(func() {
-		root := repoRoot(t)
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			goBin = "/usr/local/go/bin/go"
-		}
-		b := bins{
-			Controller: filepath.Join(dir, "gpupass"),
-			HostAgent:  filepath.Join(dir, "gpupass-host-agent"),
-			GuestAgent: filepath.Join(dir, "gpupass-guest-agent"),
-		}
-		for _, x := range []struct {
-			out, pkg string
-			static   bool
-		}{{b.Controller, "./controller", false}, {b.HostAgent, "./agent-host", false}, {b.GuestAgent, "./agent-guest", true}} {
-			cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags", "-X gpupass/internal/buildinfo.Version=e2e", "-o", x.out, x.pkg)
-			cmd.Dir = root
-			cmd.Env = os.Environ()
-			if x.static {
-				cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-			}
-			if out, err := cmd.CombinedOutput(); err != nil {
-				built.err, built.out = err, "go build "+x.pkg+": "+string(out)
-				return
-			}
-		}
-		built.bins = b
-	})
-	if built.err != nil {
-		t.Fatalf("e2e: build the binaries: %v\n%s", built.err, built.out)
+	root := repoRoot(t)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
 	}
-	return built.bins
+	b := bins{
+		Controller: filepath.Join(dir, "gpupass"),
+		HostAgent:  filepath.Join(dir, "gpupass-host-agent"),
+		GuestAgent: filepath.Join(dir, "gpupass-guest-agent"),
+	}
+	for _, x := range []struct {
+		out, pkg string
+		static   bool
+	}{{b.Controller, "./controller", false}, {b.HostAgent, "./agent-host", false}, {b.GuestAgent, "./agent-guest", true}} {
+		cmd := exec.Command(goBin, "build", "-buildvcs=false", "-trimpath", "-ldflags", "-X gpupass/internal/buildinfo.Version=e2e", "-o", x.out, x.pkg)
+		cmd.Dir = root
+		cmd.Env = os.Environ()
+		if x.static {
+			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("e2e: go build %s: %v\n%s", x.pkg, err, out)
+		}
+	}
+	return b
 }

@@ -104,9 +104,14 @@ func run(t *testing.T, terminal bool, args ...string) result {
 
 func runEnv(t *testing.T, env map[string]string, terminal bool, args ...string) result {
 	t.Helper()
-	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	return runCtx(ctx, t, env, terminal, args...)
+}
+
+func runCtx(ctx context.Context, t *testing.T, env map[string]string, terminal bool, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
 	code := Run(ctx, args, IO{Stdout: &out, Stderr: &errb, Terminal: terminal, Width: 200,
 		Getenv: func(k string) string { return env[k] }, Log: log.ForTest(t, "cli")})
 	return result{code, out.String(), errb.String()}
@@ -311,5 +316,68 @@ func TestTLSSessionCacheAcrossRuns(t *testing.T) {
 		if a.Resumed() != 1 {
 			t.Errorf("%s: %d resumed handshakes over two runs, want 1 (the second)", name, a.Resumed())
 		}
+	}
+}
+
+func TestStatusWatch(t *testing.T) {
+	w := newWorld(t, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		// Once the watch is up, a guest's library gets fixed; then the user presses ^C.
+		for w.agents["pve1"].Calls("host.Watch") == 0 || w.agents["pve2"].Calls("host.Watch") == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		w.agents["pve1"].Update("902", func(c *agenttest.Container) { c.Lib = agenttest.KernelVersion })
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+	}()
+	r := runCtx(ctx, t, env, false, "status", "-f", w.file, "--watch", "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("watch exit %d: %s", r.code, r.stderr)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ev struct {
+			Time  string `json:"time"`
+			Host  string `json:"host"`
+			ID    string `json:"id"`
+			State string `json:"state"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Time == "" {
+			t.Fatalf("bad line %q: %v", line, err)
+		}
+		got = append(got, ev.Host+"/"+ev.ID+" "+ev.State)
+	}
+	if len(got) != 6 {
+		t.Fatalf("want 5 initial states and 1 change, got %q", got)
+	}
+	initial := map[string]bool{}
+	for _, g := range got[:5] {
+		initial[g] = true
+	}
+	want := map[string]bool{"pve1/901 ready": true, "pve1/902 not-ready": true, "pve1/903 stopped": true, "pve2/950 ready": true, "pve2/951 not-ready": true}
+	if diff := cmp.Diff(initial, want); diff != "" {
+		t.Errorf("initial (-got +want)\n%s", diff)
+	}
+	if got[5] != "pve1/902 ready" {
+		t.Errorf("change = %q, want pve1/902 ready", got[5])
+	}
+}
+
+func TestApplyOnTerminal(t *testing.T) {
+	w := newWorld(t, false)
+	r := run(t, true, "apply", "-f", w.file)
+	if r.code != 2 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, s := range []string{"\x1b[2K", "A\x1b[2K", "\x1b[32mready\x1b[0m", "Apply: 5 containers"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("terminal output lacks %q", s)
+		}
+	}
+	noColor := map[string]string{"GPUPASS_TLS_SESSION_CACHE": "off", "NO_COLOR": "1"}
+	r = runEnv(t, noColor, true, "status", "-f", w.file)
+	if strings.Contains(r.stdout, "\x1b[") {
+		t.Errorf("NO_COLOR output has escapes:\n%s", r.stdout)
 	}
 }

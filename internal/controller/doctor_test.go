@@ -1,0 +1,129 @@
+package controller
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/controller/agenttest"
+	"gpupass/internal/fleet"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+func TestExplain(t *testing.T) {
+	loaded := &pb.HostInventory{Driver: &pb.Driver{Loaded: true, KernelVersion: "580.95.05"}}
+	host := Host{Name: "pve1", Address: "10.0.0.11:7420", Reachable: true, Driver: HostDriver{Loaded: true, Kernel: "580.95.05", Majors: map[string]uint32{"nvidia-uvm": 238}}}
+	entry := fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, Style: "raw"}
+	dev := func(path string, st pb.DeviceStatus, major, minor uint32) *pb.DeviceCheck {
+		return &pb.DeviceCheck{Path: path, Status: st, Major: major, Minor: minor}
+	}
+	running := func(devs ...*pb.DeviceCheck) *pb.ContainerStatus {
+		return &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true, NetworkOk: true,
+			Devices: devs, Driver: &pb.DriverVersions{Kernel: "580.95.05", Userspace: "580.95.05"}}
+	}
+	tests := []struct {
+		name  string
+		d     Diagnosis
+		wants []string // each finding's problem, in order (prefixes)
+		fixes []string // substrings of the fixes, in order
+	}{
+		{"unreachable", Diagnosis{Host: Host{Name: "pve1", Address: "10.0.0.11:7420", Error: "connection refused"}, Entry: entry, InFleet: true},
+			[]string{"host pve1 could not be asked: connection refused"}, []string{"systemctl status gpupass-host-agent"}},
+		{"driver not loaded", Diagnosis{Host: Host{Name: "pve1", Reachable: true, Driver: HostDriver{Error: "module nvidia not found"}}, Inventory: &pb.HostInventory{}, Entry: entry, InFleet: true,
+			Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, 195, 0))},
+			[]string{"the NVIDIA kernel driver is not loaded on pve1: module nvidia not found", "/dev/nvidia0 (195:0) is present but no driver answers"},
+			[]string{"load the driver", "load the NVIDIA driver"}},
+		{"not in fleet", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "777"},
+			Status: &pb.ContainerStatus{Id: "777", State: "ready", RunState: "running"}},
+			[]string{"pve1/777 is not in fleet.yaml"}, []string{`add {host: pve1, id: "777"`}},
+		{"plan error", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{Error: `GPU "5" not found`}},
+			[]string{`the host cannot make a plan: GPU "5" not found`}, []string{"fix the entry for pve1/901"}},
+		{"restart without changes", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true,
+			Plan:   &pb.ContainerPlan{Restart: &pb.RestartDecision{Required: true, Reasons: []string{"the running container lacks /dev/nvidia0"}}},
+			Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_MISSING, 0, 0))},
+			[]string{"the running container does not have what its config now says", "/dev/nvidia0 is missing in the container"},
+			[]string{"gpupass apply -f fleet.yaml (it restarts the container)", "gpupass apply"}},
+		{"stopped", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: &pb.ContainerStatus{Id: "901", State: "stopped", RunState: "stopped"}},
+			[]string{"the container is stopped"}, []string{"pct start 901 on pve1"}},
+		{"no guest", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", Reasons: []string{"no report from the guest agent"}}},
+			[]string{"no report from the guest agent"}, []string{"install gpupass-guest-agent"}},
+		{"optional trap and wrong device", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: running(dev("/dev/nvidia-uvm", pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE, 0, 0),
+				dev("/dev/nvidia-uvm-tools", pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE, 0, 0),
+				dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_WRONG_DEVICE, 195, 1))},
+			[]string{"/dev/nvidia-uvm, /dev/nvidia-uvm-tools are not a character device", "/dev/nvidia0 (195:1) is the wrong device"},
+			[]string{"without optional", "gpupass apply"}},
+		{"no userspace driver, no network", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, RequireNetwork: true}, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
+				Devices: []*pb.DeviceCheck{dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_OK, 195, 0)}, Driver: &pb.DriverVersions{Kernel: "580.95.05"},
+				Reasons: []string{"no network: no default route", "something new"}}},
+			[]string{"the container has no userspace driver", "the container has no working network", "something new"},
+			[]string{"install libnvidia-ml 580.95.05 in the template", "pct config 901 on pve1", "-o json"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.d
+			d.Container = newContainer(d.Entry)
+			fs := explain(&d)
+			var problems, fixes []string
+			for i, f := range fs {
+				problems = append(problems, f.Problem)
+				fixes = append(fixes, f.Fix)
+				if i < len(tt.wants) && strings.HasPrefix(f.Problem, tt.wants[i]) {
+					problems[i] = tt.wants[i]
+				}
+				if i < len(tt.fixes) && strings.Contains(f.Fix, tt.fixes[i]) {
+					fixes[i] = tt.fixes[i]
+				}
+				if f.Cause == "" || f.Fix == "" {
+					t.Errorf("finding %d has no cause or fix: %+v", i, f)
+				}
+			}
+			if diff := cmp.Diff(problems, tt.wants); diff != "" {
+				t.Errorf("problems (-got +want)\n%s", diff)
+			}
+			if diff := cmp.Diff(fixes, tt.fixes); diff != "" {
+				t.Errorf("fixes (-got +want)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestDoctorAgainstHosts(t *testing.T) {
+	e := newEnv(t)
+	a := e.host(t, agenttest.New("pve1"))
+	a.Add(agenttest.Container{ID: "901", GPUs: []string{"0"}, Guest: true, Lib: "550.54.14"})
+	e.deadHost("pve2", agenttest.Silent(t))
+	e.container("pve1", "901", "0")
+	e.container("pve2", "950", "0")
+	c := e.controller(t, 500*time.Millisecond)
+
+	d, err := c.Doctor(context.Background(), "pve1", "901")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ExitCode() != ExitPending || len(d.Findings) != 1 || !strings.Contains(d.Findings[0].Fix, "install libnvidia-ml 580.95.05") {
+		t.Errorf("pve1/901: exit %d, findings %+v", d.ExitCode(), d.Findings)
+	}
+	for _, m := range []string{MethodInventory, MethodStatus, MethodPlan} {
+		if a.Calls(m) != 1 {
+			t.Errorf("%s called %d times, want 1", m, a.Calls(m))
+		}
+	}
+	start := time.Now()
+	d, err = c.Doctor(context.Background(), "pve2", "950")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 2*time.Second || d.ExitCode() != ExitError || !strings.HasPrefix(d.Findings[0].Problem, "host pve2 could not be asked: no answer within 500ms") {
+		t.Errorf("pve2/950 took %s: exit %d, findings %+v", time.Since(start), d.ExitCode(), d.Findings)
+	}
+	if _, err := c.Doctor(context.Background(), "pve9", "1"); err == nil || !strings.Contains(err.Error(), `unknown host "pve9"`) {
+		t.Errorf("unknown host: %v", err)
+	}
+}
