@@ -25,21 +25,29 @@ var (
 
 // WriteFrame writes m as one frame.
 func WriteFrame(w io.Writer, m proto.Message, max int) error {
-	body, err := proto.Marshal(m)
+	buf, err := AppendFrame(nil, m, max)
 	if err != nil {
-		return fmt.Errorf("marshal frame: %w", err)
+		return err
 	}
+	_, err = w.Write(buf)
+	return err
+}
+
+// AppendFrame appends m as one frame to buf.
+func AppendFrame(buf []byte, m proto.Message, max int) ([]byte, error) {
 	if max <= 0 {
 		max = DefaultMaxFrame
 	}
-	if len(body) > max {
-		return fmt.Errorf("write frame of %d bytes (cap %d): %w", len(body), max, ErrFrameTooLarge)
+	size := proto.Size(m)
+	if size > max {
+		return buf, fmt.Errorf("write frame of %d bytes (cap %d): %w", size, max, ErrFrameTooLarge)
 	}
-	buf := make([]byte, 0, binary.MaxVarintLen64+len(body))
-	buf = binary.AppendUvarint(buf, uint64(len(body)))
-	buf = append(buf, body...)
-	_, err = w.Write(buf)
-	return err
+	buf = binary.AppendUvarint(buf, uint64(size))
+	buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, m)
+	if err != nil {
+		return buf, fmt.Errorf("marshal frame: %w", err)
+	}
+	return buf, nil
 }
 
 // ReadFrameBytes reads one frame's body. A clean end of stream before the first byte is

@@ -242,7 +242,8 @@ func (s *Session) Open(ctx context.Context, method string) (*Stream, error) {
 	if d, ok := ctx.Deadline(); ok {
 		call.DeadlineUnixNano = d.UnixNano()
 	}
-	if err := st.Send(call); err != nil {
+	// The Call frame goes out with the first request (or before the first read).
+	if st.pending, err = AppendFrame(nil, call, s.cfg.MaxFrame); err != nil {
 		st.Close()
 		return nil, err
 	}

@@ -25,6 +25,7 @@ type Stream struct {
 	stopOnce sync.Once
 	stop     chan struct{}
 	cancel   context.CancelFunc // callee side: cancels the handler's context
+	pending  []byte             // caller side: the Call frame, sent with the first request
 }
 
 func newStream(conn net.Conn, max int, method string) *Stream {
@@ -66,11 +67,32 @@ func (s *Stream) CancelOnPeerClose() {
 // Method is the method this stream calls.
 func (s *Stream) Method() string { return s.method }
 
-// Send writes one raw frame.
+// Send writes one raw frame (after the Call frame, when that is still pending: one write
+// carries both, which saves a yamux frame and a wake-up of the callee per call).
 func (s *Stream) Send(m proto.Message) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if err := WriteFrame(s.conn, m, s.max); err != nil {
+	buf, err := AppendFrame(s.pending, m, s.max)
+	s.pending = nil
+	if err != nil {
+		return fmt.Errorf("send %s: %w", s.method, err)
+	}
+	if _, err := s.conn.Write(buf); err != nil {
+		return fmt.Errorf("send %s: %w", s.method, err)
+	}
+	return nil
+}
+
+// flush sends a pending Call frame.
+func (s *Stream) flush() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.pending == nil {
+		return nil
+	}
+	buf := s.pending
+	s.pending = nil
+	if _, err := s.conn.Write(buf); err != nil {
 		return fmt.Errorf("send %s: %w", s.method, err)
 	}
 	return nil
@@ -78,6 +100,9 @@ func (s *Stream) Send(m proto.Message) error {
 
 // Recv reads one raw frame.
 func (s *Stream) Recv(m proto.Message) error {
+	if err := s.flush(); err != nil {
+		return err
+	}
 	return ReadFrame(s.r, m, s.max)
 }
 

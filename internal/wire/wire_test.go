@@ -317,6 +317,9 @@ func TestMalformedFrames(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				if err := st.flush(); err != nil { // the Call frame first: the bad frame is the request
+					t.Fatal(err)
+				}
 				if _, err := st.conn.Write(tc.bytes); err != nil {
 					t.Fatal(err)
 				}
