@@ -133,11 +133,17 @@ func FuzzContainerOfCgroup(f *testing.F) {
 		if ValidateID(id) != nil {
 			t.Fatalf("ContainerOfCgroup(%q) = invalid id %q", path, id)
 		}
-		// The id is the first segment's, never a deeper one's.
-		first := strings.SplitN(strings.TrimPrefix(path, "/"), "/", 3)
-		if first[0] != "lxc.payload."+id && (first[0] != "lxc" || len(first) < 2 || first[1] != id) {
-			t.Fatalf("ContainerOfCgroup(%q) = %q, not anchored at the root", path, id)
+		// The id is the first container segment's, never a deeper one's.
+		segs := strings.Split(strings.TrimPrefix(path, "/"), "/")
+		for i, seg := range segs {
+			if strings.HasPrefix(seg, "lxc.payload.") || (seg == "lxc" && i+1 < len(segs)) {
+				if seg != "lxc.payload."+id && (seg != "lxc" || segs[i+1] != id) {
+					t.Fatalf("ContainerOfCgroup(%q) = %q, not the first container segment %q", path, id, seg)
+				}
+				return
+			}
 		}
+		t.Fatalf("ContainerOfCgroup(%q) = %q without a container segment", path, id)
 	})
 }
 
