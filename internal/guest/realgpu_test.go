@@ -2,6 +2,7 @@ package guest
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -87,5 +88,49 @@ func TestRealH100Reports(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("denied report: /dev/nvidia0 not denied: %+v", denied.Devices)
+	}
+}
+
+// TestRealTwoGPUIsolation replays the two-GPU run (two H200s, one container each): each
+// guest's nvidia-smi saw exactly its own GPU, by the host's UUID.
+func TestRealTwoGPUIsolation(t *testing.T) {
+	dir := filepath.Join("..", "..", "testdata", "real-gpu", "h200-2gpu")
+	var status struct {
+		Hosts []struct {
+			GPUs []struct {
+				Index int
+				UUID  string
+			} `json:"gpus"`
+		} `json:"hosts"`
+		Containers []struct {
+			ID    string   `json:"id"`
+			State string   `json:"state"`
+			GPUs  []string `json:"gpus"`
+		} `json:"containers"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "status-ready-2gpu.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &status); err != nil || len(status.Hosts) != 1 || len(status.Hosts[0].GPUs) != 2 {
+		t.Fatalf("status fixture: %v", err)
+	}
+	for _, c := range status.Containers {
+		if c.State != "ready" {
+			t.Errorf("%s: state %s, want ready", c.ID, c.State)
+		}
+	}
+	for i, g := range status.Hosts[0].GPUs {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("report-2gpu-g%d.json", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r realReport
+		if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		if !r.Ready || len(r.Smi.GPUs) != 1 || r.Smi.GPUs[0].UUID != g.UUID {
+			t.Errorf("g%d: ready=%v smi=%+v, want exactly GPU %d (%s)", i, r.Ready, r.Smi.GPUs, g.Index, g.UUID)
+		}
 	}
 }
