@@ -76,6 +76,9 @@ mkdir -p "$DEMO"
 [ -f "$TRANSCRIPT" ] && mv -f "$TRANSCRIPT" "$DEMO/transcript.previous.txt"
 # Everything from here on also goes to the transcript.
 exec > >(tee -a "$TRANSCRIPT") 2>&1
+tee_pid=$!
+# Let tee write out the last lines before the script's exit status reaches the caller.
+trap 'exec >&- 2>&-; wait "$tee_pid" 2>/dev/null || true' EXIT
 
 step=0
 header() {
@@ -211,6 +214,8 @@ lxc.cgroup2.devices.allow = c 1:8 rwm
 lxc.cgroup2.devices.allow = c 1:9 rwm
 lxc.cgroup2.devices.allow = c 5:* rwm
 lxc.cgroup2.devices.allow = c 136:* rwm
+# The simulated host's driver files, where a real host's procfs has them (not a GPU line)
+lxc.mount.entry = $HOSTROOT/proc/driver proc/driver none ro,bind 0 0
 EOF
   echo "created $LXCPATH/$CT (stopped); its config:"
   cat "$LXCPATH/$CT/config"
@@ -257,8 +262,8 @@ if pid=$(lxc-info -P "$LXCPATH" -n "$CT" -p -H 2>/dev/null) && [ -n "$pid" ]; th
   show "ls -l /proc/$pid/root/dev/nvidia*"
   ls -l /proc/"$pid"/root/dev/nvidia* || true
 fi
-show "grep -E 'nvidia|gpupass' $LXCPATH/$CT/config"
-grep -E 'nvidia|gpupass' "$LXCPATH/$CT/config" || true
+show "grep -E '^lxc[.](cgroup2[.]devices[.]allow|mount[.]entry)' $LXCPATH/$CT/config"
+grep -E '^lxc[.](cgroup2[.]devices[.]allow|mount[.]entry)' "$LXCPATH/$CT/config" || true
 
 echo
 echo "================================================================================"

@@ -204,21 +204,3 @@ func (ct *container) guestLog() string {
 	b, _ := os.ReadFile(filepath.Join(ct.c.Rootfs(), "var/log/gpupass-guest-agent.log"))
 	return string(b)
 }
-
-// configLines returns the config's lines that contain every one of subs.
-func (ct *container) configLines(subs ...string) []string {
-	var out []string
-	for _, l := range strings.Split(ct.readConfig(), "\n") {
-		ok := true
-		for _, s := range subs {
-			if !strings.Contains(l, s) {
-				ok = false
-				break
-			}
-		}
-		if ok && l != "" {
-			out = append(out, l)
-		}
-	}
-	return out
-}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -51,11 +52,15 @@ type fabric struct {
 // reverse order).
 func newFabric(t *testing.T) *fabric {
 	t.Helper()
+	reapStale(t)
 	var rnd [3]byte
 	_, _ = rand.Read(rnd[:])
 	f := &fabric{id: hex.EncodeToString(rnd[:]), nextIP: 11}
 	f.dir = filepath.Join(os.TempDir(), namePrefix+f.id)
 	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -76,7 +81,10 @@ func newFabric(t *testing.T) *fabric {
 	f.brNS = f.netnsName("br")
 	addNetns(t, f.brNS)
 	mustRun(t, "ip", "-n", f.brNS, "link", "set", "lo", "up")
-	mustRun(t, "ip", "-n", f.brNS, "link", "add", "br0", "type", "bridge")
+	// A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, which changes as
+	// hosts come and go, and the agents' ARP entries for the controller go stale (every
+	// session to the controller then stalls for half a minute).
+	mustRun(t, "ip", "-n", f.brNS, "link", "add", "br0", "address", "02:77:00:00:00:01", "type", "bridge")
 	mustRun(t, "ip", "-n", f.brNS, "addr", "add", bridgeIP+"/24", "dev", "br0")
 	mustRun(t, "ip", "-n", f.brNS, "link", "set", "br0", "up")
 	return f
@@ -125,7 +133,7 @@ func run(ctx context.Context, timeout time.Duration, env []string, argv ...strin
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), env...)
 	cmd.Stdin = nil
-	cmd.WaitDelay = time.Second
+	cmd.WaitDelay = 10 * time.Second // generous: a loaded 2-core machine can starve the I/O copy
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	start := time.Now()
@@ -174,19 +182,34 @@ func dialFromNetns(ctx context.Context, ns, addr string) (net.Conn, error) {
 	}
 	ch := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
+		// The thread joins the namespace for the dial and then goes back. It must not
+		// die instead: the agents are started with Pdeathsig, which the kernel sends when
+		// the thread that forked them exits, and this may be that thread.
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			ch <- result{nil, fmt.Errorf("open own netns: %w", err)}
+			runtime.UnlockOSThread()
+			return
+		}
+		defer unix.Close(orig)
 		fd, err := unix.Open(filepath.Join(netnsDir, ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			ch <- result{nil, fmt.Errorf("open netns %s: %w", ns, err)}
+			runtime.UnlockOSThread()
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			ch <- result{nil, fmt.Errorf("setns %s: %w", ns, err)}
+			runtime.UnlockOSThread()
 			return
 		}
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else: the goroutine exits locked and the thread, still in ns, dies with it
 		ch <- result{c, err}
 	}()
 	r := <-ch

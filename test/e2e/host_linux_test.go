@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -199,6 +198,12 @@ func (h *host) Start(t testing.TB) {
 			}
 		}
 	}()
+	began := time.Now()
+	defer func() {
+		if d := time.Since(began); d > 2*time.Second {
+			t.Logf("e2e: host %s: READY=1 took %v", h.name, d.Round(time.Millisecond))
+		}
+	}()
 	select {
 	case err := <-ready:
 		if err != nil {
@@ -244,23 +249,6 @@ func (h *host) Restart(t testing.TB) {
 func (h *host) logTail() string {
 	b, _ := os.ReadFile(h.log)
 	return tail(string(b), 4000)
-}
-
-// logContains reports whether the agent log has a line containing s.
-func (h *host) logContains(s string) bool {
-	f, err := os.Open(h.log)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), s) {
-			return true
-		}
-	}
-	return false
 }
 
 // lxc runs an lxc-* command for container name inside the host's network namespace (the

@@ -29,7 +29,9 @@ func testEveryNotReadyHasReason(t *testing.T, f *fabric) {
 		{short: "missing", device: "missing", reason: "missing",
 			edit: func(ct *container) { ct.replaceConfig(t, mount1+"\n", "") }},
 		{short: "denied", device: "denied", reason: "denied",
-			edit: func(ct *container) { ct.replaceConfig(t, fmt.Sprintf("lxc.cgroup2.devices.allow = c %d:1 rwm\n", nv), "") }},
+			edit: func(ct *container) {
+				ct.replaceConfig(t, fmt.Sprintf("lxc.cgroup2.devices.allow = c %d:1 rwm\n", nv), "")
+			}},
 		{short: "notchar", device: "not-char-device", reason: "not-char-device",
 			edit: func(ct *container) {
 				ct.replaceConfig(t, mount1, fmt.Sprintf("lxc.mount.entry = %s dev/nvidia1 none bind,optional,create=file 0 0", node("absent")))
