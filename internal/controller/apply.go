@@ -2,9 +2,11 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"gpupass/internal/fleet"
@@ -37,6 +39,10 @@ type ApplyOptions struct {
 	// Progress, if set, is called for every step (from several goroutines, one per host;
 	// calls for one host come in order).
 	Progress func(Progress)
+	// Digests, keyed "host/id", are the config digests of a saved plan (gpupass plan -o
+	// json): a host whose config changed since refuses that container's apply with a
+	// conflict and writes nothing, so nothing applies that the plan did not show.
+	Digests map[string]string
 }
 
 // Apply makes every host match the fleet: write configs, restart where the restart rule
@@ -130,6 +136,14 @@ func (c *Controller) applyHost(ctx context.Context, s *conn, w *hostWork, opts A
 	}
 	defer st.Close()
 	req := &pb.ApplyRequest{Containers: specs(w.entries), TimeoutMs: opts.Timeout.Milliseconds()}
+	for _, e := range w.entries {
+		if d, ok := opts.Digests[w.host.Name+"/"+e.ID]; ok {
+			if req.ExpectDigest == nil {
+				req.ExpectDigest = map[string]string{}
+			}
+			req.ExpectDigest[e.ID] = d
+		}
+	}
 	if err := st.Send(req); err != nil {
 		return err
 	}
@@ -170,4 +184,27 @@ func (c *Controller) applyHost(ctx context.Context, s *conn, w *hostWork, opts A
 			return nil
 		}
 	}
+}
+
+// LoadPlanDigests reads a saved plan (the JSON of gpupass plan -o json) and returns the
+// config digest of each container, keyed "host/id".
+func LoadPlanDigests(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read plan: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("read plan %s: %w (save it with gpupass plan -f fleet.yaml -o json > %s)", path, err, path)
+	}
+	out := map[string]string{}
+	for _, c := range r.Containers {
+		if c.Digest != "" {
+			out[c.Host+"/"+c.ID] = c.Digest
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("read plan %s: no container digests in it (is it the JSON of gpupass plan -o json?)", path)
+	}
+	return out, nil
 }

@@ -107,6 +107,7 @@ type Container struct {
 	Changes        []Change `json:"changes,omitempty"`
 	Diff           string   `json:"diff,omitempty"`
 	ConfigPath     string   `json:"config_path,omitempty"`
+	Digest         string   `json:"digest,omitempty"` // SHA-1 of the config the plan was made from
 	RestartReasons []string `json:"restart_reasons,omitempty"`
 	Start          bool     `json:"start,omitempty"`       // stopped and the fleet wants it running
 	Written        bool     `json:"written,omitempty"`     // apply wrote the config
@@ -226,6 +227,7 @@ func applyStatus(c *Container, st *pb.ContainerStatus) {
 // makes the container pending; otherwise the state stays what status said.
 func applyPlan(c *Container, p *pb.ContainerPlan) {
 	c.ConfigPath = p.GetConfigPath()
+	c.Digest = p.GetDigest()
 	c.Diff = p.GetDiff()
 	c.Changes = []Change{}
 	for _, ch := range p.GetChanges() {

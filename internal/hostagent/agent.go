@@ -41,6 +41,7 @@ type Agent struct {
 	desired map[string]*pb.ContainerSpec // last applied spec per container
 	exps    map[string]*pb.Expectation   // what each guest was told to check
 	prepErr error                        // host preparation failure, reported as a reason
+	base    context.Context              // the agent's lifetime (Service.Run); applies outlive their callers
 }
 
 // Options are the agent's dependencies; zero values get production defaults.

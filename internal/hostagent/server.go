@@ -41,7 +41,12 @@ func (a *Agent) Mux() *wire.Mux {
 			defer mu.Unlock()
 			_ = s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Progress{Progress: &pb.ApplyProgress{ContainerId: id, Step: step, Message: msg}}})
 		}
-		resp := a.Apply(ctx, req, progress)
+		// Once started, an apply runs to its end even if the controller goes away: a restart
+		// cut in half costs a rollback and another restart cycle. Its own deadlines (the
+		// readiness timeout, the runtime's command timeouts) and the agent's shutdown still
+		// bound it; a re-run of the controller waits for it on the container's lock and
+		// then finds it converged.
+		resp := a.Apply(a.detach(ctx), req, progress)
 		mu.Lock()
 		defer mu.Unlock()
 		return s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Result{Result: resp}})
@@ -50,6 +55,17 @@ func (a *Agent) Mux() *wire.Mux {
 		return a.Watch(ctx, req, func(ev *pb.WatchEvent) error { return s.Reply(ev) })
 	})
 	return m
+}
+
+// detach returns a context that ends with the agent, not with the caller.
+func (a *Agent) detach(ctx context.Context) context.Context {
+	a.mu.Lock()
+	base := a.base
+	a.mu.Unlock()
+	if base == nil {
+		return context.WithoutCancel(ctx)
+	}
+	return base
 }
 
 func validateSpecs(specs []*pb.ContainerSpec) error {

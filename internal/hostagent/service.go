@@ -96,6 +96,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	agent.mu.Lock()
+	agent.base = gctx
+	agent.mu.Unlock()
 	g.Go(func() error { return guests.Run(gctx) })
 	// Every container the agent already manages gets its guest socket back at once.
 	for _, id := range agent.knownIDs() {

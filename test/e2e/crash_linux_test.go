@@ -234,6 +234,37 @@ func testDigestMismatch(t *testing.T, f *fabric) {
 	fl := f.writeFleet(t, "digest2", []fleetCt{{Host: h, Ct: ct2, GPUs: []string{"1"}}})
 	f.mustApplyReady(t, fl, ct2.name)
 	ct2.assertManaged(t, []int{1}, adminLine, "lxc.environment = EDIT_DURING_APPLY=1")
+
+	// The same through the controller: gpupass plan -o json > plan.json, an edit, then
+	// gpupass apply --plan plan.json refuses that container and leaves it as it is.
+	ct3 := h.newContainer(t, "digest3", ctOpts{Config: []string{adminLine}})
+	ct3.Start(t)
+	fl3 := f.writeFleet(t, "digest3", []fleetCt{{Host: h, Ct: ct3, GPUs: []string{"0"}}})
+	planned := f.ctl(t, "plan", fl3)
+	if planned.Code != 2 {
+		t.Fatalf("plan: exit %d, want 2 (changes pending)\n%s", planned.Code, planned.Stderr)
+	}
+	planFile := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(planFile, []byte(planned.Stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ct3.appendConfig(t, "lxc.environment = EDIT_AFTER_PLAN=1")
+	edited3, pid3 := ct3.readConfig(), ct3.InitPID(t)
+	stale := f.ctl(t, "apply", fl3, "--plan", planFile, "--timeout", "20s")
+	if c := stale.Report.ct(t, ct3.name); stale.Code != 1 || !strings.Contains(c.Error, "changed since the plan") {
+		t.Errorf("apply --plan after an edit: exit %d error %q, want 1 and a conflict naming the plan", stale.Code, c.Error)
+	}
+	if ct3.readConfig() != edited3 || ct3.InitPID(t) != pid3 {
+		t.Errorf("apply --plan with a stale plan changed the config or restarted the container")
+	}
+	replanned := f.ctl(t, "plan", fl3)
+	if err := os.WriteFile(planFile, []byte(replanned.Stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.ctl(t, "apply", fl3, "--plan", planFile, "--timeout", "30s"); r.Code != 0 {
+		t.Errorf("apply --plan after a new plan: exit %d\n%s", r.Code, r.Stderr)
+	}
+	ct3.assertManaged(t, []int{0}, adminLine, "lxc.environment = EDIT_AFTER_PLAN=1")
 }
 
 // The host agent SIGKILLed at each step of an apply (journaled, config written, while

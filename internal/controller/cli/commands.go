@@ -102,9 +102,9 @@ run), 2 some not ready, 1 error (a host could not be asked).`,
 
 func newApply(io *IO) *cobra.Command {
 	var f fleetFlags
-	var connect string
+	var connect, planFile string
 	cmd := &cobra.Command{
-		Use:   "apply -f fleet.yaml [-o table|json] [--parallel N] [--timeout D]",
+		Use:   "apply -f fleet.yaml [-o table|json] [--parallel N] [--timeout D] [--plan plan.json]",
 		Short: "Make every host match the fleet: write configs, restart where needed, wait for readiness",
 		Long: `apply sends each host its containers; the host agent journals, locks, writes the config,
 restarts a container only when the running one differs from what is desired, and waits
@@ -112,12 +112,23 @@ for the guest's readiness report (--timeout per container). On failure it restor
 config and the container. Progress shows live on a terminal, as lines otherwise, then a
 summary.
 
+With --plan, apply only what a reviewed plan showed: save it with
+  gpupass plan -f fleet.yaml -o json > plan.json
+and a container whose config changed since (another tool, a person) is refused with a
+conflict and left untouched: run plan again.
+
 Exit codes: 0 all ready, 2 some not ready, 1 error (a host failed or could not be asked).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			readiness, err := parseDuration("--timeout", f.timeout)
 			if err != nil {
 				return err
+			}
+			var digests map[string]string
+			if planFile != "" {
+				if digests, err = controller.LoadPlanDigests(planFile); err != nil {
+					return err
+				}
 			}
 			s, err := open(io, &f, connect)
 			if err != nil {
@@ -132,7 +143,7 @@ Exit codes: 0 all ready, 2 some not ready, 1 error (a host failed or could not b
 			} else {
 				p = render.NewProgress(io.Stdout, fl, io.Terminal, style)
 			}
-			r := s.ctl.Apply(cmd.Context(), controller.ApplyOptions{Timeout: readiness, Parallel: f.parallel, Progress: p.Update})
+			r := s.ctl.Apply(cmd.Context(), controller.ApplyOptions{Timeout: readiness, Parallel: f.parallel, Progress: p.Update, Digests: digests})
 			p.Finish()
 			if f.output != "json" {
 				fmt.Fprintln(io.Stdout)
@@ -142,6 +153,7 @@ Exit codes: 0 all ready, 2 some not ready, 1 error (a host failed or could not b
 	}
 	f.add(cmd, "readiness deadline per container", controller.DefaultApplyTimeout.String(), controller.DefaultApplyParallel, "hosts applied at once")
 	cmd.Flags().StringVar(&connect, "connect-timeout", controller.DefaultTimeout.String(), "per host: connect, TLS and hello")
+	cmd.Flags().StringVar(&planFile, "plan", "", "a saved plan (gpupass plan -o json): refuse containers whose config changed since")
 	return cmd
 }
 
