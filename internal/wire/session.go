@@ -165,6 +165,12 @@ func (s *Session) serverHello(ctx context.Context) error {
 	dl := s.helloDeadline(ctx)
 	actx, cancel := context.WithDeadline(ctx, dl)
 	defer cancel()
+	// The deadline also bounds the connection's reads (cleared once the Hello is accepted):
+	// a peer that stalls inside a yamux frame keeps yamux's receive loop in a read that
+	// holds the stream's lock, which the stream accept below waits for whatever its
+	// context says; without this, only yamux's keepalive (about 25 s) ended such a peer's
+	// handshake (found by FuzzServerSession).
+	_ = s.conn.SetReadDeadline(dl)
 	st, err := s.ys.AcceptStreamWithContext(actx)
 	if err != nil {
 		return fmt.Errorf("accept hello stream: %w", err)
@@ -200,6 +206,7 @@ func (s *Session) serverHello(ctx context.Context) error {
 		time.Sleep(10 * time.Millisecond)
 		return refuse
 	}
+	_ = s.conn.SetReadDeadline(time.Time{})
 	s.peer = &hello
 	return nil
 }
