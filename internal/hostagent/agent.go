@@ -42,6 +42,8 @@ type Agent struct {
 	exps    map[string]*pb.Expectation   // what each guest was told to check
 	prepErr error                        // host preparation failure, reported as a reason
 	base    context.Context              // the agent's lifetime (Service.Run); applies outlive their callers
+
+	refusals *log.Limiter // rate limits logs of refused connections
 }
 
 // Options are the agent's dependencies; zero values get production defaults.
@@ -85,6 +87,8 @@ func New(cfg *hostconfig.Config, opts Options) (*Agent, error) {
 		now:     opts.Now,
 		desired: map[string]*pb.ContainerSpec{},
 		exps:    map[string]*pb.Expectation{},
+
+		refusals: log.NewLimiter(time.Minute),
 	}
 	if err := a.loadDesired(); err != nil {
 		return nil, err

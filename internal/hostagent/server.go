@@ -68,9 +68,27 @@ func (a *Agent) detach(ctx context.Context) context.Context {
 	return base
 }
 
+// Bounds on one request: a host has at most a few hundred containers and a few GPUs each.
+const (
+	maxSpecs        = 10000
+	maxGPUsPerSpec  = 64
+	maxSelectorSize = 128
+)
+
 func validateSpecs(specs []*pb.ContainerSpec) error {
+	if len(specs) > maxSpecs {
+		return wire.Errorf(pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "%d containers in one request (limit %d)", len(specs), maxSpecs)
+	}
 	seen := map[string]bool{}
 	for i, s := range specs {
+		if n := len(s.GetGpus()); n > maxGPUsPerSpec {
+			return wire.Errorf(pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "containers[%d].gpus: %d GPUs (limit %d)", i, n, maxGPUsPerSpec)
+		}
+		for j, g := range s.GetGpus() {
+			if len(g) > maxSelectorSize {
+				return wire.Errorf(pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "containers[%d].gpus[%d]: selector longer than %d bytes", i, j, maxSelectorSize)
+			}
+		}
 		switch {
 		case s.GetId() == "":
 			return wire.Errorf(pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "containers[%d]: empty id", i)
@@ -88,6 +106,9 @@ func validateSpecs(specs []*pb.ContainerSpec) error {
 // requires client certificates chained to the fleet CA) until ctx ends.
 func (a *Agent) ServeControllers(ctx context.Context, ln net.Listener) error {
 	mux := a.Mux()
+	// Connections not yet past TLS and Hello are bounded: beyond the limit new ones are
+	// closed at once, so a flood of unauthenticated TCP connections costs little.
+	handshakes := make(chan struct{}, maxPendingHandshakes)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -104,22 +125,41 @@ func (a *Agent) ServeControllers(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept controller: %w", err)
 		}
+		select {
+		case handshakes <- struct{}{}:
+		default:
+			if a.refusals.Allow("handshake-limit") {
+				a.log.WithField("limit", maxPendingHandshakes).Warn("too many controller connections in their handshake; closing new ones")
+			}
+			conn.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.serveController(ctx, conn, mux)
+			a.serveController(ctx, conn, mux, func() { <-handshakes })
 		}()
 	}
 }
 
-func (a *Agent) serveController(ctx context.Context, conn net.Conn, mux *wire.Mux) {
+// maxPendingHandshakes bounds controller connections in TLS or Hello at once.
+const maxPendingHandshakes = 128
+
+func (a *Agent) serveController(ctx context.Context, conn net.Conn, mux *wire.Mux, handshaken func()) {
 	l := a.log.WithField("peer", conn.RemoteAddr().String())
+	var once sync.Once
+	done := func() { once.Do(handshaken) }
+	defer done()
 	if tc, ok := conn.(*tls.Conn); ok {
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
-			l.WithError(err).Info("controller TLS handshake refused")
+			// Rate limited per peer host: a scanner must not flood the log.
+			host, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+			if a.refusals.Allow("tls:" + host) {
+				l.WithError(err).Info("controller TLS handshake refused (further refusals from this address are logged at most once a minute)")
+			}
 			conn.Close()
 			return
 		}
@@ -133,6 +173,7 @@ func (a *Agent) serveController(ctx context.Context, conn net.Conn, mux *wire.Mu
 			return nil
 		},
 	}, mux)
+	done()
 	if err != nil {
 		l.WithError(err).Info("controller session refused")
 		return

@@ -82,7 +82,7 @@ func run(ctx context.Context, r runner.Runner, timeout time.Duration, argv ...st
 	defer cancel()
 	out, err := r.Run(cctx, argv...)
 	if err != nil && cctx.Err() != nil && ctx.Err() == nil {
-		return out, fmt.Errorf("run %s: no answer after %v: %w", strings.Join(argv, " "), timeout, errors.Join(context.DeadlineExceeded, err))
+		return out, fmt.Errorf("run %s: no answer after %v: %w (%w)", strings.Join(argv, " "), timeout, context.DeadlineExceeded, err)
 	}
 	return out, err
 }
