@@ -138,23 +138,7 @@ type Change struct {
 }
 
 // DeviceStatusString maps a device status to its contract name.
-func DeviceStatusString(s pb.DeviceStatus) string {
-	switch s {
-	case pb.DeviceStatus_DEVICE_STATUS_OK:
-		return "ok"
-	case pb.DeviceStatus_DEVICE_STATUS_MISSING:
-		return "missing"
-	case pb.DeviceStatus_DEVICE_STATUS_DENIED:
-		return "denied"
-	case pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER:
-		return "no-driver"
-	case pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE:
-		return "not-char-device"
-	case pb.DeviceStatus_DEVICE_STATUS_WRONG_DEVICE:
-		return "wrong-device"
-	}
-	return "unknown"
-}
+func DeviceStatusString(s pb.DeviceStatus) string { return pb.DeviceStatusName(s) }
 
 func validState(s string) bool {
 	switch s {

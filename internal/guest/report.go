@@ -31,24 +31,7 @@ const (
 
 // StatusName is the name a device status has in reports, JSON and tables: ok, missing,
 // denied, no-driver, not-char-device, wrong-device.
-func StatusName(s pb.DeviceStatus) string {
-	switch s {
-	case pb.DeviceStatus_DEVICE_STATUS_OK:
-		return "ok"
-	case pb.DeviceStatus_DEVICE_STATUS_MISSING:
-		return "missing"
-	case pb.DeviceStatus_DEVICE_STATUS_DENIED:
-		return "denied"
-	case pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER:
-		return "no-driver"
-	case pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE:
-		return "not-char-device"
-	case pb.DeviceStatus_DEVICE_STATUS_WRONG_DEVICE:
-		return "wrong-device"
-	default:
-		return "unknown"
-	}
-}
+func StatusName(s pb.DeviceStatus) string { return pb.DeviceStatusName(s) }
 
 // Observe runs the fast checks for exp (device nodes, driver versions, network) and
 // returns a report without a verdict: Assess gives it one. Problems met while reading
