@@ -41,8 +41,8 @@ type Watcher struct {
 	wake   int // eventfd that ends Run
 }
 
-// NewWatcher sets up the watches. Watching /dev is required; the mount table and netlink
-// are best effort (logged when unavailable). Close releases it.
+// NewWatcher sets up the watches. Each is best effort (logged when unavailable): without
+// one, the heartbeat still catches what it would have seen. Close releases it.
 func NewWatcher(p Paths, l *log.Entry) (_ *Watcher, err error) {
 	if l == nil {
 		l = log.Discard()
@@ -59,13 +59,19 @@ func NewWatcher(p Paths, l *log.Entry) (_ *Watcher, err error) {
 	if w.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("create eventfd: %w", err)
 	}
-	if w.ino, err = unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err != nil {
-		return nil, fmt.Errorf("create inotify: %w", err)
-	}
+	// Device watches are best effort too: inotify instances are limited per user
+	// (fs.inotify.max_user_instances, 128 by default, shared by every privileged
+	// container's root), and an agent that cannot watch still reports at each heartbeat.
 	dev := w.paths.host(w.paths.Dev)
-	if w.devWd, err = unix.InotifyAddWatch(w.ino, dev, devWatchMask); err != nil {
-		return nil, fmt.Errorf("watch %s: %w", dev, err)
+	if w.ino, err = unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err != nil {
+		w.log.WithError(err).Warn("device changes are not watched (raise fs.inotify.max_user_instances on the host): reports catch them at the heartbeat")
+		w.ino = -1
+	} else if w.devWd, err = unix.InotifyAddWatch(w.ino, dev, devWatchMask); err != nil {
+		w.log.WithError(err).WithField("path", dev).Warn("device changes are not watched: reports catch them at the heartbeat")
+		unix.Close(w.ino)
+		w.ino = -1
 	}
+	err = nil
 	w.watchCaps()
 	if w.nl, err = subscribeNetlink(); err != nil {
 		w.log.WithError(err).Warn("network changes are not watched: reports catch them at the heartbeat")
@@ -93,7 +99,7 @@ func NewWatcher(p Paths, l *log.Entry) (_ *Watcher, err error) {
 
 // watchCaps adds the watch on /dev/nvidia-caps when it exists (it may appear later).
 func (w *Watcher) watchCaps() {
-	if w.capsWd >= 0 {
+	if w.capsWd >= 0 || w.ino < 0 {
 		return
 	}
 	caps := filepath.Join(w.paths.host(w.paths.Dev), "nvidia-caps")
@@ -212,6 +218,9 @@ func drain(fd int, buf []byte) bool {
 
 // WatchesNetwork says whether network changes are reported (the netlink subscription is
 // up): when they are, a network check stays valid until the next ChangeNetwork.
+// WatchesDevices reports whether device node changes are watched (inotify available).
+func (w *Watcher) WatchesDevices() bool { return w.ino >= 0 }
+
 func (w *Watcher) WatchesNetwork() bool { return w.nl >= 0 }
 
 // Close releases the watches. Run must have returned.

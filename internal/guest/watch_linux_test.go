@@ -57,9 +57,16 @@ func TestWatcher(t *testing.T) {
 	expect("create in the new /dev/nvidia-caps", func() { f.file("dev/nvidia-caps/nvidia-cap2", "") })
 }
 
+// TestWatcherNoDev: a /dev that cannot be watched (missing, or no inotify instance left:
+// fs.inotify.max_user_instances) leaves the agent running on heartbeats alone.
 func TestWatcherNoDev(t *testing.T) {
-	if _, err := NewWatcher(Paths{Root: t.TempDir()}, nil); err == nil {
-		t.Fatal("NewWatcher without a /dev: no error")
+	w, err := NewWatcher(Paths{Root: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatalf("NewWatcher without a /dev: %v, want a watcher without device watches", err)
+	}
+	defer w.Close()
+	if w.WatchesDevices() {
+		t.Error("WatchesDevices() = true without a /dev")
 	}
 }
 

@@ -199,8 +199,9 @@ func (a *Agent) knownIDs() []string {
 	return out
 }
 
-// inventory builds the HostInventory answer.
-func (a *Agent) inventory(ctx context.Context) *pb.HostInventory {
+// inventory builds the HostInventory answer; withContainers adds a summary of every
+// known container (one runtime query each: only host.Inventory asks for it).
+func (a *Agent) inventory(ctx context.Context, withContainers bool) *pb.HostInventory {
 	h := &pb.HostInventory{Name: a.name, AgentBuild: buildVersion(), Runtime: a.rt.Name(), Simulated: a.cfg.Simulated, Driver: &pb.Driver{}}
 	inv, err := a.discover()
 	if err != nil {
@@ -219,6 +220,9 @@ func (a *Agent) inventory(ctx context.Context) *pb.HostInventory {
 		}
 	}
 	a.metrics.gpus.Set(float64(len(h.Gpus)))
+	if !withContainers {
+		return h
+	}
 	for _, id := range a.knownIDs() {
 		cs := &pb.ContainerSummary{Id: id, RunState: "unknown"}
 		if st, err := a.rt.State(ctx, id); err == nil {

@@ -43,7 +43,7 @@ func (a *Agent) Apply(ctx context.Context, req *pb.ApplyRequest, progress progre
 	for range results {
 		<-done
 	}
-	return &pb.ApplyResponse{Host: a.inventory(ctx), Containers: results}
+	return &pb.ApplyResponse{Host: a.inventory(ctx, false), Containers: results}
 }
 
 func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, expectDigest string, timeout time.Duration, progress progressFunc) *pb.ContainerResult {

@@ -131,7 +131,7 @@ func (a *Agent) expectation(p *planned) *pb.Expectation {
 
 // Plan answers host.Plan.
 func (a *Agent) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
-	resp := &pb.PlanResponse{Host: a.inventory(ctx)}
+	resp := &pb.PlanResponse{Host: a.inventory(ctx, false)}
 	for _, spec := range req.GetContainers() {
 		p, err := a.plan(ctx, spec)
 		if err != nil {

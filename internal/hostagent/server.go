@@ -20,7 +20,7 @@ func buildVersion() string { return buildinfo.Version }
 func (a *Agent) Mux() *wire.Mux {
 	m := wire.NewMux()
 	wire.HandleUnary(m, "host.Inventory", func(ctx context.Context, _ *pb.InventoryRequest) (*pb.HostInventory, error) {
-		return a.inventory(ctx), nil
+		return a.inventory(ctx, true), nil
 	})
 	wire.HandleUnary(m, "host.Plan", func(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
 		if err := validateSpecs(req.GetContainers()); err != nil {

@@ -177,6 +177,16 @@ func watchdog(ctx context.Context, every time.Duration) error {
 func (a *Agent) trackGuests(ctx context.Context, m *Metrics) error {
 	events, cancel := a.guests.Subscribe(256)
 	defer cancel()
+	countConnected := func() {
+		n := 0
+		for _, id := range a.guests.IDs() {
+			if s, ok := a.guests.Latest(id); ok && s.Connected {
+				n++
+			}
+		}
+		m.guests.Set(float64(n))
+	}
+	countConnected() // guests that connected before the subscription
 	for {
 		select {
 		case <-ctx.Done():
@@ -185,13 +195,7 @@ func (a *Agent) trackGuests(ctx context.Context, m *Metrics) error {
 			if !ok {
 				return nil
 			}
-			n := 0
-			for _, id := range a.guests.IDs() {
-				if s, ok := a.guests.Latest(id); ok && s.Connected {
-					n++
-				}
-			}
-			m.guests.Set(float64(n))
+			countConnected()
 			snap := ev.Snapshot
 			m.setReady(ev.ID, snap.Connected && !snap.Stale && snap.Report.GetReady())
 		}

@@ -106,7 +106,7 @@ func (a *Agent) expectationDrift(id string, rep *pb.GuestReport) []string {
 
 // Status answers host.Status.
 func (a *Agent) Status(ctx context.Context, req *pb.StatusRequest) *pb.StatusResponse {
-	resp := &pb.StatusResponse{Host: a.inventory(ctx)}
+	resp := &pb.StatusResponse{Host: a.inventory(ctx, false)}
 	specs := req.GetContainers()
 	if len(specs) == 0 {
 		for _, id := range a.knownIDs() {

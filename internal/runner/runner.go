@@ -59,7 +59,7 @@ func (x Exec) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	// A killed command whose child keeps stdout open must not hold us past the deadline.
-	cmd.WaitDelay = 2 * time.Second
+	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if err == nil {
 		return stdout.Bytes(), nil
