@@ -14,6 +14,6 @@ make --no-print-directory proto-check
 echo "== build"
 make --no-print-directory build
 echo "== tests (unit, integration, end to end)"
-go test -count=1 -timeout 25m -fuzztime=0s ./... 2>&1 | tee /tmp/gpupass-test.log
+go test -count=1 -timeout 25m ./... 2>&1 | tee /tmp/gpupass-test.log
 echo "== fuzz (brief, over the committed corpus)"
 ./scripts/fuzz.sh "${FUZZ_BRIEF:-2s}"
