@@ -15,12 +15,12 @@ import (
 
 // Container states (DESIGN.md).
 const (
-	StateReady       = "ready"
-	StatePending     = "pending"
-	StateNotReady    = "not-ready"
-	StateStopped     = "stopped"
-	StateUnreachable = "unreachable"
-	StateError       = "error"
+	StateReady       = pb.StateReady
+	StatePending     = pb.StatePending
+	StateNotReady    = pb.StateNotReady
+	StateStopped     = pb.StateStopped
+	StateUnreachable = pb.StateUnreachable
+	StateError       = pb.StateError
 )
 
 // Kinds of report.

@@ -59,7 +59,7 @@ func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, expectDige
 	switch {
 	case res.GetError() != "":
 		outcome = "error"
-	case res.GetStatus().GetState() != "ready" && res.GetStatus().GetState() != "stopped":
+	case res.GetStatus().GetState() != StateReady && res.GetStatus().GetState() != StateStopped:
 		outcome = "not-ready"
 	}
 	a.metrics.applies.WithLabelValues(outcome).Inc()
@@ -75,7 +75,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, expectD
 	fail := func(err error) *pb.ContainerResult {
 		result.Error = err.Error()
 		if result.Status == nil {
-			result.Status = &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), State: "error", Reasons: []string{err.Error()}}
+			result.Status = &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), State: StateError, Reasons: []string{err.Error()}}
 		}
 		l.WithError(err).Warn("apply failed")
 		return result
@@ -154,7 +154,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, expectD
 	snap, werr := a.waitReady(ctx, id, since, restarted, timeout)
 	status := a.status(ctx, spec)
 	result.Status = status
-	if status.GetState() == "ready" {
+	if status.GetState() == StateReady {
 		_ = op.Step(StepReady, Entry{})
 		_ = op.Done(OutcomeDesired, "")
 		return result
@@ -251,7 +251,7 @@ func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string,
 	}
 	result.RolledBack = len(errs) == 0
 	if result.Status == nil {
-		result.Status = &pb.ContainerStatus{Id: id, Gpus: p.spec.GetGpus(), State: "error"}
+		result.Status = &pb.ContainerStatus{Id: id, Gpus: p.spec.GetGpus(), State: StateError}
 	}
 	result.Status.Reasons = append(result.Status.Reasons, cause.Error())
 	if len(errs) == 0 {
@@ -263,8 +263,8 @@ func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string,
 		_ = op.Done(OutcomeFailed, cause.Error()+"; rollback: "+err.Error())
 		result.Error = cause.Error() + "; rollback failed: " + err.Error()
 	}
-	if result.Status.GetState() == "ready" {
-		result.Status.State = "error"
+	if result.Status.GetState() == StateReady {
+		result.Status.State = StateError
 	}
 	l.WithError(cause).Warn("apply rolled back")
 	return result

@@ -12,11 +12,11 @@ import (
 
 // States of a container (DESIGN.md, JSON contract).
 const (
-	StateReady    = "ready"
-	StatePending  = "pending"
-	StateNotReady = "not-ready"
-	StateStopped  = "stopped"
-	StateError    = "error"
+	StateReady    = pb.StateReady
+	StatePending  = pb.StatePending
+	StateNotReady = pb.StateNotReady
+	StateStopped  = pb.StateStopped
+	StateError    = pb.StateError
 )
 
 // status judges one container from what the agent already knows: the runtime state, the

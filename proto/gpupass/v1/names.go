@@ -19,3 +19,13 @@ func DeviceStatusName(s DeviceStatus) string {
 	}
 	return "unknown"
 }
+
+// Container states, the values of ContainerStatus.state (and of the JSON contract).
+const (
+	StateReady       = "ready"
+	StatePending     = "pending"
+	StateNotReady    = "not-ready"
+	StateStopped     = "stopped"
+	StateUnreachable = "unreachable"
+	StateError       = "error"
+)
