@@ -54,7 +54,9 @@ func (w *hostWork) fail(err error, timeout time.Duration) {
 	reason := describe(w.host, err, timeout)
 	w.report.Error = reason
 	var we *wire.Error
-	if errors.As(err, &we) {
+	// A host whose handler ran out of the call's deadline may say so a moment before our
+	// own deadline fires: that is still "did not answer in time".
+	if errors.As(err, &we) && we.Code != pb.ErrorCode_ERROR_CODE_DEADLINE_EXCEEDED {
 		w.report.Reachable = true
 		markHost(w.out, StateError, "host "+w.host.Name+": "+reason)
 		return
