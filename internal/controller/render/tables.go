@@ -200,14 +200,20 @@ func summary(w io.Writer, r *controller.Report, s Style) {
 	}
 	switch r.Kind {
 	case controller.KindPlan:
-		restarts := 0
+		restarts, starts := 0, 0
 		for _, ct := range r.Containers {
 			if ct.State == controller.StatePending && ct.RestartRequired {
 				restarts++
 			}
+			if ct.State == controller.StatePending && ct.Start {
+				starts++
+			}
 		}
 		if counts[controller.StatePending] > 0 {
 			line += fmt.Sprintf("; apply would change %s and restart %d", plural(counts[controller.StatePending], "container", "containers"), restarts)
+			if starts > 0 {
+				line += fmt.Sprintf(", start %d", starts)
+			}
 		} else if r.ExitCode() == controller.ExitOK {
 			line += "; nothing to change"
 		}
