@@ -252,6 +252,11 @@ func (r *Registry) receiveReports(ctx context.Context, c *container, gs *guestSe
 			if errors.Is(err, io.EOF) || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
+			// The guest's own call deadline (e.g. --once) ends its stream: not a bad frame.
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
 			return err
 		}
 		gs.idle.Reset(r.cfg.IdleTimeout)
