@@ -37,7 +37,7 @@ func (a *Agent) Apply(ctx context.Context, req *pb.ApplyRequest, progress progre
 	for i, spec := range req.GetContainers() {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			results[i] = a.applyOne(ctx, spec, req.GetExpectDigest()[spec.GetId()], timeout, progress)
+			results[i] = a.applyOne(ctx, spec, applyOpts{expectDigest: req.GetExpectDigest()[spec.GetId()], timeout: timeout}, progress)
 		}()
 	}
 	for range results {
@@ -46,7 +46,16 @@ func (a *Agent) Apply(ctx context.Context, req *pb.ApplyRequest, progress progre
 	return &pb.ApplyResponse{Host: a.inventory(ctx, false), Containers: results}
 }
 
-func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, expectDigest string, timeout time.Duration, progress progressFunc) *pb.ContainerResult {
+// applyOpts are the per-call knobs of one container's apply.
+type applyOpts struct {
+	expectDigest string        // the digest a reviewed plan saw ("" = any)
+	timeout      time.Duration // readiness deadline
+	// keepRunning starts the container if it is stopped, whatever the spec says: a
+	// reconcile of an apply cut between the stop and the start of a restart.
+	keepRunning bool
+}
+
+func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, o applyOpts, progress progressFunc) *pb.ContainerResult {
 	id := spec.GetId()
 	if progress == nil {
 		progress = func(string, string, string) {}
@@ -54,7 +63,7 @@ func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, expectDige
 	unlock := a.lock(id)
 	defer unlock()
 	start := a.now()
-	res := a.applyLocked(ctx, spec, expectDigest, timeout, progress)
+	res := a.applyLocked(ctx, spec, o, progress)
 	outcome := "ok"
 	switch {
 	case res.GetError() != "":
@@ -68,8 +77,9 @@ func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, expectDige
 	return res
 }
 
-func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, expectDigest string, timeout time.Duration, progress progressFunc) *pb.ContainerResult {
+func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o applyOpts, progress progressFunc) *pb.ContainerResult {
 	id := spec.GetId()
+	expectDigest, timeout := o.expectDigest, o.timeout
 	l := a.log.WithField("container", id)
 	result := &pb.ContainerResult{}
 	fail := func(err error) *pb.ContainerResult {
@@ -89,6 +99,9 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, expectD
 	result.Plan = p.pb
 	if err != nil {
 		return fail(err)
+	}
+	if o.keepRunning && !p.state.Running {
+		p.pb.Start = true
 	}
 	if expectDigest != "" && expectDigest != p.digest {
 		return fail(wire.Errorf(pb.ErrorCode_ERROR_CODE_CONFLICT, "%s changed since the plan (digest %s, now %s): nothing was written; run plan again", p.file.Path, short(expectDigest), short(p.digest)))

@@ -71,11 +71,9 @@ func (a *Agent) prepare(ctx context.Context, r runner.Runner) error {
 
 // ensureNode creates the node when it is missing, or replaces one whose major is stale.
 func ensureNode(inv *gpu.Inventory, path string, major, minor uint32) error {
-	// e2e fix (test/e2e, issue 7): keep an existing char node whose major is current,
-	// whatever its minor. Requiring minor 0/1 replaced the simulated host's stand-in uvm
-	// nodes (10:229, 10:200) with 10:0 and 10:1, which no driver backs, so no container
-	// on a simulated host could become ready. Missing or stale-major nodes are still
-	// (re)created with minors 0 and 1.
+	// An existing char node whose major is current is kept whatever its minor (a
+	// simulated host's stand-ins are 10:229 and 10:200); missing or stale-major nodes are
+	// (re)created with the driver's minors.
 	if n, ok := inv.Nodes[path]; ok && n.Char && n.Major == major {
 		return nil
 	}

@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"os"
 	"time"
-
-	"google.golang.org/protobuf/proto"
-
-	pb "gpupass/proto/gpupass/v1"
 )
 
 // Reconcile finishes the applies an earlier agent left unfinished (killed at any step):
@@ -31,16 +27,9 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		// The config may hold the desired entries while the container still runs the
 		// old ones, or was stopped mid-restart. Apply the journaled spec again: the
 		// editor is idempotent and the restart rule judges the running container.
-		spec := in.Spec
-		if in.Entries[0].WasRunning && spec.GetWantState() == "" {
-			// e2e fix (test/e2e, issue 7): an agent killed between the stop and the start
-			// of a restart left the container stopped, and the re-apply of a spec without
-			// state: running wrote it "and left it stopped" (journaled as-desired). It was
-			// running before this apply: start it again.
-			spec = proto.Clone(spec).(*pb.ContainerSpec)
-			spec.WantState = "running"
-		}
-		res := a.applyOne(ctx, spec, "", 30*time.Second, nil)
+		// An agent killed between the stop and the start of a restart left the container
+		// stopped; it was running before this apply, so it is started again.
+		res := a.applyOne(ctx, in.Spec, applyOpts{timeout: 30 * time.Second, keepRunning: in.Entries[0].WasRunning}, nil)
 		if res.GetError() == "" {
 			_ = in.Op.Done(OutcomeDesired, "reconciled on start: "+res.GetStatus().GetState())
 			l.Info("interrupted apply completed")

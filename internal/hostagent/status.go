@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"gpupass/internal/guestchan"
@@ -175,7 +176,7 @@ func (a *Agent) Watch(ctx context.Context, req *pb.WatchRequest, send func(*pb.W
 
 func containsPrefix(list []string, prefix string) bool {
 	for _, s := range list {
-		if len(s) >= len(prefix) && s[:len(prefix)] == prefix {
+		if strings.HasPrefix(s, prefix) {
 			return true
 		}
 	}
