@@ -297,8 +297,8 @@ func TestApplyIdempotent(t *testing.T) {
 	f.guestReport(pb.DeviceStatus_DEVICE_STATUS_OK)
 	resp := f.agent.Apply(context.Background(), &pb.ApplyRequest{Containers: []*pb.ContainerSpec{{Id: "901", Gpus: []string{"1"}}}, TimeoutMs: 2000}, nil)
 	res := resp.GetContainers()[0]
-	if res.GetWritten() || res.GetRestarted() || res.GetError() != "" {
-		t.Errorf("apply: written=%v restarted=%v err=%q", res.GetWritten(), res.GetRestarted(), res.GetError())
+	if res.GetWritten() || res.GetRestarted() || res.GetStarted() || res.GetError() != "" {
+		t.Errorf("apply: written=%v restarted=%v started=%v err=%q", res.GetWritten(), res.GetRestarted(), res.GetStarted(), res.GetError())
 	}
 	if len(f.rt.calls) != 0 {
 		t.Errorf("runtime calls %v, want none", f.rt.calls)
