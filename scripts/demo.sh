@@ -68,10 +68,14 @@ clean() {
     [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -rf "$DEMO"
-  echo "demo: clean: removed $DEMO (container, host agent state, PKI, transcript)"
-  echo "demo: left in place: $BIN (the build: make clean removes it; make uninstall what make install"
-  echo "      copied), the Debian packages scripts/deps.sh demo installed (${DEMO_PKGS}), and Go's"
-  echo "      build and module caches (go clean -cache -modcache)"
+  # LXC's lock directory for the container path (lxc-start makes it).
+  case $DEMO in /?*) rm -rf "/run/lxc/lock$DEMO" ;; esac
+  echo "demo: clean: removed $DEMO (container, host agent state, PKI, TLS tickets, transcript)"
+  echo "      and LXC's lock directory /run/lxc/lock$DEMO"
+  echo "demo: left in place:"
+  echo "  $BIN: the build (make clean removes it; make uninstall what make install copied)"
+  echo "  the Debian packages scripts/deps.sh demo installed: $DEMO_PKGS"
+  echo "  Go's build and module caches (go clean -cache -modcache)"
 }
 
 if [ "${1:-}" = clean ]; then
