@@ -231,7 +231,7 @@ func runSoak(t *testing.T, o soakOptions) *soakResult {
 		agent.setExpectation(id, exp)
 	}
 
-	tc, err := pki.ServerTLS(p.ca(), filepath.Join(p.dir, "host.crt"), filepath.Join(p.dir, "host.key"))
+	tc, err := pki.ServerTLS(p.ca(), filepath.Join(p.dir, "host.crt"), filepath.Join(p.dir, "host.key"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
