@@ -51,6 +51,11 @@ func (r *Registry) identify(conn *net.UnixConn) peerIdentity {
 	if !ok {
 		return peerIdentity{pid: pid, err: fmt.Errorf("cgroup of pid %d has no cgroup v2 (0::) line", pid)}
 	}
+	// Last: the user check also proves (through the pidfd) that the process read above is
+	// still the peer.
+	if err := r.cfg.PeerRoot(conn, pid); err != nil {
+		return peerIdentity{pid: pid, cgroup: path, err: err}
+	}
 	return peerIdentity{pid: pid, cgroup: path}
 }
 
