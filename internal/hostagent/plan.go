@@ -80,7 +80,7 @@ func (a *Agent) plan(ctx context.Context, spec *pb.ContainerSpec) (*planned, err
 		inv = &gpu.Inventory{Root: a.cfg.HostRoot, Majors: map[string]uint32{}, Nodes: map[string]gpu.Node{}}
 	}
 	p.inv = inv
-	res, err := passthrough.Plan(cfg, inv, passthrough.Desired{GPUs: spec.GetGpus(), Style: styleOf(spec.GetStyle()), GuestSocketDir: a.guestDir(id)})
+	res, err := passthrough.Plan(cfg, inv, passthrough.Desired{GPUs: spec.GetGpus(), Style: styleOf(spec.GetStyle()), GuestSocketDir: a.guestDir(id), MIGCaps: spec.GetMigCaps()})
 	if err != nil {
 		return p, fmt.Errorf("plan container %s: %w", id, err)
 	}

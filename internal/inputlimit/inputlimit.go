@@ -15,10 +15,11 @@ import (
 // is a few KiB (PVE itself refuses configs over 1 MiB when it writes them), a fleet of
 // thousands of containers a few hundred KiB.
 const (
-	FleetFile      = 8 << 20 // fleet.yaml
-	HostConfigFile = 1 << 20 // host-agent.yaml
-	ContainerConf  = 1 << 20 // /etc/pve/lxc/<id>.conf, <lxcpath>/<name>/config
-	PlanJSON       = 64 << 20
+	FleetFile      = 8 << 20  // fleet.yaml
+	HostConfigFile = 1 << 20  // host-agent.yaml
+	ContainerConf  = 1 << 20  // /etc/pve/lxc/<id>.conf, <lxcpath>/<name>/config
+	PlanJSON       = 64 << 20 // gpupass plan -o json, read back by apply --plan
+	PhoenixJSON    = 64 << 20 // phoenix_lxc_configs.json (gpupass import phoenix)
 )
 
 // ErrTooLarge is wrapped by the error for an input over its bound.

@@ -3,11 +3,11 @@ package cli
 import (
 	"fmt"
 	"net"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"gpupass/internal/fleet"
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/pki"
 )
 
@@ -26,7 +26,7 @@ so that gpupass removes GPU entries it may have inherited. All containers are pl
 --host. What is not carried over is listed as warnings on stderr.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := os.ReadFile(args[0])
+			b, err := inputlimit.ReadFile(args[0], inputlimit.PhoenixJSON)
 			if err != nil {
 				return fmt.Errorf("import phoenix: %w", err)
 			}
