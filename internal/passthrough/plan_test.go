@@ -445,3 +445,38 @@ func BenchmarkPlan2KiB(b *testing.B) {
 		}
 	}
 }
+
+// A config gpupass wrote with caps (mig_caps true, or before caps needed asking) loses every
+// caps entry, rules and mounts, on the next plan without mig_caps; nothing else changes.
+func TestPlanRemovesCapsEntriesItWrote(t *testing.T) {
+	inv := gputest.Inventory(t, "mig")
+	cfg, _ := readIn(t, "12-cloned.conf")
+	with, err := Plan(cfg, inv, Desired{GPUs: []string{"0"}, MIGCaps: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(with.New, []byte("nvidia-caps/nvidia-cap1")) || !bytes.Contains(with.New, []byte("c 508:2 rwm")) {
+		t.Fatalf("mig_caps plan lacks caps entries:\n%s", with.New)
+	}
+	without, err := Plan(with.Config, inv, Desired{GPUs: []string{"0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var removed []string
+	for _, c := range without.Changes {
+		if c.Op != Remove {
+			t.Errorf("unexpected addition %q", c.Line)
+			continue
+		}
+		removed = append(removed, c.Line)
+	}
+	want := []string{
+		"lxc.cgroup2.devices.allow: c 508:1 rwm",
+		"lxc.cgroup2.devices.allow: c 508:2 rwm",
+		"lxc.mount.entry: /dev/nvidia-caps/nvidia-cap1 dev/nvidia-caps/nvidia-cap1 none bind,create=file 0 0",
+		"lxc.mount.entry: /dev/nvidia-caps/nvidia-cap2 dev/nvidia-caps/nvidia-cap2 none bind,create=file 0 0",
+	}
+	if diff := cmp.Diff(removed, want); diff != "" {
+		t.Errorf("removed lines (-got +want)\n%s", diff)
+	}
+}
