@@ -225,6 +225,15 @@ func TestRestartRule(t *testing.T) {
 			wantReason: "running container still has /dev/nvidia0, which is not assigned",
 		},
 		{
+			name: "still has MIG capability nodes a whole GPU no longer gets",
+			setup: func(f *restartFixture, desired []byte) {
+				f.liveContainer()
+				f.node("nvidia-caps/nvidia-cap1", 1, 3)
+				f.rt.started = desired
+			},
+			wantReason: "running container still has /dev/nvidia-caps/nvidia-cap1, which is not assigned",
+		},
+		{
 			name: "started with a stale rule",
 			setup: func(f *restartFixture, desired []byte) {
 				f.liveContainer()
