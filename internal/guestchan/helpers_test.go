@@ -67,7 +67,7 @@ func (f *fakeProcs) notRoot(content string) int32 {
 	return pid
 }
 
-func (f *fakeProcs) root(_ *net.UnixConn, pid int32) error {
+func (f *fakeProcs) root(_ *net.UnixConn, pid int32, _ time.Time) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.users[pid]

@@ -8,8 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"gpupass/internal/runtime"
 )
 
 // maxCgroupFile bounds what is read of /proc/<pid>/cgroup.
@@ -73,18 +76,29 @@ const maxUIDMapFile = 16 << 10
 //     maps to 0. The peer must run in the container's own user namespace (a child of the
 //     host's, owning the peer's pid namespace, which is a child of the host's): a user of
 //     the container who makes a user namespace of its own is "root" there, and is refused.
-func RootPeer(procRoot string) func(conn *net.UnixConn, pid int32) error {
-	return func(conn *net.UnixConn, pid int32) error {
+//
+// Without SO_PEERPIDFD (Linux < 6.5, e.g. Debian 12's 6.1) the fallback pins pid with
+// pidfd_open (Linux >= 5.3) and refuses a process that started after the connection was
+// accepted: a pid reused after the peer exited names a younger process. Only a reuse between
+// the peer's connect and the end of the accept's 10 ms clock tick could pass there.
+func RootPeer(procRoot string) func(conn *net.UnixConn, pid int32, accepted time.Time) error {
+	return func(conn *net.UnixConn, pid int32, accepted time.Time) error {
 		cred, pidfd, err := peerCredentials(conn)
 		if err != nil {
 			return err
 		}
-		if pidfd >= 0 {
-			defer unix.Close(pidfd)
-		}
 		if cred.Pid != pid {
+			if pidfd >= 0 {
+				unix.Close(pidfd)
+			}
 			return fmt.Errorf("check peer user: SO_PEERCRED names pid %d, not %d", cred.Pid, pid)
 		}
+		if pidfd < 0 {
+			if pidfd, err = pinByStart(procRoot, pid, accepted); err != nil {
+				return err
+			}
+		}
+		defer unix.Close(pidfd)
 		root, err := containerRoot(procRoot, pid)
 		if err != nil {
 			return err
@@ -92,13 +106,41 @@ func RootPeer(procRoot string) func(conn *net.UnixConn, pid int32) error {
 		if cred.Uid != root {
 			return fmt.Errorf("%w: peer pid %d runs as host uid %d; only the container's root (host uid %d) may use the guest socket: run the guest agent as root", ErrNotContainerRoot, pid, cred.Uid, root)
 		}
-		if pidfd >= 0 {
-			if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-				return fmt.Errorf("check peer user: pid %d exited while it was identified (its pid may already be another process's): %w", pid, err)
-			}
+		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+			return fmt.Errorf("check peer user: pid %d exited while it was identified (its pid may already be another process's): %w", pid, err)
 		}
 		return nil
 	}
+}
+
+// forceNoPeerPidfd makes peerCredentials act as on a kernel without SO_PEERPIDFD (tests).
+var forceNoPeerPidfd bool
+
+// pinByStart is the fallback without SO_PEERPIDFD: a pidfd from pidfd_open, and the process
+// it names must have started before the connection was accepted.
+func pinByStart(procRoot string, pid int32, accepted time.Time) (int, error) {
+	pidfd, err := unix.PidfdOpen(int(pid), 0)
+	if err != nil {
+		return -1, fmt.Errorf("check peer user: pin pid %d: %w (the peer exited)", pid, err)
+	}
+	start, err := runtime.StartTicks(filepath.Join(procRoot, "proc"), int(pid))
+	if err != nil {
+		unix.Close(pidfd)
+		return -1, fmt.Errorf("check peer user: start time of pid %d: %w (the peer exited)", pid, err)
+	}
+	// The accept on the kernel's clock of process start times (CLOCK_BOOTTIME, in ticks).
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		unix.Close(pidfd)
+		return -1, fmt.Errorf("check peer user: read the boot clock: %w", err)
+	}
+	acceptBoot := time.Duration(ts.Nano()) - time.Since(accepted)
+	acceptTicks := uint64(acceptBoot / (time.Second / runtime.UserHZ))
+	if start > acceptTicks {
+		unix.Close(pidfd)
+		return -1, fmt.Errorf("check peer user: pid %d started after the connection was accepted (tick %d > %d): the peer exited and its pid was reused", pid, start, acceptTicks)
+	}
+	return pidfd, nil
 }
 
 // peerCredentials reads SO_PEERCRED and SO_PEERPIDFD (-1 where the kernel lacks it).
@@ -112,6 +154,10 @@ func peerCredentials(conn *net.UnixConn) (*unix.Ucred, int, error) {
 	pidfd := -1
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if forceNoPeerPidfd {
+			fdErr = unix.ENOPROTOOPT
+			return
+		}
 		pidfd, fdErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
 	}); err != nil {
 		return nil, -1, fmt.Errorf("read peer credentials: %w", err)

@@ -61,9 +61,9 @@ func TestParseRootMapping(t *testing.T) {
 }
 
 // peerOf starts the test binary as a peer that dials a fresh socket with attr (its
-// credentials and namespaces) and returns the accepted connection, the peer's pid and its
-// stdin (close it to let a waiting peer exit).
-func peerOf(t *testing.T, attr *syscall.SysProcAttr, wait bool) (*net.UnixConn, *exec.Cmd, func()) {
+// credentials and namespaces) and returns the accepted connection, when it was accepted, the
+// peer's pid and its stdin (close it to let a waiting peer exit).
+func peerOf(t *testing.T, attr *syscall.SysProcAttr, wait bool) (*net.UnixConn, time.Time, *exec.Cmd, func()) {
 	t.Helper()
 	// Traversable by every user: the peer may run as another user.
 	dir := lxctest.TempDir(t)
@@ -99,6 +99,7 @@ func peerOf(t *testing.T, attr *syscall.SysProcAttr, wait bool) (*net.UnixConn, 
 	}
 	_ = ln.SetDeadline(time.Now().Add(10 * time.Second))
 	conn, err := ln.AcceptUnix()
+	accepted := time.Now()
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -115,7 +116,7 @@ func peerOf(t *testing.T, attr *syscall.SysProcAttr, wait bool) (*net.UnixConn, 
 		_ = cmd.Wait()
 	}
 	t.Cleanup(release)
-	return conn, cmd, release
+	return conn, accepted, cmd, release
 }
 
 // RootPeer, the default user check, on real peers: this host is a privileged container's
@@ -142,26 +143,34 @@ func TestRootPeerUsers(t *testing.T) {
 			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 65534, Size: 1}},
 		}, "does not own its pid namespace"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			conn, cmd, _ := peerOf(t, tt.attr, true)
-			err := check(conn, int32(cmd.Process.Pid))
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
+	for _, mode := range []struct {
+		name    string
+		noPidfd bool
+	}{{"SO_PEERPIDFD", false}, {"pidfd_open", true}} {
+		forceNoPeerPidfd = mode.noPidfd
+		for _, tt := range tests {
+			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
+				conn, accepted, cmd, _ := peerOf(t, tt.attr, true)
+				err := check(conn, int32(cmd.Process.Pid), accepted)
+				if tt.wantErr == "" {
+					if err != nil {
+						t.Fatalf("refused: %v", err)
+					}
+					return
 				}
-				return
-			}
-			if !errors.Is(err, ErrNotContainerRoot) || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("err = %v, want ErrNotContainerRoot with %q", err, tt.wantErr)
-			}
-		})
+				if !errors.Is(err, ErrNotContainerRoot) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want ErrNotContainerRoot with %q", err, tt.wantErr)
+				}
+			})
+		}
 	}
+	forceNoPeerPidfd = false
 }
 
 // A peer that exits after connecting is refused, even when its pid has been given to
 // another root process since (the pid is recycled on purpose through ns_last_pid):
-// SO_PEERPIDFD pins the process that connected, not its number.
+// SO_PEERPIDFD pins the process that connected, not its number; without it (Linux < 6.5)
+// pidfd_open and the process's start time, younger than the connection, tell.
 func TestRootPeerRecycledPID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -169,9 +178,25 @@ func TestRootPeerRecycledPID(t *testing.T) {
 		}
 		t.Skip("needs root to recycle a pid")
 	}
-	conn, cmd, release := peerOf(t, nil, true)
+	for _, tc := range []struct {
+		name    string
+		noPidfd bool
+	}{{"SO_PEERPIDFD where the kernel has it", false}, {"pidfd_open and start time", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			forceNoPeerPidfd = tc.noPidfd
+			defer func() { forceNoPeerPidfd = false }()
+			recycledPeer(t)
+		})
+	}
+}
+
+func recycledPeer(t *testing.T) {
+	conn, accepted, cmd, release := peerOf(t, nil, true)
 	pid := cmd.Process.Pid
 	release() // the peer exits and is reaped; the connection stays open
+	// The impostor comes later than the accept's clock tick (10 ms): /proc's start times have
+	// that resolution, the limit of the check without SO_PEERPIDFD.
+	time.Sleep(time.Until(accepted.Add(25 * time.Millisecond)))
 	recycled := false
 	for try := 0; try < 20 && !recycled; try++ {
 		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644); err != nil {
@@ -191,7 +216,7 @@ func TestRootPeerRecycledPID(t *testing.T) {
 		_ = impostor.Wait()
 	}
 	t.Logf("pid %d recycled by a root process: %v", pid, recycled)
-	err := RootPeer("/")(conn, int32(pid))
+	err := RootPeer("/")(conn, int32(pid), accepted)
 	if err == nil || !strings.Contains(err.Error(), "exited") {
 		t.Fatalf("err = %v, want the exited peer refused", err)
 	}

@@ -77,8 +77,9 @@ type Config struct {
 	PeerCgroup func(pid int32) (string, error)
 	// PeerRoot checks, after PeerCgroup, that the peer is its container's root user and
 	// still the process pid names (default RootPeer(ProcRoot): SO_PEERPIDFD, SO_PEERCRED,
-	// the peer's uid_map and namespaces). Tests that simulate pids replace it.
-	PeerRoot func(conn *net.UnixConn, pid int32) error
+	// the peer's uid_map and namespaces); accepted is when the connection was accepted.
+	// Tests that simulate pids replace it.
+	PeerRoot func(conn *net.UnixConn, pid int32, accepted time.Time) error
 }
 
 func (c Config) withDefaults() Config {

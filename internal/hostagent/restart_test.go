@@ -100,7 +100,7 @@ func newRestartFixture(t *testing.T) *restartFixture {
 	reg := guestchan.New(guestchan.Config{
 		Dir: cfg.GuestSocketDir, Log: log.ForTest(t, "guests"),
 		PeerCgroup: func(int32) (string, error) { return "0::/lxc.payload.901\n", nil },
-		PeerRoot:   func(*net.UnixConn, int32) error { return nil }, // this process stands for the guest
+		PeerRoot:   func(*net.UnixConn, int32, time.Time) error { return nil }, // this process stands for the guest
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -205,7 +205,7 @@ func runSoak(t *testing.T, o soakOptions) *soakResult {
 	reg := guestchan.New(guestchan.Config{
 		Dir: cfg.GuestSocketDir, Heartbeat: cfg.Heartbeat, StaleAfter: cfg.GuestStaleAfter,
 		Log: l.WithField("part", "guests"), Build: "soak", PeerPID: procs.peerPID, PeerCgroup: procs.cgroup,
-		PeerRoot: func(*net.UnixConn, int32) error { return nil }, // simulated pids are all root
+		PeerRoot: func(*net.UnixConn, int32, time.Time) error { return nil }, // simulated pids are all root
 	})
 	ids := make([]string, o.guests)
 	for i := range ids {
