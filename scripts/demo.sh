@@ -135,10 +135,10 @@ if [ -f "$PKI/ca.crt" ]; then
 else
   show "gpupass pki init --dir $PKI"
   "$BIN/gpupass" pki init --dir "$PKI"
-  show "gpupass pki issue --dir $PKI --name $HOSTNAME_ --ip 127.0.0.1"
-  "$BIN/gpupass" pki issue --dir "$PKI" --name "$HOSTNAME_" --ip 127.0.0.1
-  show "gpupass pki issue --dir $PKI --name controller"
-  "$BIN/gpupass" pki issue --dir "$PKI" --name controller
+  show "gpupass pki issue --dir $PKI --role host --name $HOSTNAME_ --ip 127.0.0.1"
+  "$BIN/gpupass" pki issue --dir "$PKI" --role host --name "$HOSTNAME_" --ip 127.0.0.1
+  show "gpupass pki issue --dir $PKI --role controller --name controller"
+  "$BIN/gpupass" pki issue --dir "$PKI" --role controller --name controller
 fi
 
 header "The host agent (runtime lxc) on 127.0.0.1:$PORT" \

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
 	"gpupass/internal/fleet"
+	"gpupass/internal/inputlimit"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -190,7 +190,7 @@ func (c *Controller) applyHost(ctx context.Context, s *conn, w *hostWork, opts A
 // LoadPlanDigests reads a saved plan (the JSON of gpupass plan -o json) and returns the
 // config digest of each container, keyed "host/id".
 func LoadPlanDigests(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := inputlimit.ReadFile(path, inputlimit.PlanJSON)
 	if err != nil {
 		return nil, fmt.Errorf("read plan: %w", err)
 	}

@@ -100,6 +100,7 @@ func newRestartFixture(t *testing.T) *restartFixture {
 	reg := guestchan.New(guestchan.Config{
 		Dir: cfg.GuestSocketDir, Log: log.ForTest(t, "guests"),
 		PeerCgroup: func(int32) (string, error) { return "0::/lxc.payload.901\n", nil },
+		PeerRoot:   func(*net.UnixConn, int32, time.Time) error { return nil }, // this process stands for the guest
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -222,6 +223,15 @@ func TestRestartRule(t *testing.T) {
 				f.rt.started = desired
 			},
 			wantReason: "running container still has /dev/nvidia0, which is not assigned",
+		},
+		{
+			name: "still has MIG capability nodes a whole GPU no longer gets",
+			setup: func(f *restartFixture, desired []byte) {
+				f.liveContainer()
+				f.node("nvidia-caps/nvidia-cap1", 1, 3)
+				f.rt.started = desired
+			},
+			wantReason: "running container still has /dev/nvidia-caps/nvidia-cap1, which is not assigned",
 		},
 		{
 			name: "started with a stale rule",

@@ -38,6 +38,11 @@ func (a *Agent) status(ctx context.Context, spec *pb.ContainerSpec) *pb.Containe
 		a.metrics.setReady(id, false)
 		return cs
 	}
+	// As plan says it: whether what the container runs with differs from the desired
+	// state (the same evidence and rule, with the state just read).
+	if p, err := a.planKnown(ctx, spec, &st); err == nil {
+		cs.RestartRequired = p.pb.GetRestart().GetRequired()
+	}
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
 	a.metrics.setReady(id, cs.State == StateReady)

@@ -274,10 +274,27 @@ func (c *Container) Attach(t testing.TB, argv ...string) (stdout string, exitCod
 	return stdout, code
 }
 
+// AttachAs is Attach as the container's user uid (and group uid).
+func (c *Container) AttachAs(t testing.TB, uid int, argv ...string) (stdout string, exitCode int) {
+	t.Helper()
+	id := strconv.Itoa(uid)
+	stdout, stderr, code := c.attach(t, []string{"-u", id, "-g", id}, argv...)
+	if stderr != "" {
+		t.Logf("lxctest: %s: uid %d: %v: stderr: %s", c.name, uid, argv, strings.TrimSpace(stderr))
+	}
+	return stdout, code
+}
+
 // AttachFull is Attach returning standard error too.
 func (c *Container) AttachFull(t testing.TB, argv ...string) (stdout, stderr string, exitCode int) {
 	t.Helper()
-	args := append([]string{"lxc-attach", "--clear-env", "-v", "PATH=/bin:/usr/bin:/sbin:/usr/sbin", "--"}, argv...)
+	return c.attach(t, nil, argv...)
+}
+
+func (c *Container) attach(t testing.TB, opts []string, argv ...string) (stdout, stderr string, exitCode int) {
+	t.Helper()
+	args := append(append([]string{"lxc-attach"}, opts...), "--clear-env", "-v", "PATH=/bin:/usr/bin:/sbin:/usr/sbin", "--")
+	args = append(args, argv...)
 	stdout, stderr, err := c.lxc(args...)
 	var ee *exec.ExitError
 	switch {

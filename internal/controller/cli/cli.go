@@ -199,8 +199,12 @@ func open(io *IO, f *fleetFlags, connectTimeout string) (*session, error) {
 		if err != nil {
 			io.Log.WithError(err).Debug("TLS session cache ignored")
 		}
+		scoped, err := cache.For(fl.TLS.CA, fl.TLS.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tls: %w", f.file, err)
+		}
 		s.cache = cache
-		tlsCfg.ClientSessionCache = cache
+		tlsCfg.ClientSessionCache = scoped
 	}
 	s.ctl = controller.New(controller.Options{Fleet: fl, TLS: tlsCfg, Timeout: timeout, Parallel: f.parallel, Log: io.Log})
 	return s, nil

@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"net"
@@ -20,6 +22,7 @@ import (
 	"gpupass/internal/controller"
 	"gpupass/internal/controller/agenttest"
 	"gpupass/internal/log"
+	"gpupass/internal/pki"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -285,6 +288,8 @@ func TestImportAndPKI(t *testing.T) {
 		{[]string{"pki", "issue", "--dir", pkiDir, "--name", "controller"}, 0},
 		{[]string{"pki", "issue", "--dir", pkiDir, "--name", "pve1"}, 1},
 		{[]string{"pki", "issue", "--dir", pkiDir, "--name", "pve2", "--ip", "not-an-ip"}, 1},
+		{[]string{"pki", "issue", "--dir", pkiDir, "--role", "controller", "--name", "ci"}, 0},
+		{[]string{"pki", "issue", "--dir", pkiDir, "--role", "admin", "--name", "x"}, 1},
 	}
 	for _, s := range steps {
 		if r := run(t, false, s.args...); r.code != s.code {
@@ -295,6 +300,21 @@ func TestImportAndPKI(t *testing.T) {
 		fi, err := os.Stat(filepath.Join(pkiDir, n))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v %v", n, fi, err)
+		}
+	}
+	// Roles: explicit, and by default from the name.
+	for name, want := range map[string]pki.Role{"ci": pki.RoleController, "controller": pki.RoleController, "pve1": pki.RoleHost} {
+		b, err := os.ReadFile(filepath.Join(pkiDir, name+".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(b)
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pki.RoleOf(cert); got != want {
+			t.Errorf("%s: role %q, want %q", name, got, want)
 		}
 	}
 	if r := run(t, false, "version"); r.code != 0 || !strings.HasPrefix(r.stdout, "gpupass ") {

@@ -1010,6 +1010,7 @@ type ContainerSpec struct {
 	Style          Style                  `protobuf:"varint,3,opt,name=style,proto3,enum=gpupass.v1.Style" json:"style,omitempty"`
 	RequireNetwork bool                   `protobuf:"varint,4,opt,name=require_network,json=requireNetwork,proto3" json:"require_network,omitempty"`
 	WantState      string                 `protobuf:"bytes,5,opt,name=want_state,json=wantState,proto3" json:"want_state,omitempty"` // "" (leave as is) | running
+	MigCaps        bool                   `protobuf:"varint,6,opt,name=mig_caps,json=migCaps,proto3" json:"mig_caps,omitempty"`      // pass /dev/nvidia-caps/* (MIG config and monitor) too; whole GPUs get none otherwise
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1077,6 +1078,13 @@ func (x *ContainerSpec) GetWantState() string {
 		return x.WantState
 	}
 	return ""
+}
+
+func (x *ContainerSpec) GetMigCaps() bool {
+	if x != nil {
+		return x.MigCaps
+	}
+	return false
 }
 
 type ConfigChange struct {
@@ -2851,14 +2859,15 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\v2\x1c.gpupass.v1.ContainerSummaryR\n" +
 	"containers\x12\x18\n" +
 	"\aruntime\x18\a \x01(\tR\aruntime\"\x12\n" +
-	"\x10InventoryRequest\"\xa4\x01\n" +
+	"\x10InventoryRequest\"\xbf\x01\n" +
 	"\rContainerSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12'\n" +
 	"\x05style\x18\x03 \x01(\x0e2\x11.gpupass.v1.StyleR\x05style\x12'\n" +
 	"\x0frequire_network\x18\x04 \x01(\bR\x0erequireNetwork\x12\x1d\n" +
 	"\n" +
-	"want_state\x18\x05 \x01(\tR\twantState\"\xa5\x01\n" +
+	"want_state\x18\x05 \x01(\tR\twantState\x12\x19\n" +
+	"\bmig_caps\x18\x06 \x01(\bR\amigCaps\"\xa5\x01\n" +
 	"\fConfigChange\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.gpupass.v1.ConfigChange.OpR\x02op\x12\x12\n" +
 	"\x04line\x18\x02 \x01(\tR\x04line\x12\x1f\n" +
