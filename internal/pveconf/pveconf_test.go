@@ -224,7 +224,7 @@ func TestDetectFormat(t *testing.T) {
 		"lxc.environment = A=b:c\n": LXC, "[snap]\n": PVE, "": PVE, "mp0: /a,mp=/b\n": PVE,
 		// raw lxc.* keys first, written "key = value": the PVE keys after them decide
 		"lxc.cgroup2.devices.allow = c 195:* rwm\nlxc.mount.entry = /dev/nvidia0 dev/nvidia0 none bind 0 0\narch: amd64\n": PVE,
-		"lxc.apparmor.profile = unconfined\nlxc.uts.name = x\n": LXC,
+		"lxc.apparmor.profile = unconfined\nlxc.uts.name = x\n":                                                            LXC,
 	} {
 		if got := DetectFormat([]byte(in)); got != want {
 			t.Errorf("DetectFormat(%q) = %v, want %v", in, got, want)
