@@ -54,7 +54,12 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 		cs.Reasons = append(cs.Reasons, "host: "+prepErr.Error())
 	}
 	rep := snap.Report
+	if !snap.Connected {
+		cs.GuestRefused = snap.Refused
+	}
 	switch {
+	case !snap.Connected && snap.Refused != "":
+		cs.Reasons = append(cs.Reasons, fmt.Sprintf("guest agent connected but was refused at %s: %s", snap.RefusedAt.UTC().Format(time.RFC3339), snap.Refused))
 	case rep == nil && !snap.Connected:
 		cs.Reasons = append(cs.Reasons, "guest agent has not connected (is gpupass-guest-agent installed and running in the container?)")
 	case rep == nil:
