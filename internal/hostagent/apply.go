@@ -37,7 +37,7 @@ func (a *Agent) Apply(ctx context.Context, req *pb.ApplyRequest, progress progre
 	for i, spec := range req.GetContainers() {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			results[i] = a.applyOne(ctx, spec, applyOpts{expectDigest: req.GetExpectDigest()[spec.GetId()], timeout: timeout}, progress)
+			results[i] = a.applyOne(ctx, spec, applyOpts{expectDigest: req.GetExpectDigest()[spec.GetId()], timeout: timeout, applyPending: req.GetApplyPending()}, progress)
 		}()
 	}
 	for range results {
@@ -53,6 +53,8 @@ type applyOpts struct {
 	// keepRunning starts the container if it is stopped, whatever the spec says: a
 	// reconcile of an apply cut between the stop and the start of a restart.
 	keepRunning bool
+	// applyPending allows a restart or start that applies PVE pending changes.
+	applyPending bool
 }
 
 func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, o applyOpts, progress progressFunc) *pb.ContainerResult {
@@ -106,6 +108,12 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	if expectDigest != "" && expectDigest != p.digest {
 		return fail(wire.Errorf(pb.ErrorCode_ERROR_CODE_CONFLICT, "%s changed since the plan (digest %s, now %s): nothing was written; run plan again", p.file.Path, short(expectDigest), short(p.digest)))
 	}
+	// Proxmox: a locked container is not touched; pending changes and HA are checked before
+	// anything is written (pve.go).
+	refusal, mayWrite := pveRefusal(p.pb, p.state.Running, p.res.Changed, o.applyPending)
+	if refusal != "" && !mayWrite {
+		return fail(errors.New(refusal))
+	}
 	a.setExpectation(id, a.expectation(p))
 	if err := a.remember(spec); err != nil {
 		return fail(err)
@@ -132,6 +140,13 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		if err := op.Step(StepWritten, Entry{Backup: backup}); err != nil {
 			l.WithError(err).Error("journal write failed")
 		}
+	}
+
+	if refusal != "" {
+		// Written, and the restart is left to the person (HA): say so and stop here.
+		result.Status = a.status(ctx, spec)
+		_ = op.Done(OutcomeDesired, "written; restart refused: "+refusal)
+		return fail(errors.New(refusal))
 	}
 
 	restarted := false

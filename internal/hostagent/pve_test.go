@@ -1,0 +1,191 @@
+package hostagent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/pveconf"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+func TestPVEFactsOf(t *testing.T) {
+	tests := []struct {
+		name string
+		conf string
+		want pveFacts
+	}{
+		{"plain", "arch: amd64\nmemory: 512\n", pveFacts{}},
+		{"locked", "arch: amd64\nlock: backup\n", pveFacts{locked: "backup"}},
+		{"lock only in a snapshot", "arch: amd64\n\n[snap1]\nlock: snapshot\n", pveFacts{}},
+		{"pending", "arch: amd64\nmemory: 512\n\n[pve:pending]\nmemory: 4096\ndelete: swap\n",
+			pveFacts{pending: []string{"memory: 4096", "delete: swap"}}},
+		{"pending header in capitals", "arch: amd64\n\n[PVE:Pending]\ncores: 8\n", pveFacts{pending: []string{"cores: 8"}}},
+		{"pending lxc line", "arch: amd64\nlxc.cgroup2.devices.allow: c 195:* rwm\n\n[pve:pending]\nlxc.apparmor.profile: unconfined\n",
+			pveFacts{pending: []string{"lxc.apparmor.profile: unconfined"}, pendingLXC: true}},
+		{"not a section", "arch: amd64\n[x.y]\nmemory: 512\n", pveFacts{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := pveconf.Parse([]byte(tt.conf), pveconf.PVE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(pveFactsOf(cfg), tt.want, cmp.AllowUnexported(pveFacts{})); diff != "" {
+				t.Errorf("(-got +want):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestHAResource(t *testing.T) {
+	tests := []struct {
+		name, cfg       string
+		wantSID, wantSt string
+	}{
+		{"no file", "", "", ""},
+		{"managed", "ct: 901\n\tgroup gpu\n\tstate started\n\nvm: 100\n\tstate stopped\n", "ct:901", "started"},
+		{"default state", "ct: 901\n\tmax_restart 2\n", "ct:901", "started"},
+		{"ignored", "ct: 901\n\tstate ignored\n", "", ""},
+		{"other container", "ct: 9010\n\tstate started\nct: 90\n", "", ""},
+		{"a vm of the same id", "vm: 901\n\tstate started\n", "", ""},
+		{"stopped", "# comment\nvm: 100\nct: 901\n\tstate stopped\n", "ct:901", "stopped"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			if tt.cfg != "" {
+				p := filepath.Join(root, "etc/pve/ha/resources.cfg")
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte(tt.cfg), 0o640); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sid, st, err := haResource(root, "901")
+			if err != nil || sid != tt.wantSID || st != tt.wantSt {
+				t.Errorf("haResource = %q %q %v, want %q %q", sid, st, err, tt.wantSID, tt.wantSt)
+			}
+		})
+	}
+}
+
+// applyPVE applies GPU 0 to the fault host's running container 901 with applyPending.
+func (h *faultHost) applyPVE(applyPending bool) *pb.ContainerResult {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp := h.agent.Apply(ctx, &pb.ApplyRequest{Containers: []*pb.ContainerSpec{{Id: "901", Gpus: []string{"0"}}},
+		TimeoutMs: 500, ApplyPending: applyPending}, nil)
+	if len(resp.GetContainers()) != 1 {
+		h.t.Fatalf("apply answered %d results", len(resp.GetContainers()))
+	}
+	res := resp.GetContainers()[0]
+	h.t.Logf("apply: error=%q written=%v restarted=%v", res.GetError(), res.GetWritten(), res.GetRestarted())
+	return res
+}
+
+func (h *faultHost) planPVE() *pb.ContainerPlan {
+	h.t.Helper()
+	resp, err := h.agent.Plan(context.Background(), &pb.PlanRequest{Containers: []*pb.ContainerSpec{{Id: "901", Gpus: []string{"0"}}}})
+	if err != nil || len(resp.GetContainers()) != 1 {
+		h.t.Fatalf("plan: %v", err)
+	}
+	return resp.GetContainers()[0]
+}
+
+// TestApplyRefusesLockedContainer: `lock: backup` in the config (a vzdump is running). The
+// plan says locked; apply writes nothing and runs no pct action (pct reboot would not
+// check the lock, and the rollback's start would then be refused), and says why.
+func TestApplyRefusesLockedContainer(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	conf := strings.Replace(origConf, "memory: 8192\n", "memory: 8192\nlock: backup\n", 1)
+	h.writeConf(conf)
+	if p := h.planPVE(); p.GetLocked() != "backup" || !p.GetRestart().GetRequired() {
+		t.Errorf("plan locked=%q restart=%v, want backup and a restart", p.GetLocked(), p.GetRestart().GetRequired())
+	}
+	res := h.applyPVE(true)
+	wantContains(t, "error", res.GetError(), "locked: backup", "nothing was written or restarted", "pct unlock 901")
+	if b, _ := os.ReadFile(h.conf); string(b) != conf {
+		t.Errorf("locked config changed:\n%s", b)
+	}
+	if a := h.pctActions(); len(a) != 0 {
+		t.Errorf("pct actions on a locked container: %q", a)
+	}
+}
+
+// TestApplyPendingChanges: a restart applies every [pve:pending] change (PVE's vm_start).
+// The plan lists them; apply refuses without --apply-pending (nothing written, no pct
+// action) and goes ahead with it.
+func TestApplyPendingChanges(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	conf := strings.Replace(origConf, "\n[before-gpu]\n", "\n[PVE:PENDING]\nmemory: 16384\ndelete: cores\n\n[before-gpu]\n", 1)
+	h.writeConf(conf)
+	p := h.planPVE()
+	if diff := cmp.Diff(p.GetPending(), []string{"memory: 16384", "delete: cores"}); diff != "" || !p.GetRestart().GetRequired() {
+		t.Errorf("plan pending (-got +want):\n%s restart=%v", diff, p.GetRestart().GetRequired())
+	}
+	res := h.applyPVE(false)
+	wantContains(t, "error", res.GetError(), "2 pending change(s)", "memory: 16384; delete: cores", "--apply-pending", "nothing was written")
+	if b, _ := os.ReadFile(h.conf); string(b) != conf || len(h.pctActions()) != 0 {
+		t.Errorf("refused apply wrote or acted: actions %q\n%s", h.pctActions(), b)
+	}
+	res = h.applyPVE(true)
+	if !res.GetWritten() || !res.GetRestarted() {
+		t.Errorf("with --apply-pending: written=%v restarted=%v error=%q", res.GetWritten(), res.GetRestarted(), res.GetError())
+	}
+	if got := strings.Join(h.pctActions(), "; "); got != "reboot 901 --timeout 1" {
+		t.Errorf("pct actions %q, want one reboot", got)
+	}
+}
+
+// TestApplyPendingLXCLine: a pending lxc.* line would replace all raw lxc.* lines at the
+// start, the GPU lines too: refused even with --apply-pending.
+func TestApplyPendingLXCLine(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	conf := strings.Replace(origConf, "\n[before-gpu]\n", "\n[pve:pending]\nlxc.apparmor.profile: unconfined\n\n[before-gpu]\n", 1)
+	h.writeConf(conf)
+	if p := h.planPVE(); !p.GetPendingReplacesLxc() {
+		t.Error("plan does not flag the pending lxc.* line")
+	}
+	res := h.applyPVE(true)
+	wantContains(t, "error", res.GetError(), "replaces ALL raw lxc.* lines", "remove the lxc.* lines from [pve:pending]")
+	if b, _ := os.ReadFile(h.conf); string(b) != conf || len(h.pctActions()) != 0 {
+		t.Errorf("refused apply wrote or acted: actions %q", h.pctActions())
+	}
+}
+
+// TestApplyHAManaged: HA manages ct:901. The plan says so with the command; apply writes
+// the config but does not reboot it behind HA's back, and gives the HA commands.
+func TestApplyHAManaged(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	p := filepath.Join(h.root, "etc/pve/ha/resources.cfg")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("ct: 901\n\tstate started\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if pl := h.planPVE(); pl.GetHa() != "ct:901" || !strings.Contains(pl.GetHaCommand(), "ha-manager set ct:901 --state stopped") {
+		t.Errorf("plan ha=%q command=%q", pl.GetHa(), pl.GetHaCommand())
+	}
+	res := h.applyPVE(false)
+	wantContains(t, "error", res.GetError(), "managed by Proxmox HA (ct:901)", "ha-manager set ct:901 --state stopped", "ha-manager set ct:901 --state started")
+	if !res.GetWritten() || res.GetRestarted() {
+		t.Errorf("written=%v restarted=%v, want written and not restarted", res.GetWritten(), res.GetRestarted())
+	}
+	h.assertConfDesired()
+	if a := h.pctActions(); len(a) != 0 {
+		t.Errorf("pct actions on an HA-managed container: %q", a)
+	}
+}
