@@ -10,6 +10,7 @@ import (
 
 	"gpupass/internal/guestchan"
 	"gpupass/internal/pveconf"
+	"gpupass/internal/runtime"
 	"gpupass/internal/wire"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -244,6 +245,19 @@ func passthroughBroken(s guestchan.Snapshot) bool {
 func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string, result *pb.ContainerResult, cause error, progress progressFunc) *pb.ContainerResult {
 	id := p.spec.GetId()
 	l := a.log.WithField("container", id)
+	if errors.Is(cause, runtime.ErrTaskRunning) {
+		// A PVE task still holds the container: a rollback now would race it. Leave both
+		// as they are and say so; the journal keeps the backup for the reconcile.
+		_ = op.Done(OutcomeFailed, cause.Error()+"; not rolled back while the PVE task runs")
+		result.Error = cause.Error() + "; not rolled back: the PVE task still runs on the container (see its task log, then apply again)"
+		if result.Status == nil {
+			result.Status = &pb.ContainerStatus{Id: id, Gpus: p.spec.GetGpus(), State: StateError}
+		}
+		result.Status.State = StateError
+		result.Status.Reasons = append(result.Status.Reasons, result.Error)
+		l.WithError(cause).Error("apply failed while a PVE task runs: not rolled back")
+		return result
+	}
 	progress(id, "rollback", cause.Error())
 	// Roll back even when the caller's context is gone: leave the container as it was.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)

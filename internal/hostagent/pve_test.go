@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"gpupass/internal/pveconf"
+	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -187,5 +188,54 @@ func TestApplyHAManaged(t *testing.T) {
 	h.assertConfDesired()
 	if a := h.pctActions(); len(a) != 0 {
 		t.Errorf("pct actions on an HA-managed container: %q", a)
+	}
+}
+
+func pveconfLockPath(root, id string) string {
+	p := pveconf.LockPathFor(root, id)
+	_ = os.MkdirAll(filepath.Dir(p), 0o755)
+	return p
+}
+
+// TestTimedOutRebootWaitsForTheTask: pct reboot hangs past its deadline (12s: stop 1s +
+// start 1s + 10s) while the PVE task it started runs on holding the config lock for 14s. The runtime waits for the lock before
+// the rollback: the rollback's pct comes after the task ended, never racing it.
+func TestTimedOutRebootWaitsForTheTask(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	h.setFile("hang-reboot", "")
+	h.setFile("task-reboot", "14")
+	res, _ := h.apply(false, time.Second)
+	wantContains(t, "error", res.GetError(), "pct reboot 901", "the PVE task ran on after pct was killed and ended 2", "rolled back: the config and the container are as they were")
+	var order []string
+	for _, l := range strings.Split(h.file("transcript"), "\n") {
+		if strings.HasPrefix(l, "task-") || strings.HasPrefix(l, "reboot") {
+			order = append(order, l)
+		}
+	}
+	if diff := cmp.Diff(order, []string{"reboot 901 --timeout 1", "task-start", "task-done", "reboot 901 --timeout 1"}); diff != "" {
+		t.Errorf("order of pct and the task (-got +want):\n%s", diff)
+	}
+	h.assertConfAsWas()
+}
+
+// TestTimedOutTaskStillRunning: the task holds the lock past TaskWait: no rollback races
+// it; the error says why and the journal keeps the apply as failed.
+func TestTimedOutTaskStillRunning(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	h.agent.rt.(*runtime.PCT).TaskWait = 500 * time.Millisecond
+	h.setFile("hang-reboot", "")
+	h.setFile("task-reboot", "16")
+	res, _ := h.apply(false, time.Second)
+	wantContains(t, "error", res.GetError(), "still held", "not rolled back: the PVE task still runs")
+	if res.GetRolledBack() {
+		t.Error("rolled back while the task runs")
+	}
+	if got := strings.Join(h.pctActions(), "; "); got != "reboot 901 --timeout 1; task-start" {
+		t.Errorf("pct actions %q, want the one reboot and no rollback", got)
+	}
+	if o := h.journalOutcome(); o.Outcome != OutcomeFailed {
+		t.Errorf("journal outcome %q, want %q", o.Outcome, OutcomeFailed)
 	}
 }

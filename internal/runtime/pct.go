@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"gpupass/internal/pveconf"
 	"gpupass/internal/runner"
 )
 
@@ -24,9 +25,20 @@ type PCT struct {
 	HostRoot string
 	// Deadlines; zero means the Default* constants.
 	QueryTimeout, StartTimeout, StopTimeout time.Duration
+	// TaskWait bounds the wait for a PVE task that outlived its pct (killed at its
+	// deadline); zero means DefaultTaskWait.
+	TaskWait time.Duration
 
 	now func() time.Time // tests
 }
+
+// DefaultTaskWait bounds how long a start, stop or reboot whose pct was killed at its
+// deadline waits for the PVE task to end before anything else touches the container.
+const DefaultTaskWait = 5 * time.Minute
+
+// ErrTaskRunning means a PVE task on the container still holds its config lock: nothing
+// may race it (no rollback, no second start).
+var ErrTaskRunning = errors.New("a PVE task still runs on the container")
 
 var _ Runtime = (*PCT)(nil)
 
@@ -60,6 +72,29 @@ func (p *PCT) pct(ctx context.Context, timeout time.Duration, id string, args ..
 		return out, fmt.Errorf("%w: CT %s: %w", ErrNotFound, id, err)
 	}
 	return out, err
+}
+
+// action runs a pct command that changes the container (start, stop, reboot). Killing pct
+// at its deadline does not end the PVE task: pct forks a worker that runs on and holds the
+// config lock for the whole start/stop (pve-container:src/PVE/API2/LXC/Status.pm: the
+// worker runs under PVE::LXC::Config->lock_config; pve-common:src/PVE/RESTEnvironment.pm:520
+// fork_worker). So after a timeout it waits, bounded by TaskWait, until that lock is free:
+// whatever comes next (a rollback, a second start) never races the task. When the lock is
+// still held at the bound, the error wraps ErrTaskRunning.
+func (p *PCT) action(ctx context.Context, timeout time.Duration, id string, args ...string) ([]byte, error) {
+	out, err := p.pct(ctx, timeout, id, args...)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		return out, err
+	}
+	wait := orDefault(p.TaskWait, DefaultTaskWait)
+	start := time.Now()
+	f := &pveconf.File{LockPath: p.LockPath(id), LockTimeout: wait}
+	release, lerr := f.Acquire()
+	if lerr != nil {
+		return out, fmt.Errorf("%w; %w: %s still held %v after pct was killed: %w", err, ErrTaskRunning, p.LockPath(id), wait, lerr)
+	}
+	release()
+	return out, fmt.Errorf("%w (the PVE task ran on after pct was killed and ended %v later)", err, time.Since(start).Round(time.Millisecond))
 }
 
 // Status returns the fields of `pct status <id> --verbose` ("status", "pid", "uptime", ...).
@@ -101,7 +136,7 @@ func (p *PCT) Start(ctx context.Context, id string) error {
 	if err := checkVMID(id); err != nil {
 		return err
 	}
-	_, err := p.pct(ctx, orDefault(p.StartTimeout, DefaultStartTimeout), id, "start", id)
+	_, err := p.action(ctx, orDefault(p.StartTimeout, DefaultStartTimeout), id, "start", id)
 	if err != nil && strings.Contains(stderrOf(err), "already running") {
 		return nil
 	}
@@ -116,7 +151,7 @@ func (p *PCT) Stop(ctx context.Context, id string) error {
 	if err := checkVMID(id); err != nil {
 		return err
 	}
-	_, err := p.pct(ctx, orDefault(p.StopTimeout, DefaultStopTimeout), id, "stop", id)
+	_, err := p.action(ctx, orDefault(p.StopTimeout, DefaultStopTimeout), id, "stop", id)
 	if err != nil && strings.Contains(stderrOf(err), "not running") {
 		return nil
 	}
@@ -140,7 +175,7 @@ func (p *PCT) Restart(ctx context.Context, id string) error {
 	stop := orDefault(p.StopTimeout, DefaultStopTimeout)
 	deadline := stop + orDefault(p.StartTimeout, DefaultStartTimeout) + 10*time.Second
 	secs := strconv.Itoa(int(stop / time.Second))
-	if _, err := p.pct(ctx, deadline, id, "reboot", id, "--timeout", secs); err != nil {
+	if _, err := p.action(ctx, deadline, id, "reboot", id, "--timeout", secs); err != nil {
 		return fmt.Errorf("restart CT %s: %w", id, err)
 	}
 	return nil
