@@ -2,6 +2,7 @@ package hostagent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -238,4 +239,74 @@ func TestTimedOutTaskStillRunning(t *testing.T) {
 	if o := h.journalOutcome(); o.Outcome != OutcomeFailed {
 		t.Errorf("journal outcome %q, want %q", o.Outcome, OutcomeFailed)
 	}
+}
+
+// netUnix is /proc/net/unix with the command sockets of the given running containers
+// (each running container's monitor listens on @/var/lib/lxc/<id>/command) and noise.
+func netUnix(ids ...string) string {
+	s := "Num       RefCount Protocol Flags    Type St Inode Path\n" +
+		"0000000000000000: 00000002 00000000 00010000 0001 01 27311 /run/systemd/notify\n" +
+		"0000000000000000: 00000002 00000000 00010000 0001 01 27312 @/var/lib/lxc/abc/command\n"
+	for i, id := range ids {
+		s += fmt.Sprintf("0000000000000000: 00000002 00000000 00010000 0001 01 %d @/var/lib/lxc/%s/command\n", 28000+i, id)
+	}
+	return s
+}
+
+// fakeLXCInfo answers `lxc-info -n <id> -p` with the fault host's init pid.
+const fakeLXCInfo = `#!/bin/sh
+D=$(dirname "$0")
+echo "lxc-info $*" >> "$D/transcript"
+echo "PID:            $(cat "$D/pid")"
+`
+
+// TestPCTCallsPerRequest counts the processes the agent runs: a status of three
+// containers runs no pct (and no other command): running comes from /proc/net/unix; an
+// apply that restarts one container runs exactly one pct, the reboot (its pid comes from
+// lxc-info, a C program, as PVE's own find_lxc_pid).
+func TestPCTCallsPerRequest(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	proc := filepath.Join(h.bin, "proc")
+	if err := os.MkdirAll(filepath.Join(proc, "net"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(proc, "net/unix"), []byte(netUnix("901", "903")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.bin, "lxc-info"), []byte(fakeLXCInfo), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h.agent.rt.(*runtime.PCT).ProcRoot = proc
+	for _, id := range []string{"902", "903"} {
+		if err := os.WriteFile(filepath.Join(h.root, "etc/pve/lxc", id+".conf"), []byte("arch: amd64\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	specs := []*pb.ContainerSpec{{Id: "901"}, {Id: "902"}, {Id: "903"}, {Id: "904"}}
+	st := h.agent.Status(context.Background(), &pb.StatusRequest{Containers: specs})
+	var got []string
+	for _, c := range st.GetContainers() {
+		got = append(got, c.GetId()+"="+c.GetState())
+	}
+	if diff := cmp.Diff(got, []string{"901=not-ready", "902=stopped", "903=not-ready", "904=error"}); diff != "" {
+		t.Errorf("states (-got +want):\n%s", diff)
+	}
+	if tr := h.file("transcript"); tr != "" {
+		t.Errorf("status ran commands:\n%s", tr)
+	}
+	res := h.applyPVE(false)
+	if !res.GetRestarted() {
+		t.Fatalf("not restarted: %q", res.GetError())
+	}
+	var pct []string
+	for _, l := range strings.Split(h.file("transcript"), "\n") {
+		if l != "" && !strings.HasPrefix(l, "lxc-info ") {
+			pct = append(pct, l)
+		}
+	}
+	if diff := cmp.Diff(pct, []string{"reboot 901 --timeout 1"}); diff != "" {
+		t.Errorf("pct calls of one apply (-got +want):\n%s", diff)
+	}
+	t.Logf("apply: %d pct call(s), %d lxc-info call(s)", len(pct), strings.Count(h.file("transcript"), "lxc-info "))
 }
