@@ -84,6 +84,7 @@ type Container struct {
 	State           string   `json:"state"`
 	RestartRequired bool     `json:"restart_required"`
 	Restarted       bool     `json:"restarted"`
+	Started         bool     `json:"started"` // apply started it from stopped (restarted is set too)
 	Reasons         []string `json:"reasons"`
 	Devices         []Device `json:"devices"`
 	Driver          Driver   `json:"driver"`
@@ -282,6 +283,7 @@ func applyResult(c *Container, r *pb.ContainerResult) {
 	}
 	c.Written = r.GetWritten()
 	c.Restarted = r.GetRestarted()
+	c.Started = r.GetStarted()
 	c.RolledBack = r.GetRolledBack()
 	if r.GetError() != "" {
 		c.State = StateError

@@ -168,7 +168,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		if err := a.rt.Start(ctx, id); err != nil {
 			return a.rollback(ctx, op, p, backup, result, fmt.Errorf("start container %s: %w", id, err), progress)
 		}
-		restarted = true
+		restarted, result.Started = true, true
 	}
 	result.Restarted = restarted
 

@@ -492,8 +492,8 @@ func TestFaultGuestNeverConnects(t *testing.T) {
 	if d < wait || d > wait+3*time.Second {
 		t.Errorf("returned after %v, want just after the %v deadline", d, wait)
 	}
-	if !res.GetWritten() || !res.GetRestarted() || res.GetRolledBack() {
-		t.Errorf("written=%v restarted=%v rolled_back=%v, want written and started, not rolled back", res.GetWritten(), res.GetRestarted(), res.GetRolledBack())
+	if !res.GetWritten() || !res.GetRestarted() || !res.GetStarted() || res.GetRolledBack() {
+		t.Errorf("written=%v restarted=%v started=%v rolled_back=%v, want written and started, not rolled back", res.GetWritten(), res.GetRestarted(), res.GetStarted(), res.GetRolledBack())
 	}
 	h.assertConfDesired()
 	if h.file("state-901") != "running" {

@@ -1580,6 +1580,7 @@ type ContainerResult struct {
 	RolledBack    bool                   `protobuf:"varint,4,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
 	Status        *ContainerStatus       `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	Started       bool                   `protobuf:"varint,7,opt,name=started,proto3" json:"started,omitempty"` // it was stopped and apply started it (restarted is set too, as before)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1654,6 +1655,13 @@ func (x *ContainerResult) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *ContainerResult) GetStarted() bool {
+	if x != nil {
+		return x.Started
+	}
+	return false
 }
 
 type ApplyResponse struct {
@@ -2963,7 +2971,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\rApplyProgress\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\tR\x04step\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xe4\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xfe\x01\n" +
 	"\x0fContainerResult\x12-\n" +
 	"\x04plan\x18\x01 \x01(\v2\x19.gpupass.v1.ContainerPlanR\x04plan\x12\x18\n" +
 	"\awritten\x18\x02 \x01(\bR\awritten\x12\x1c\n" +
@@ -2971,7 +2979,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\vrolled_back\x18\x04 \x01(\bR\n" +
 	"rolledBack\x123\n" +
 	"\x06status\x18\x05 \x01(\v2\x1b.gpupass.v1.ContainerStatusR\x06status\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"{\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12\x18\n" +
+	"\astarted\x18\a \x01(\bR\astarted\"{\n" +
 	"\rApplyResponse\x12-\n" +
 	"\x04host\x18\x01 \x01(\v2\x19.gpupass.v1.HostInventoryR\x04host\x12;\n" +
 	"\n" +
