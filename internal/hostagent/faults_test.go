@@ -38,7 +38,8 @@ import (
 const fakePCT = `#!/bin/sh
 # fake pct for gpupass fault tests. State: $D/state-<id> (running|stopped); the running
 # container's init pid is $D/pid. Faults: $D/hang-<cmd> makes <cmd> hang; $D/fail-<cmd>
-# holds how many more times <cmd> fails. $D/task-<cmd> (seconds) makes <cmd> start a PVE
+# holds how many more times <cmd> fails, printing $D/stdout-<cmd> first (as pct prints the
+# task log on stdout). $D/task-<cmd> (seconds) makes <cmd> start a PVE
 # "task" that holds the config lock ($D/lockpath) that long, outlives pct, and ends the hang.
 D=$(dirname "$0")
 cmd=$1 id=$2
@@ -53,6 +54,7 @@ if [ -s "$D/fail-$cmd" ]; then
   n=$(cat "$D/fail-$cmd")
   if [ "$n" -gt 0 ]; then
     echo $((n - 1)) > "$D/fail-$cmd"
+    if [ -e "$D/stdout-$cmd" ]; then cat "$D/stdout-$cmd"; fi
     echo "CT $id: $cmd failed: injected failure" >&2
     exit 1
   fi

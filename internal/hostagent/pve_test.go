@@ -310,3 +310,15 @@ func TestPCTCallsPerRequest(t *testing.T) {
 	}
 	t.Logf("apply: %d pct call(s), %d lxc-info call(s)", len(pct), strings.Count(h.file("transcript"), "lxc-info "))
 }
+
+// TestFailedStartSaysWhy: pct start prints the task log, with the hook's explanation, on
+// standard output and only "startup for container '901' failed" on standard error. The
+// apply's error carries both.
+func TestFailedStartSaysWhy(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, false)
+	h.setFile("fail-start", "5")
+	h.setFile("stdout-start", "run_buffer: 571 Script exited with status 1\nlxc_init: 845 Failed to run lxc.hook.pre-start for container \"901\"\nerror in setup task PVE::LXC::Setup::pre_start_hook: /dev/nvidia-uvm: no such device")
+	res, _ := h.apply(true, time.Second)
+	wantContains(t, "error", res.GetError(), "injected failure", "PVE::LXC::Setup::pre_start_hook: /dev/nvidia-uvm: no such device", "Failed to run lxc.hook.pre-start")
+}
