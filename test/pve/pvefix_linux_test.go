@@ -1,0 +1,289 @@
+package pve
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gpupass/internal/gpu"
+	"gpupass/internal/guestchan"
+	"gpupass/internal/hostagent"
+	"gpupass/internal/hostconfig"
+	"gpupass/internal/log"
+	"gpupass/internal/pvelab"
+	"gpupass/internal/runner"
+	"gpupass/internal/runtime"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// countingRunner is the real runner, counting the commands by program.
+type countingRunner struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (c *countingRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
+	c.mu.Lock()
+	c.calls = append(c.calls, strings.Join(argv, " "))
+	c.mu.Unlock()
+	return runner.Exec{}.Run(ctx, argv...)
+}
+
+func (c *countingRunner) take(prog string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, l := range c.calls {
+		if strings.HasPrefix(l, prog+" ") {
+			out = append(out, l)
+		}
+	}
+	c.calls = nil
+	return out
+}
+
+// labAgent is a host agent with the real pct runtime (host_root "/": the real /etc/pve,
+// the simulated GPU host laid over the machine by pvelab.SimulateGPUHost).
+type labAgent struct {
+	agent *hostagent.Agent
+	run   *countingRunner
+}
+
+func newLabAgent(t *testing.T) *labAgent {
+	t.Helper()
+	base := t.TempDir()
+	cfg := hostconfig.Default()
+	cfg.HostRoot = "/"
+	cfg.StateDir = filepath.Join(base, "state")
+	cfg.GuestSocketDir = filepath.Join(base, "g")
+	cfg.Heartbeat = time.Second
+	cfg.GuestStaleAfter = 3 * time.Second
+	guests := guestchan.New(guestchan.Config{Dir: cfg.GuestSocketDir, Heartbeat: cfg.Heartbeat, Log: log.ForTest(t, "guests"), Build: "lab"})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = guests.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	cr := &countingRunner{}
+	rt := &runtime.PCT{Runner: cr, HostRoot: "/", ProcRoot: "/proc", StateDir: filepath.Join(cfg.StateDir, "pct")}
+	a, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: guests, Log: log.ForTest(t, "hostagent"), Name: "pvelab"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &labAgent{agent: a, run: cr}
+}
+
+func (l *labAgent) apply(t *testing.T, ct *pvelab.CT, applyPending bool) *pb.ContainerResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	resp := l.agent.Apply(ctx, &pb.ApplyRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}},
+		TimeoutMs: 1500, ApplyPending: applyPending}, nil)
+	res := resp.GetContainers()[0]
+	t.Logf("apply: error=%q written=%v restarted=%v state=%s", res.GetError(), res.GetWritten(), res.GetRestarted(), res.GetStatus().GetState())
+	return res
+}
+
+func (l *labAgent) plan(t *testing.T, ct *pvelab.CT) *pb.ContainerPlan {
+	t.Helper()
+	resp, err := l.agent.Plan(context.Background(), &pb.PlanRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := resp.GetContainers()[0]
+	if p.GetError() != "" {
+		t.Fatalf("plan: %s", p.GetError())
+	}
+	return p
+}
+
+func mustContain(t *testing.T, what, got string, parts ...string) {
+	t.Helper()
+	for _, p := range parts {
+		if !strings.Contains(got, p) {
+			t.Errorf("%s %q does not say %q", what, got, p)
+		}
+	}
+}
+
+// TestLabPVEGuards runs the host agent with the real pct on lab containers (privileged, so
+// that the device cgroup is enforced) against a simulated GPU: a locked container is
+// neither written nor restarted (pct reboot would not have checked the lock); pending
+// changes are listed and refused, then applied by the real reboot with --apply-pending; an
+// HA-managed container is written, not restarted, with the ha-manager commands; and after
+// `pct set --tags` rewrote /var/lib/lxc/<id>/config of the running container, a new plan
+// still finds nothing to restart. A status of them runs no pct.
+func TestLabPVEGuards(t *testing.T) {
+	pvelab.SimulateGPUHost(t, gpu.SimOptions{GPUs: 1})
+	lab := newLabAgent(t)
+
+	t.Run("locked", func(t *testing.T) {
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
+		ct.Start(t)
+		pid := ct.InitPID(t)
+		ct.AppendConf(t, "lock: backup")
+		before := ct.Conf(t)
+		if p := lab.plan(t, ct); p.GetLocked() != "backup" {
+			t.Errorf("plan locked = %q, want backup", p.GetLocked())
+		}
+		lab.run.take("")
+		res := lab.apply(t, ct, true)
+		mustContain(t, "error", res.GetError(), "locked: backup", "nothing was written or restarted")
+		if ct.Conf(t) != before {
+			t.Errorf("locked config changed:\n%s", ct.Conf(t))
+		}
+		if got := ct.InitPID(t); got != pid {
+			t.Errorf("init %d -> %d: the locked container was restarted", pid, got)
+		}
+		if pct := lab.run.take("pct"); len(pct) != 0 {
+			t.Errorf("pct ran on a locked container: %q", pct)
+		}
+	})
+
+	t.Run("pending", func(t *testing.T) {
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
+		ct.Start(t)
+		ct.WriteConf(t, ct.Conf(t)+"\n[PVE:pending]\ncores: 2\n")
+		if r := pvelab.MustPct(t, "pending", fmt.Sprint(ct.ID)); !strings.Contains(r.Stdout, "new cores: 2") {
+			t.Fatalf("pct pending does not show the pending change:\n%s", r.Stdout)
+		}
+		p := lab.plan(t, ct)
+		if strings.Join(p.GetPending(), ";") != "cores: 2" || !p.GetRestart().GetRequired() {
+			t.Errorf("plan pending %q restart %v", p.GetPending(), p.GetRestart().GetRequired())
+		}
+		before := ct.Conf(t)
+		res := lab.apply(t, ct, false)
+		mustContain(t, "error", res.GetError(), "1 pending change(s)", "cores: 2", "--apply-pending")
+		if ct.Conf(t) != before {
+			t.Error("refused apply wrote the config")
+		}
+		pid := ct.InitPID(t)
+		lab.run.take("")
+		res = lab.apply(t, ct, true)
+		if !res.GetWritten() || !res.GetRestarted() {
+			t.Fatalf("with --apply-pending: %q", res.GetError())
+		}
+		if pct := lab.run.take("pct"); strings.Join(pct, "; ") != fmt.Sprintf("pct reboot %d --timeout 120", ct.ID) {
+			t.Errorf("pct calls of the apply: %q, want one reboot", pct)
+		}
+		if got := ct.InitPID(t); got == pid || got == 0 {
+			t.Errorf("init %d -> %d: not rebooted", pid, got)
+		}
+		conf := ct.Conf(t)
+		if strings.Contains(strings.ToLower(conf), "[pve:pending]") || !strings.Contains(conf, "\ncores: 2\n") {
+			t.Errorf("PVE did not apply the pending change at the reboot:\n%s", conf)
+		}
+		pvelab.ParseStrict(t, ct.ConfPath())
+	})
+
+	t.Run("ha", func(t *testing.T) {
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
+		ct.Start(t)
+		res := filepath.Join(pvelab.EtcPVE, "ha", "resources.cfg")
+		if err := os.MkdirAll(filepath.Dir(res), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		old, _ := os.ReadFile(res)
+		if err := os.WriteFile(res, append(old, fmt.Sprintf("ct: %d\n\tstate started\n", ct.ID)...), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.WriteFile(res, old, 0o640) }) // before the container is destroyed
+		pid := ct.InitPID(t)
+		lab.run.take("")
+		r := lab.apply(t, ct, false)
+		mustContain(t, "error", r.GetError(), fmt.Sprintf("managed by Proxmox HA (ct:%d)", ct.ID), fmt.Sprintf("ha-manager set ct:%d --state stopped", ct.ID))
+		if !r.GetWritten() || r.GetRestarted() || ct.InitPID(t) != pid {
+			t.Errorf("written=%v restarted=%v init %d -> %d, want written, not restarted", r.GetWritten(), r.GetRestarted(), pid, ct.InitPID(t))
+		}
+		if pct := lab.run.take("pct"); len(pct) != 0 {
+			t.Errorf("pct ran on an HA-managed container: %q", pct)
+		}
+		pvelab.ParseStrict(t, ct.ConfPath())
+	})
+
+	t.Run("pct set rewrites the start config", func(t *testing.T) {
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
+		ct.Start(t)
+		if r := lab.apply(t, ct, false); !r.GetRestarted() {
+			t.Fatalf("first apply did not restart: %q", r.GetError())
+		}
+		pid := ct.InitPID(t)
+		fi0, err := os.Stat(ct.RenderedPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1100 * time.Millisecond) // a rewrite gets a later mtime
+		pvelab.MustPct(t, "set", fmt.Sprint(ct.ID), "--tags", "gpu")
+		fi1, err := os.Stat(ct.RenderedPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: mtime %s -> %s after pct set --tags", ct.RenderedPath(), fi0.ModTime().Format(time.RFC3339Nano), fi1.ModTime().Format(time.RFC3339Nano))
+		if !fi1.ModTime().After(fi0.ModTime()) {
+			t.Logf("pct set --tags did not rewrite %s here: the record is not what this case proves", ct.RenderedPath())
+		}
+		if p := lab.plan(t, ct); p.GetRestart().GetRequired() {
+			t.Errorf("plan after pct set --tags restarts: %q", p.GetRestart().GetReasons())
+		}
+		if ct.InitPID(t) != pid {
+			t.Error("container restarted")
+		}
+		lab.run.take("")
+		st := lab.agent.Status(context.Background(), &pb.StatusRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
+		if got := st.GetContainers()[0].GetRunState(); got != "running" {
+			t.Errorf("status run state %q, want running", got)
+		}
+		if calls := lab.run.take(""); len(calls) != 0 {
+			t.Errorf("status ran commands: %q", calls)
+		}
+	})
+}
+
+// TestLabConftoolGoldens: every config the editor wrote from pve-container's own test
+// configs (internal/conftool/testdata/golden/pve-container_*, raw lxc.* lines in front) is
+// judged by PVE's parser in strict mode exactly as its input was: accepted, with the GPU's
+// raw keys or devN entries added, or (rollback-205 carries a VM's vmstate on purpose)
+// refused with the same message.
+func TestLabConftoolGoldens(t *testing.T) {
+	pvelab.Require(t)
+	const rawFirst = "lxc.cgroup2.devices.allow = c 10:200 rwm\nlxc.mount.entry = /dev/net/tun dev/net/tun none bind,create=file 0 0\n" // as conftool's test
+	files, err := filepath.Glob("../../internal/conftool/testdata/golden/pve-container_*.txt")
+	if err != nil || len(files) != 22 {
+		t.Fatalf("want 22 goldens, got %d (%v)", len(files), err)
+	}
+	accepted := 0
+	for _, f := range files {
+		out, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), "pve-container_"), ".txt")
+		name = name[:strings.LastIndex(name, "_")]
+		src, err := os.ReadFile(filepath.Join("../../internal/conftool/testdata/pve-container", name+".conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, inMsg := pvelab.ParseStrictContent("/etc/pve/lxc/901.conf", append([]byte(rawFirst), src...))
+		p, outMsg := pvelab.ParseStrictContent("/etc/pve/lxc/901.conf", out)
+		if outMsg != inMsg {
+			t.Errorf("%s: PVE's parser says %q of the written config, %q of its input", filepath.Base(f), outMsg, inMsg)
+			continue
+		}
+		if outMsg != "" {
+			t.Logf("%s: refused as its input is: %s", filepath.Base(f), outMsg)
+			continue
+		}
+		accepted++
+		lxc, _ := p["lxc"].([]any)
+		_, dev := p["dev0"]
+		if len(lxc) < 2 || strings.HasSuffix(f, "_dev.txt") != dev {
+			t.Errorf("%s: PVE sees %d raw lxc keys and dev0 %v", filepath.Base(f), len(lxc), dev)
+		}
+	}
+	t.Logf("%d of %d written configs parsed by PVE (strict), the others refused exactly as their inputs", accepted, len(files))
+}
