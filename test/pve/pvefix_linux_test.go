@@ -50,8 +50,9 @@ func (c *countingRunner) take(prog string) []string {
 // labAgent is a host agent with the real pct runtime (host_root "/": the real /etc/pve,
 // the simulated GPU host laid over the machine by pvelab.SimulateGPUHost).
 type labAgent struct {
-	agent *hostagent.Agent
-	run   *countingRunner
+	agent    *hostagent.Agent
+	run      *countingRunner
+	stateDir string
 }
 
 func newLabAgent(t *testing.T) *labAgent {
@@ -75,7 +76,7 @@ func newLabAgent(t *testing.T) *labAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &labAgent{agent: a, run: cr}
+	return &labAgent{agent: a, run: cr, stateDir: cfg.StateDir}
 }
 
 func (l *labAgent) apply(t *testing.T, ct *pvelab.CT, applyPending bool) *pb.ContainerResult {
@@ -229,6 +230,21 @@ func TestLabPVEGuards(t *testing.T) {
 		}
 		if p := lab.plan(t, ct); p.GetRestart().GetRequired() {
 			t.Errorf("plan after pct set --tags restarts: %q", p.GetRestart().GetReasons())
+		}
+		// The record is what settles it: without it the rewritten file proves nothing.
+		rec := filepath.Join(lab.stateDir, "pct", "started", fmt.Sprintf("%d.json", ct.ID))
+		saved, err := os.ReadFile(rec)
+		if err != nil {
+			t.Fatalf("no start record: %v", err)
+		}
+		if err := os.Remove(rec); err != nil {
+			t.Fatal(err)
+		}
+		if p := lab.plan(t, ct); !p.GetRestart().GetRequired() || !strings.Contains(strings.Join(p.GetRestart().GetReasons(), ";"), "no record") {
+			t.Errorf("without the record: restart %v %q, want a restart for want of a record", p.GetRestart().GetRequired(), p.GetRestart().GetReasons())
+		}
+		if err := os.WriteFile(rec, saved, 0o600); err != nil {
+			t.Fatal(err)
 		}
 		if ct.InitPID(t) != pid {
 			t.Error("container restarted")
