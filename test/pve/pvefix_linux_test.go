@@ -81,9 +81,14 @@ func newLabAgent(t *testing.T) *labAgent {
 
 func (l *labAgent) apply(t *testing.T, ct *pvelab.CT, applyPending bool) *pb.ContainerResult {
 	t.Helper()
+	return l.applySpec(t, &pb.ContainerSpec{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}, applyPending)
+}
+
+func (l *labAgent) applySpec(t *testing.T, spec *pb.ContainerSpec, applyPending bool) *pb.ContainerResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	resp := l.agent.Apply(ctx, &pb.ApplyRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}},
+	resp := l.agent.Apply(ctx, &pb.ApplyRequest{Containers: []*pb.ContainerSpec{spec},
 		TimeoutMs: 1500, ApplyPending: applyPending}, nil)
 	res := resp.GetContainers()[0]
 	t.Logf("apply: error=%q written=%v restarted=%v state=%s", res.GetError(), res.GetWritten(), res.GetRestarted(), res.GetStatus().GetState())
@@ -92,7 +97,12 @@ func (l *labAgent) apply(t *testing.T, ct *pvelab.CT, applyPending bool) *pb.Con
 
 func (l *labAgent) plan(t *testing.T, ct *pvelab.CT) *pb.ContainerPlan {
 	t.Helper()
-	resp, err := l.agent.Plan(context.Background(), &pb.PlanRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
+	return l.planSpec(t, &pb.ContainerSpec{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}})
+}
+
+func (l *labAgent) planSpec(t *testing.T, spec *pb.ContainerSpec) *pb.ContainerPlan {
+	t.Helper()
+	resp, err := l.agent.Plan(context.Background(), &pb.PlanRequest{Containers: []*pb.ContainerSpec{spec}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +214,32 @@ func TestLabPVEGuards(t *testing.T) {
 		if pct := lab.run.take("pct"); len(pct) != 0 {
 			t.Errorf("pct ran on an HA-managed container: %q", pct)
 		}
+		pvelab.ParseStrict(t, ct.ConfPath())
+	})
+
+	t.Run("dev style after PVE rewrote the config", func(t *testing.T) {
+		// A devN written by hand with its path key last, and a managed one with deny-write.
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{"dev3: mode=0666,path=/dev/nvidia0", "dev12: /dev/nvidiactl,deny-write=1"}})
+		spec := &pb.ContainerSpec{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}, Style: pb.Style_STYLE_DEV}
+		if r := lab.applySpec(t, spec, false); r.GetError() != "" || !r.GetWritten() {
+			t.Fatalf("apply: written=%v %q", r.GetWritten(), r.GetError())
+		}
+		conf := ct.Conf(t)
+		for _, want := range []string{"\ndev3: /dev/nvidia0,mode=0666\n", "\ndev12: /dev/nvidiactl,mode=0666\n"} {
+			if !strings.Contains(conf, want) {
+				t.Errorf("config lacks %q:\n%s", strings.TrimSpace(want), conf)
+			}
+		}
+		pvelab.MustPct(t, "set", fmt.Sprint(ct.ID), "--tags", "gpu") // PVE parses and rewrites the file
+		after := ct.Conf(t)
+		if after == conf {
+			t.Fatalf("pct set did not rewrite the config")
+		}
+		t.Logf("config as PVE rewrote it:\n%s", after)
+		if p := lab.planSpec(t, spec); len(p.GetChanges()) != 0 {
+			t.Errorf("plan after PVE's rewrite changes %d line(s):\n%s", len(p.GetChanges()), p.GetDiff())
+		}
+		ct.Start(t) // PVE accepts the devN entries and starts with them
 		pvelab.ParseStrict(t, ct.ConfPath())
 	})
 
