@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -113,6 +114,30 @@ func (l *labAgent) planSpec(t *testing.T, spec *pb.ContainerSpec) *pb.ContainerP
 	return p
 }
 
+// buildGuestAgent builds the static guest agent for bind-mounting into lab containers.
+func buildGuestAgent(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pvefix-guest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "gpupass-guest-agent")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, "../../agent-guest")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the guest agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
 func mustContain(t *testing.T, what, got string, parts ...string) {
 	t.Helper()
 	for _, p := range parts {
@@ -215,6 +240,27 @@ func TestLabPVEGuards(t *testing.T) {
 			t.Errorf("pct ran on an HA-managed container: %q", pct)
 		}
 		pvelab.ParseStrict(t, ct.ConfPath())
+	})
+
+	t.Run("guest identity from the kernel, hostname differs", func(t *testing.T) {
+		bin := buildGuestAgent(t)
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{
+			"lxc.mount.entry: " + bin + " usr/local/bin/gpupass-guest-agent none bind,ro,create=file 0 0"}})
+		ct.Start(t)
+		if r := lab.apply(t, ct, false); !r.GetRestarted() {
+			t.Fatalf("apply did not restart with the guest socket mount: %q", r.GetError())
+		}
+		// The guest agent claims its hostname, ai-<id>: the host takes the id from the kernel.
+		out, code := ct.Exec(t, "/usr/local/bin/gpupass-guest-agent", "--once", "-o", "json")
+		t.Logf("guest agent --once in %s (hostname %s): exit %d\n%s", fmt.Sprint(ct.ID), ct.Hostname, code, out)
+		if code != 0 && code != 2 {
+			t.Fatalf("guest agent --once: exit %d", code)
+		}
+		st := lab.agent.Status(context.Background(), &pb.StatusRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
+		cs := st.GetContainers()[0]
+		if cs.GetGuestRefused() != "" || cs.GetReport().GetContainerId() != fmt.Sprint(ct.ID) {
+			t.Errorf("guest refused %q, report of container %q; want accepted as %d", cs.GetGuestRefused(), cs.GetReport().GetContainerId(), ct.ID)
+		}
 	})
 
 	t.Run("dev style after PVE rewrote the config", func(t *testing.T) {
