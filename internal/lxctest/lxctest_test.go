@@ -140,7 +140,7 @@ func TestContainer(t *testing.T) {
 
 			c := NewContainer(t, Spec{
 				Unprivileged: unpriv,
-				Binds:        [][2]string{{Probe(t), ProbePath}, {devs, "/hostdev"}, {sockDir, "/run/gpupass"}},
+				Binds:        [][2]string{{Probe(t), ProbePath}, {devs, "/hostdev"}, {sockDir, "/dev/gpupass"}},
 				ExtraConfig: []string{
 					"lxc.cgroup2.devices.allow = c 195:* rwm",
 					"lxc.cgroup2.devices.allow = c 10:229 rwm",
@@ -161,7 +161,7 @@ func TestContainer(t *testing.T) {
 				t.Errorf("open inside: exit %d (want 1), output (-got +want):\n%s", code, d)
 			}
 
-			out, code = c.Attach(t, ProbePath, "dial", "/run/gpupass/agent.sock", "hello")
+			out, code = c.Attach(t, ProbePath, "dial", "/dev/gpupass/agent.sock", "hello")
 			if code != 0 || out != "pong:hello" {
 				t.Errorf("dial from inside: exit %d, got %q, want %q", code, out, "pong:hello")
 			}

@@ -1,0 +1,43 @@
+package observe
+
+import (
+	"errors"
+	"fmt"
+	"path"
+
+	"golang.org/x/sys/unix"
+)
+
+// GuestSocketEvidence gathers, from the host and without exec, what the container of
+// initPID sees of the host's socket hostSocket: the socket's identity, what
+// <dir>/<name> resolves to through <procRoot>/<initPID>/root for each dir (symlinks
+// resolved inside the container's root, as a process there would), and the init's
+// mountinfo. Judge it with JudgeSocket.
+func GuestSocketEvidence(procRoot string, initPID int, hostSocket string, dirs []string) (SocketEvidence, error) {
+	ev := SocketEvidence{Dirs: dirs, Inside: map[string]FileID{}}
+	var host unix.Stat_t
+	if err := unix.Stat(hostSocket, &host); err != nil {
+		return ev, fmt.Errorf("stat host socket %s: %w", hostSocket, err)
+	}
+	ev.Host = FileID{Dev: host.Dev, Ino: host.Ino}
+	root, err := openRoot(procRoot, initPID)
+	if err != nil {
+		return ev, err
+	}
+	defer unix.Close(root)
+	name := path.Base(hostSocket)
+	for _, d := range dirs {
+		st, err := statIn(root, path.Join(d, name))
+		switch {
+		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+			continue
+		case err != nil:
+			return ev, fmt.Errorf("stat %s in the root of pid %d: %w", path.Join(d, name), initPID, err)
+		}
+		ev.Inside[d] = FileID{Dev: st.Dev, Ino: st.Ino}
+	}
+	if ev.Mounts, err = Mounts(procRoot, initPID); err != nil {
+		return ev, err
+	}
+	return ev, nil
+}
