@@ -16,6 +16,11 @@ type FileID struct {
 type SocketEvidence struct {
 	// Host is the host's socket file.
 	Host FileID
+	// HostDirRoot is the socket directory's path within its filesystem (what a bind of it
+	// shows as root in mountinfo); "" when unknown, and then any bind of that filesystem
+	// at a dir counts as the socket's (all guest directories share one filesystem, so
+	// knowing it matters).
+	HostDirRoot string
 	// Dirs are the container directories the socket may be mounted at, preferred first
 	// (/dev/gpupass, then the legacy /run/gpupass).
 	Dirs []string
@@ -53,7 +58,7 @@ func JudgeSocket(ev SocketEvidence) SocketView {
 		}
 	}
 	for _, d := range ev.Dirs {
-		i := bindIndex(ev.Mounts, d, ev.Host.Dev)
+		i := bindIndex(ev.Mounts, d, ev.Host.Dev, ev.HostDirRoot)
 		if i < 0 {
 			continue
 		}
@@ -70,13 +75,13 @@ func JudgeSocket(ev SocketEvidence) SocketView {
 	return v
 }
 
-// bindIndex is the position of the last mount at dir of a filesystem with st_dev dev
-// (the bind of the host's socket directory), or -1.
-func bindIndex(mounts []Mount, dir string, dev uint64) int {
+// bindIndex is the position of the last mount at dir of the host's socket directory (its
+// filesystem's st_dev dev, its path root within it when known), or -1.
+func bindIndex(mounts []Mount, dir string, dev uint64, root string) int {
 	maj, min := devMajor(dev), devMinor(dev)
 	at := -1
 	for i, m := range mounts {
-		if path.Clean(m.Target) == path.Clean(dir) && m.Major == maj && m.Minor == min {
+		if path.Clean(m.Target) == path.Clean(dir) && m.Major == maj && m.Minor == min && (root == "" || path.Clean(m.Root) == root) {
 			at = i
 		}
 	}
@@ -103,4 +108,16 @@ func devMajor(dev uint64) uint32 {
 
 func devMinor(dev uint64) uint32 {
 	return uint32((dev>>12)&0xffffff00) | uint32(dev&0x000000ff)
+}
+
+// PathInFilesystem gives the path of dir within its filesystem, from the mounts of a
+// process that sees dir (for a bind: what mountinfo shows as its root), or "" when no
+// mount of a filesystem with st_dev dev serves it.
+func PathInFilesystem(mounts []Mount, dir string, dev uint64) string {
+	m, ok := Serving(mounts, dir)
+	if !ok || m.Major != devMajor(dev) || m.Minor != devMinor(dev) {
+		return ""
+	}
+	rel := strings.TrimPrefix(path.Clean(dir), path.Clean(m.Target))
+	return path.Clean(path.Join(m.Root, rel))
 }

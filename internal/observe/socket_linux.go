@@ -3,7 +3,9 @@ package observe
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +22,12 @@ func GuestSocketEvidence(procRoot string, initPID int, hostSocket string, dirs [
 		return ev, fmt.Errorf("stat host socket %s: %w", hostSocket, err)
 	}
 	ev.Host = FileID{Dev: host.Dev, Ino: host.Ino}
+	// The socket directory's path within its filesystem, from this process's own view.
+	if dir, err := filepath.EvalSymlinks(filepath.Dir(hostSocket)); err == nil {
+		if self, err := readMountinfo(filepath.Join(procRoot, "self", "mountinfo")); err == nil {
+			ev.HostDirRoot = PathInFilesystem(self, dir, host.Dev)
+		}
+	}
 	root, err := openRoot(procRoot, initPID)
 	if err != nil {
 		return ev, err
@@ -40,4 +48,12 @@ func GuestSocketEvidence(procRoot string, initPID int, hostSocket string, dirs [
 		return ev, err
 	}
 	return ev, nil
+}
+
+func readMountinfo(p string) ([]Mount, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMountinfo(b)
 }
