@@ -432,22 +432,37 @@ func sameReport(a, b *pb.GuestReport) bool {
 	return proto.Equal(a, b)
 }
 
+// dialledConn is a connection whose RemoteAddr is the path dialled (a unix socket's peer
+// address is the path the server bound, which is the host's path, not the container's).
+type dialledConn struct {
+	net.Conn
+	addr net.Addr
+}
+
+func (c dialledConn) RemoteAddr() net.Addr { return c.addr }
+
 // dialFirst connects to the first of the sockets that answers and returns the first
 // socket's error when none does (the others are fallbacks, their absence is normal).
 func dialFirst(ctx context.Context, sockets []string) (net.Conn, error) {
 	d := net.Dialer{Timeout: dialTimeout}
 	var first error
+	var also []string
 	for _, s := range sockets {
 		c, err := d.DialContext(ctx, "unix", s)
 		if err == nil {
-			return c, nil
+			return dialledConn{Conn: c, addr: &net.UnixAddr{Name: s, Net: "unix"}}, nil
 		}
 		if first == nil {
 			first = err
+		} else {
+			also = append(also, err.Error())
 		}
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if len(also) > 0 {
+		return nil, fmt.Errorf("%w (then %s)", first, strings.Join(also, "; "))
 	}
 	return nil, first
 }

@@ -128,15 +128,17 @@ func (a *Agent) guestMountLive(pid int, id string) (bool, string) {
 	if _, err := os.Stat(a.guestDir(id)); err != nil {
 		return false, fmt.Sprintf("guest socket directory %s is missing on the host", a.guestDir(id))
 	}
-	return guestSocketSeen(a.procRoot(), pid, filepath.Join(a.guestDir(id), guestchan.SocketName))
+	return guestSocketSeen(a.procRoot(), pid, a.guestDir(id))
 }
 
 // guestSocketDirs are where the container may see the socket directory, preferred first.
 var guestSocketDirs = []string{guestchan.GuestDir, guestchan.LegacyGuestDir}
 
-// guestSocketSeen judges the container's view of hostSocket; the reason names why not.
-func guestSocketSeen(procRoot string, pid int, hostSocket string) (bool, string) {
-	ev, err := observe.GuestSocketEvidence(procRoot, pid, hostSocket, guestSocketDirs)
+// guestSocketSeen judges the container's view of the socket in hostDir (of the directory
+// itself before the agent has made the socket); the reason names why not.
+func guestSocketSeen(procRoot string, pid int, hostDir string) (bool, string) {
+	hostSocket := filepath.Join(hostDir, guestchan.SocketName)
+	ev, err := observe.GuestSocketEvidence(procRoot, pid, hostDir, guestchan.SocketName, guestSocketDirs)
 	if err != nil {
 		return false, fmt.Sprintf("cannot see the guest socket from inside the container (%v)", err)
 	}

@@ -113,6 +113,11 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 		if err := unpackRootfs(tarball, c.Rootfs(), spec.Unprivileged); err != nil {
 			t.Fatalf("lxctest: %v", err)
 		}
+		// systemd sets the hostname from /etc/hostname at boot: the container's name, as
+		// lxc-create's templates (and pct, with the config's hostname) write it.
+		if err := os.WriteFile(filepath.Join(c.Rootfs(), "etc", "hostname"), []byte(c.name+"\n"), 0o644); err != nil {
+			t.Fatalf("lxctest: %v", err)
+		}
 	} else if err := buildRootfs(c.Rootfs(), bb, spec.Unprivileged); err != nil {
 		t.Fatalf("lxctest: build rootfs: %v", err)
 	}

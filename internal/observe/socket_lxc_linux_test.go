@@ -110,18 +110,21 @@ func TestGuestSocketUnderInit(t *testing.T) {
 
 			// What the host judges, without exec.
 			for _, j := range []struct {
-				sock string
-				want SocketView
+				dir, name string
+				want      SocketView
 			}{
-				{devSock, SocketView{Visible: "/dev/gpupass"}},
-				{runSock, map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[systemd]},
+				{devDir, filepath.Base(devSock), SocketView{Visible: "/dev/gpupass"}},
+				{runDir, filepath.Base(runSock), map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[systemd]},
+				// No socket on the host yet: the directory itself is the evidence.
+				{devDir, "not-yet.sock", SocketView{Visible: "/dev/gpupass"}},
+				{runDir, "not-yet.sock", map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[systemd]},
 			} {
-				ev, err := GuestSocketEvidence("/proc", pid, j.sock, []string{"/dev/gpupass", "/run/gpupass"})
+				ev, err := GuestSocketEvidence("/proc", pid, j.dir, j.name, []string{"/dev/gpupass", "/run/gpupass"})
 				if err != nil {
 					t.Fatal(err)
 				}
 				if d := cmp.Diff(JudgeSocket(ev), j.want); d != "" {
-					t.Errorf("JudgeSocket for %s (-got +want):\n%s", j.sock, d)
+					t.Errorf("JudgeSocket for %s/%s (-got +want):\n%s", j.dir, j.name, d)
 				}
 			}
 			// The trap: mountinfo lists the /run/gpupass bind either way.
