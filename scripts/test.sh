@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
 
 ./scripts/deps.sh
+echo "== PVE lab (test/pvelab: the real pct for test/pve and the pct end-to-end tests)"
+trap 'bash test/pvelab/teardown.sh >/dev/null 2>&1 || true' EXIT
+bash test/pvelab/setup.sh
 echo "== lint"
 make --no-print-directory lint
 echo "== protobuf drift"

@@ -268,6 +268,14 @@ func formatFor(o options, b []byte) (pveconf.Format, error) {
 	case "lxc":
 		return pveconf.LXC, nil
 	case "auto", "":
+		abs, err := filepath.Abs(o.conf)
+		if err != nil {
+			abs = o.conf
+		}
+		if pveconf.IsPVEPath(abs, o.hostRoot) {
+			// PVE's file, whatever its first lines look like (raw lxc.* keys may come first).
+			return pveconf.PVE, nil
+		}
 		if len(strings.TrimSpace(string(b))) == 0 && filepath.Base(o.conf) == "config" {
 			return pveconf.LXC, nil
 		}

@@ -143,6 +143,11 @@ type Snapshot struct {
 	BootID string
 	// Dropped counts reports dropped by the rate limit.
 	Dropped uint64
+	// Refused is why the latest guest of this container was refused in its handshake
+	// (identity, role, too many sessions), at RefusedAt; "" when none was, or when a guest
+	// was accepted since.
+	Refused   string
+	RefusedAt time.Time
 }
 
 // Event tells a subscriber that a container's snapshot changed.
@@ -191,6 +196,9 @@ type container struct {
 	stale   bool // staleness as last announced
 	dropped uint64
 	bucket  bucket
+
+	refusal   string    // why the latest refused guest was refused ("" none since the last accept)
+	refusedAt time.Time // when
 
 	changed chan struct{} // closed on every change (Wait)
 	removed bool
@@ -426,6 +434,8 @@ func (r *Registry) snapshotLocked(c *container, now time.Time) Snapshot {
 		Sessions:  c.sessions,
 		BootID:    c.bootID,
 		Dropped:   c.dropped,
+		Refused:   c.refusal,
+		RefusedAt: c.refusedAt,
 	}
 }
 

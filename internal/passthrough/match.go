@@ -200,10 +200,22 @@ func mountPaths(value string) (src, dst string, ok bool) {
 	return filepath.Clean(f[0]), strings.Trim(filepath.Clean(f[1]), "/"), true
 }
 
-// devPath is the path of a devN value: "[path=]/dev/x[,opt=...]".
+// devPath is the path of a devN value, a PVE property string whose default key is path
+// (pve-container:src/PVE/LXC/Config.pm:1080-1087, $dev_desc): "/dev/x,mode=0666",
+// "path=/dev/x,uid=0" or "mode=0666,path=/dev/x" (the keys in any order). "" when it names
+// no path.
 func devPath(value string) string {
-	p, _, _ := strings.Cut(strings.TrimSpace(value), ",")
-	return filepath.Clean(strings.TrimPrefix(p, "path="))
+	for _, item := range strings.Split(strings.TrimSpace(value), ",") {
+		item = strings.TrimSpace(item)
+		k, v, hasKey := strings.Cut(item, "=")
+		switch {
+		case !hasKey && item != "":
+			return filepath.Clean(item)
+		case hasKey && strings.TrimSpace(k) == "path":
+			return filepath.Clean(strings.TrimSpace(v))
+		}
+	}
+	return ""
 }
 
 // isNvidiaTarget: "dev/nvidia0", "dev/nvidiactl", "dev/nvidia-caps/nvidia-cap1", ...
