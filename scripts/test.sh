@@ -17,7 +17,7 @@ make --no-print-directory proto-check
 echo "== build"
 make --no-print-directory build
 echo "== tests (unit, integration, end to end)"
-bash test/rootfs/debian-systemd.sh   # Debian 12 systemd rootfs for the systemd containers (built once, cached)
+bash test/rootfs/debian.sh   # Debian 12 rootfs with systemd and with OpenRC for real-init containers (built once, cached)
 go test -count=1 -timeout 25m ./... 2>&1 | tee /tmp/gpupass-test.log
 echo "== fuzz (brief, over the committed corpus)"
 ./scripts/fuzz.sh "${FUZZ_BRIEF:-2s}"

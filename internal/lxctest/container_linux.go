@@ -34,8 +34,8 @@ type Spec struct {
 	Binds [][2]string
 	// Unprivileged maps root to 100000:65536 (added to /etc/subuid and /etc/subgid if absent).
 	Unprivileged bool
-	// Kind is what the container boots: busybox with Init (default), or systemd as PID 1
-	// from the Debian 12 rootfs (Init is then ignored).
+	// Kind is what the container boots: busybox with Init (default), or systemd or OpenRC
+	// from a Debian 12 rootfs (Init is then ignored).
 	Kind Kind
 }
 
@@ -44,6 +44,7 @@ type Spec struct {
 type Container struct {
 	name, lxcpath string
 	unpriv        bool
+	kind          Kind
 }
 
 // Subordinate id range used for unprivileged containers.
@@ -76,8 +77,8 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 	testenv.RequireLXC(t)
 	RequireCgroup2(t)
 	var bb, tarball string
-	if spec.Kind == KindSystemd {
-		tarball = SystemdRootfs(t)
+	if spec.Kind != KindBusybox {
+		tarball = RootfsTarball(t, spec.Kind)
 	} else {
 		var err error
 		if bb, err = staticBusybox(); err != nil {
@@ -93,7 +94,7 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 	if err := makeTraversable(spec.LXCPath); err != nil {
 		t.Fatalf("lxctest: %v", err)
 	}
-	c := &Container{name: spec.Name, lxcpath: spec.LXCPath, unpriv: spec.Unprivileged}
+	c := &Container{name: spec.Name, lxcpath: spec.LXCPath, unpriv: spec.Unprivileged, kind: spec.Kind}
 	dir := filepath.Join(c.lxcpath, c.name)
 	if _, err := os.Stat(dir); err == nil {
 		t.Fatalf("lxctest: container directory %s already exists: pick another Spec.Name", dir)
@@ -109,11 +110,11 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 			}
 		}
 	}
-	if spec.Kind == KindSystemd {
+	if spec.Kind != KindBusybox {
 		if err := unpackRootfs(tarball, c.Rootfs(), spec.Unprivileged); err != nil {
 			t.Fatalf("lxctest: %v", err)
 		}
-		// systemd sets the hostname from /etc/hostname at boot: the container's name, as
+		// The init sets the hostname from /etc/hostname at boot: the container's name, as
 		// lxc-create's templates (and pct, with the config's hostname) write it.
 		if err := os.WriteFile(filepath.Join(c.Rootfs(), "etc", "hostname"), []byte(c.name+"\n"), 0o644); err != nil {
 			t.Fatalf("lxctest: %v", err)
@@ -142,11 +143,15 @@ func renderConfig(c *Container, spec Spec) (string, error) {
 	line("lxc.uts.name = %s", c.name)
 	line("lxc.rootfs.path = dir:%s", c.Rootfs())
 	line("lxc.net.0.type = empty")
-	if spec.Kind == KindSystemd {
+	if spec.Kind != KindBusybox {
 		if _, err := os.Stat(commonSeccomp); err == nil {
 			line("lxc.seccomp.profile = %s", commonSeccomp)
 		}
-		for _, l := range systemdConfig {
+		cfg := systemdConfig
+		if spec.Kind == KindOpenRC {
+			cfg = openrcConfig
+		}
+		for _, l := range cfg {
 			line("%s", l)
 		}
 	} else {

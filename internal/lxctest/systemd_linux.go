@@ -23,16 +23,30 @@ type Kind int
 const (
 	// KindBusybox is a hand-built busybox rootfs whose init is Spec.Init (default).
 	KindBusybox Kind = iota
-	// KindSystemd is a Debian 12 rootfs (test/rootfs/debian-systemd.sh) that boots
-	// systemd as PID 1, as every Debian and Ubuntu template on Proxmox does.
+	// KindSystemd is a Debian 12 rootfs (test/rootfs/debian.sh) that boots systemd as
+	// PID 1, as every Debian and Ubuntu template on Proxmox does.
 	KindSystemd
+	// KindOpenRC is a Debian 12 rootfs (test/rootfs/debian.sh) whose PID 1 is sysvinit
+	// running OpenRC's sysinit, boot and default runlevels (Debian's openrc package).
+	KindOpenRC
 )
 
-// SystemdRootfsEnv names the tarball to use instead of the default cache path.
-const SystemdRootfsEnv = "GPUPASS_SYSTEMD_ROOTFS"
+// RootfsCacheEnv names the directory of the tarballs instead of DefaultRootfsCache.
+const RootfsCacheEnv = "GPUPASS_ROOTFS_CACHE"
 
-// DefaultSystemdRootfs is where test/rootfs/debian-systemd.sh caches the tarball.
-const DefaultSystemdRootfs = "/var/cache/gpupass/rootfs/bookworm-systemd.tar.zst"
+// DefaultRootfsCache is where test/rootfs/debian.sh caches bookworm-<flavor>.tar.zst.
+const DefaultRootfsCache = "/var/cache/gpupass/rootfs"
+
+// flavor is the rootfs flavor of a kind (test/rootfs/debian.sh's argument).
+func (k Kind) flavor() string {
+	switch k {
+	case KindSystemd:
+		return "systemd"
+	case KindOpenRC:
+		return "openrc"
+	}
+	return ""
+}
 
 // systemdConfig is the config of a systemd container (FACTS.md, "Added in turn 2"): the
 // parts of LXC's common.conf that matter, written out rather than included, because
@@ -51,59 +65,80 @@ var systemdConfig = []string{
 	"lxc.apparmor.profile = unconfined",
 }
 
+// openrcConfig is the config of a container whose PID 1 is sysvinit running OpenRC:
+// as systemdConfig, with LXC's default halt signal and cgroups as LXC mounts them by default.
+var openrcConfig = []string{
+	"lxc.cap.drop = mac_admin mac_override sys_time sys_module sys_rawio",
+	"lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed",
+	"lxc.autodev = 1",
+	"lxc.environment = container=lxc",
+	"lxc.signal.halt = SIGPWR",
+	"lxc.tty.max = 0",
+	"lxc.pty.max = 16",
+	"lxc.apparmor.profile = unconfined",
+}
+
 // commonSeccomp is LXC's stock seccomp profile (kexec, module loading, open_by_handle_at).
 const commonSeccomp = "/usr/share/lxc/config/common.seccomp"
 
-var systemdRootfs struct {
+type rootfsOnce struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// SystemdRootfs returns the cached Debian 12 systemd rootfs tarball. When it is missing
-// and the test runs as root it runs test/rootfs/debian-systemd.sh once (about 80 s from
-// the Debian mirror; scripts/test.sh does it before the tests); otherwise it skips the
-// test (fails it in CI).
-func SystemdRootfs(t testing.TB) string {
+var rootfsTarballs sync.Map // Kind -> *rootfsOnce
+
+// RootfsTarball returns the cached Debian 12 rootfs tarball of a systemd or OpenRC kind.
+// When it is missing and the test runs as root it runs test/rootfs/debian.sh for it once
+// (1-2.5 minutes from the Debian mirror; scripts/test.sh does it before the tests);
+// otherwise it skips the test (fails it in CI).
+func RootfsTarball(t testing.TB, kind Kind) string {
 	t.Helper()
-	systemdRootfs.once.Do(func() {
-		p := os.Getenv(SystemdRootfsEnv)
-		if p == "" {
-			p = DefaultSystemdRootfs
-		}
-		if _, err := os.Stat(p); err == nil {
-			systemdRootfs.path = p
-			return
-		}
-		if os.Geteuid() != 0 || os.Getenv(SystemdRootfsEnv) != "" {
-			systemdRootfs.err = fmt.Errorf("no systemd rootfs at %s: run test/rootfs/debian-systemd.sh as root", p)
-			return
-		}
-		script, err := buildScript()
-		if err != nil {
-			systemdRootfs.err = err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, "bash", script).CombinedOutput()
-		if err != nil {
-			systemdRootfs.err = fmt.Errorf("build the systemd rootfs: bash %s: %w\n%s", script, err, tail(out, 3000))
-			return
-		}
-		if _, err := os.Stat(p); err != nil {
-			systemdRootfs.err = fmt.Errorf("build the systemd rootfs: %s did not make %s:\n%s", script, p, tail(out, 3000))
-			return
-		}
-		systemdRootfs.path = p
-	})
-	if systemdRootfs.err != nil {
-		testenv.Skip(t, systemdRootfs.err.Error())
+	v, _ := rootfsTarballs.LoadOrStore(kind, &rootfsOnce{})
+	r := v.(*rootfsOnce)
+	r.once.Do(func() { r.path, r.err = findOrBuildRootfs(kind.flavor()) })
+	if r.err != nil {
+		testenv.Skip(t, r.err.Error())
 	}
-	return systemdRootfs.path
+	return r.path
 }
 
-// buildScript finds test/rootfs/debian-systemd.sh above the working directory (the
+// SystemdRootfs is RootfsTarball(t, KindSystemd).
+func SystemdRootfs(t testing.TB) string { return RootfsTarball(t, KindSystemd) }
+
+func findOrBuildRootfs(flavor string) (string, error) {
+	if flavor == "" {
+		return "", errors.New("no rootfs tarball for this kind")
+	}
+	dir := os.Getenv(RootfsCacheEnv)
+	if dir == "" {
+		dir = DefaultRootfsCache
+	}
+	p := filepath.Join(dir, "bookworm-"+flavor+".tar.zst")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	if os.Geteuid() != 0 {
+		return "", fmt.Errorf("no %s rootfs at %s: run test/rootfs/debian.sh %s as root", flavor, p, flavor)
+	}
+	script, err := buildScript()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "bash", script, flavor).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build the %s rootfs: bash %s %s: %w\n%s", flavor, script, flavor, err, tail(out, 3000))
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("build the %s rootfs: %s did not make %s:\n%s", flavor, script, p, tail(out, 3000))
+	}
+	return p, nil
+}
+
+// buildScript finds test/rootfs/debian.sh above the working directory (the
 // module root holds go.mod).
 func buildScript() (string, error) {
 	dir, err := os.Getwd()
@@ -112,7 +147,7 @@ func buildScript() (string, error) {
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "test", "rootfs", "debian-systemd.sh"), nil
+			return filepath.Join(dir, "test", "rootfs", "debian.sh"), nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
@@ -197,20 +232,60 @@ func (c *Container) EnableUnit(t testing.TB, unitFile string) {
 	}
 }
 
-// WaitBooted waits until systemd inside says the boot is over (`systemctl
-// is-system-running --wait` answers running or degraded) and returns its answer.
+// EnableOpenRCService installs an OpenRC init script into the container's rootfs as
+// /etc/init.d/<name> and enables it in the default runlevel, as `rc-update add <name>
+// default` would (a symlink in /etc/runlevels/default).
+func (c *Container) EnableOpenRCService(t testing.TB, script, name string) {
+	t.Helper()
+	b, err := os.ReadFile(script)
+	if err != nil {
+		t.Fatalf("lxctest: %v", err)
+	}
+	initd := filepath.Join(c.Rootfs(), "etc", "init.d", name)
+	link := filepath.Join(c.Rootfs(), "etc", "runlevels", "default", name)
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		t.Fatalf("lxctest: %v", err)
+	}
+	if err := os.WriteFile(initd, b, 0o755); err != nil {
+		t.Fatalf("lxctest: %v", err)
+	}
+	if err := os.Symlink("/etc/init.d/"+name, link); err != nil && !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("lxctest: enable %s: %v", name, err)
+	}
+	if c.unpriv {
+		for _, p := range []string{initd, link} {
+			if err := os.Lchown(p, SubIDStart, SubIDStart); err != nil {
+				t.Fatalf("lxctest: %v", err)
+			}
+		}
+	}
+}
+
+// WaitBooted waits until the init inside says the boot is over and returns its word:
+// systemd's `systemctl is-system-running` answering running or degraded, OpenRC's
+// `rc-status --runlevel` answering default.
 func (c *Container) WaitBooted(t testing.TB, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		out, _, _ := c.AttachFull(t, "systemctl", "is-system-running")
-		state := strings.TrimSpace(out)
-		if state == "running" || state == "degraded" {
-			return state
+		var state string
+		if c.kind == KindOpenRC {
+			out, _, _ := c.AttachFull(t, "rc-status", "--runlevel")
+			if state = strings.TrimSpace(out); state == "default" {
+				return state
+			}
+		} else {
+			out, _, _ := c.AttachFull(t, "systemctl", "is-system-running")
+			if state = strings.TrimSpace(out); state == "running" || state == "degraded" {
+				return state
+			}
 		}
 		if time.Now().After(deadline) {
-			jobs, _, _ := c.AttachFull(t, "systemctl", "list-jobs", "--no-pager")
-			t.Fatalf("lxctest: %s: systemd did not finish booting in %v (state %q); jobs:\n%s", c.name, timeout, state, jobs)
+			jobs := ""
+			if c.kind != KindOpenRC {
+				jobs, _, _ = c.AttachFull(t, "systemctl", "list-jobs", "--no-pager")
+			}
+			t.Fatalf("lxctest: %s: init did not finish booting in %v (state %q)\n%s", c.name, timeout, state, jobs)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -48,9 +48,9 @@ func listenEcho(t *testing.T, dir string) string {
 
 // TestGuestSocketUnderInit shows, on real containers, where the guest socket survives the
 // container's init: a host directory bound at /dev/gpupass is visible to processes inside
-// under busybox init and under systemd as PID 1, privileged and unprivileged; one bound at
-// /run/gpupass is visible under busybox but hidden by the tmpfs systemd mounts on /run at
-// boot, although mountinfo still lists the bind. GuestSocketEvidence + JudgeSocket tell
+// under busybox init, systemd as PID 1 and sysvinit running OpenRC (Debian 12), privileged
+// and unprivileged; one bound at /run/gpupass is visible under busybox but hidden by the
+// tmpfs systemd and OpenRC mount on /run at boot, although mountinfo still lists the bind. GuestSocketEvidence + JudgeSocket tell
 // the two apart from the host, without exec.
 func TestGuestSocketUnderInit(t *testing.T) {
 	for _, tc := range []struct {
@@ -62,6 +62,8 @@ func TestGuestSocketUnderInit(t *testing.T) {
 		{"busybox unprivileged", lxctest.KindBusybox, true},
 		{"systemd privileged", lxctest.KindSystemd, false},
 		{"systemd unprivileged", lxctest.KindSystemd, true},
+		{"openrc privileged", lxctest.KindOpenRC, false},
+		{"openrc unprivileged", lxctest.KindOpenRC, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -79,13 +81,17 @@ func TestGuestSocketUnderInit(t *testing.T) {
 			})
 			start := time.Now()
 			c.Start(t)
+			// The inits that mount a tmpfs on /run at boot.
 			systemd := tc.kind == lxctest.KindSystemd
-			if systemd {
+			hidesRun := tc.kind != lxctest.KindBusybox
+			if tc.kind != lxctest.KindBusybox {
 				state := c.WaitBooted(t, 60*time.Second)
-				t.Logf("systemd in %s: %s %v after lxc-start", c.Name(), state, time.Since(start).Round(time.Millisecond))
-				if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.InitPID(t))); err != nil || strings.TrimSpace(string(comm)) != "systemd" {
-					t.Fatalf("init of %s is %q (%v), want systemd", c.Name(), comm, err)
+				wantInit := map[lxctest.Kind]string{lxctest.KindSystemd: "systemd", lxctest.KindOpenRC: "init"}[tc.kind]
+				comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.InitPID(t)))
+				if err != nil || strings.TrimSpace(string(comm)) != wantInit {
+					t.Fatalf("init of %s is %q (%v), want %s", c.Name(), comm, err, wantInit)
 				}
+				t.Logf("%s in %s: %s %v after lxc-start", wantInit, c.Name(), state, time.Since(start).Round(time.Millisecond))
 			}
 			pid := c.InitPID(t)
 			if *captureMountinfo != "" && systemd && !tc.unpriv {
@@ -104,7 +110,7 @@ func TestGuestSocketUnderInit(t *testing.T) {
 				t.Errorf("dial /dev/gpupass/agent.sock from inside: exit %d, %q; want pong", code, out)
 			}
 			out, code = c.Attach(t, lxctest.ProbePath, "dial", "/run/gpupass/agent.sock", "hello")
-			if gotRun, wantRun := code == 0 && out == "pong", !systemd; gotRun != wantRun {
+			if gotRun, wantRun := code == 0 && out == "pong", !hidesRun; gotRun != wantRun {
 				t.Errorf("dial /run/gpupass/agent.sock from inside: exit %d, %q; reachable %v, want %v", code, out, gotRun, wantRun)
 			}
 
@@ -114,10 +120,10 @@ func TestGuestSocketUnderInit(t *testing.T) {
 				want      SocketView
 			}{
 				{devDir, filepath.Base(devSock), SocketView{Visible: "/dev/gpupass"}},
-				{runDir, filepath.Base(runSock), map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[systemd]},
+				{runDir, filepath.Base(runSock), map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[hidesRun]},
 				// No socket on the host yet: the directory itself is the evidence.
 				{devDir, "not-yet.sock", SocketView{Visible: "/dev/gpupass"}},
-				{runDir, "not-yet.sock", map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[systemd]},
+				{runDir, "not-yet.sock", map[bool]SocketView{false: {Visible: "/run/gpupass"}, true: {Hidden: "/run/gpupass", Cover: "/run"}}[hidesRun]},
 			} {
 				ev, err := GuestSocketEvidence("/proc", pid, j.dir, j.name, []string{"/dev/gpupass", "/run/gpupass"})
 				if err != nil {

@@ -34,6 +34,9 @@ type ctOpts struct {
 	// Ubuntu templates do) and runs the guest agent as the shipped unit
 	// (packaging/gpupass-guest-agent.service, enabled); default: busybox and initScript.
 	Systemd bool
+	// OpenRC boots the Debian 12 rootfs with sysvinit running OpenRC and runs the guest
+	// agent from the shipped init script (packaging/gpupass-guest-agent.openrc, enabled).
+	OpenRC bool
 }
 
 // container is a busybox (or systemd) container on a host, with the guest agent baked
@@ -57,8 +60,11 @@ func (h *host) newContainer(t *testing.T, short string, opts ctOpts) *container 
 		Init:        []string{"/bin/sh", "/etc/gpupass-init.sh"},
 		ExtraConfig: opts.Config,
 	}
-	if opts.Systemd {
+	switch {
+	case opts.Systemd:
 		spec.Kind, spec.Init = lxctest.KindSystemd, nil
+	case opts.OpenRC:
+		spec.Kind, spec.Init = lxctest.KindOpenRC, nil
 	}
 	c := lxctest.NewContainer(t, spec)
 	ct := &container{h: h, c: c, name: name, systemd: opts.Systemd}
@@ -72,10 +78,13 @@ func (h *host) newContainer(t *testing.T, short string, opts ctOpts) *container 
 		ct.h.lxc(t, 20*time.Second, "lxc-wait", name, "-s", "STOPPED", "-t", "10")
 	})
 	files := map[string]string{}
-	if opts.Systemd {
+	switch {
+	case opts.Systemd:
 		// Baked in as docs/guest-agent.md says: the binary and the shipped unit, enabled.
 		c.EnableUnit(t, filepath.Join(repoRoot(t), "packaging", "gpupass-guest-agent.service"))
-	} else {
+	case opts.OpenRC:
+		c.EnableOpenRCService(t, filepath.Join(repoRoot(t), "packaging", "gpupass-guest-agent.openrc"), "gpupass-guest-agent")
+	default:
 		files["/etc/gpupass-init.sh"] = initScript
 	}
 	for k, v := range opts.Files {

@@ -48,6 +48,7 @@ var scenarios = []scenario{
 	{"Systemd_ReadyPushedByTheShippedUnit", testSystemdReadiness},
 	{"Systemd_LegacyRunGpupassHiddenIsTheReason", testSystemdLegacyRunHidden},
 	{"LegacyRunGpupassMovedWithoutRestart", testLegacyRunMigratesWithoutRestart},
+	{"OpenRC_ReadyPushedByTheInitScript", testOpenRCReadiness},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

@@ -83,6 +83,30 @@ func testSystemdReadiness(t *testing.T, f *fabric) {
 	ct.assertSystemdAgent(t)
 }
 
+// Readiness in a container whose PID 1 is sysvinit running OpenRC (Debian 12): the guest
+// agent is started by the shipped OpenRC init script, enabled in the default runlevel.
+// OpenRC mounts a tmpfs on /run at boot too: the socket at /dev/gpupass is what it reaches.
+func testOpenRCReadiness(t *testing.T, f *fabric) {
+	h := f.addHost(t, hostOpts{})
+	ct := h.newContainer(t, "openrc", ctOpts{OpenRC: true})
+	fl := f.writeFleet(t, "openrc", []fleetCt{{Host: h, Ct: ct, GPUs: []string{"0"}, State: "running"}})
+	start := time.Now()
+	ap := f.mustApplyReady(t, fl, ct.name)
+	c := ap.Report.ct(t, ct.name)
+	if !c.Written || !c.Started {
+		t.Errorf("apply: written=%v started=%v, want the config written and the container started", c.Written, c.Started)
+	}
+	t.Logf("OpenRC container %s: apply (write, lxc-start, wait for the guest's push) ready in %v", ct.name, time.Since(start).Round(time.Millisecond))
+	wantDevices(t, c, map[string]string{"/dev/nvidia0": "ok", "/dev/nvidiactl": "ok", "/dev/nvidia-uvm": "ok", "/dev/nvidia-uvm-tools": "ok"})
+	if out, _ := ct.Attach(t, "rc-service", "gpupass-guest-agent", "status"); !strings.Contains(out, "started") {
+		t.Errorf("rc-service gpupass-guest-agent status: %q, want started", out)
+	}
+	if out, code := ct.Attach(t, "test", "-S", "/dev/gpupass/agent.sock"); code != 0 {
+		t.Errorf("no socket at /dev/gpupass/agent.sock inside: %s", out)
+	}
+	assertIdempotent(t, f, fl, ct)
+}
+
 // The old place, /run/gpupass, under systemd: a container whose config still has the
 // managed guest mount gpupass wrote before the move boots with the bind in its mountinfo
 // and systemd's tmpfs over it. Status names that reason (not just "has not connected");
