@@ -378,3 +378,40 @@ func TestApplyIdempotent(t *testing.T) {
 		t.Errorf("config changed: %v\n%s", err, got)
 	}
 }
+
+// TestStatusNamesGuestSocket: a running container whose guest has not connected is not
+// ready, and status says why from what the container sees.
+func TestStatusNamesGuestSocket(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(f *restartFixture)
+		want  string // a reason status must give; "" means none about the socket
+	}{
+		{"socket visible: no socket reason", func(f *restartFixture) { f.guestSocketAt("/dev/gpupass") }, ""},
+		{"never mounted", func(f *restartFixture) {}, "running container was started without the guest socket mount at /dev/gpupass"},
+		{"hidden by a tmpfs on /run", func(f *restartFixture) {
+			f.mountinfo(f.guestBind(110, "/run/gpupass"), "120 100 0:77 / /run rw,nosuid,nodev - tmpfs tmpfs rw,mode=755")
+		}, "guest socket hidden inside the container by a mount on /run"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newRestartFixture(t)
+			tc.setup(f)
+			cs := f.agent.status(context.Background(), &pb.ContainerSpec{Id: "901", Gpus: []string{"1"}})
+			if cs.GetState() != StateNotReady {
+				t.Errorf("state %s, want %s", cs.GetState(), StateNotReady)
+			}
+			got := strings.Join(cs.GetReasons(), "\n")
+			if !strings.Contains(got, "guest agent has not connected") {
+				t.Errorf("reasons %q lack the not-connected reason", cs.GetReasons())
+			}
+			socketReason := strings.Contains(got, "guest socket") || strings.Contains(got, "socket mount")
+			switch {
+			case tc.want == "" && socketReason:
+				t.Errorf("reasons %q name the socket, which the container sees", cs.GetReasons())
+			case tc.want != "" && !strings.Contains(got, tc.want):
+				t.Errorf("reasons %q, want one containing %q", cs.GetReasons(), tc.want)
+			}
+		})
+	}
+}
