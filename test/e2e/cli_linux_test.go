@@ -165,7 +165,7 @@ func (f *fabric) ctl(t testing.TB, cmd, fleet string, args ...string) ctlResult 
 
 func (f *fabric) ctlCtx(t testing.TB, ctx context.Context, cmd, fleet string, args ...string) ctlResult {
 	t.Helper()
-	argv := inNetns(f.brNS, append([]string{f.bin.Controller, cmd, "-f", fleet, "-o", "json"}, args...)...)
+	argv := inNetns(f.ctlNS(), append([]string{f.bin.Controller, cmd, "-f", fleet, "-o", "json"}, args...)...)
 	res, err := run(ctx, 4*time.Minute, nil, argv...)
 	if err != nil {
 		t.Fatalf("e2e: %v", err)
