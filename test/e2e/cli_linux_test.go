@@ -64,6 +64,13 @@ type reportCt struct {
 	Written    bool `json:"written"`
 	RolledBack bool `json:"rolled_back"`
 	Simulated  bool `json:"simulated"`
+	// Proxmox (the PVE lab scenarios)
+	Started            bool     `json:"started"`
+	Locked             string   `json:"locked"`
+	Pending            []string `json:"pending"`
+	PendingReplacesLXC bool     `json:"pending_replaces_lxc"`
+	HA                 string   `json:"ha"`
+	HACommand          string   `json:"ha_command"`
 }
 
 // ct finds a container of the report; it fails the test when it is absent.

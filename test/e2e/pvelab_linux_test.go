@@ -48,6 +48,13 @@ func TestPVELab(t *testing.T) {
 	}{
 		{"Seed_Unprivileged_Raw", func(t *testing.T, lab *pveLab) { testPVESeed(t, lab, false, "raw") }},
 		{"Seed_Privileged_Dev", func(t *testing.T, lab *pveLab) { testPVESeed(t, lab, true, "dev") }},
+		{"Locked_NeverWrittenOrRestarted", testPVELocked},
+		{"Pending_ListedAndRefused", testPVEPending},
+		{"PendingLXCLine_Refused", testPVEPendingLXC},
+		{"HA_WrittenRestartLeftToHA", testPVEHA},
+		{"StaleUVMMajor_Corrected", testPVEStaleMajor},
+		{"AgentKilledMidApply_Reconciles", testPVEAgentKilled},
+		{"SetTagsRunning_NoRestart", testPVETags},
 	} {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, lab) })
 	}
