@@ -44,7 +44,6 @@ type reportCt struct {
 	State           string   `json:"state"`
 	RestartRequired bool     `json:"restart_required"`
 	Restarted       bool     `json:"restarted"`
-	Started         bool     `json:"started"`
 	Reasons         []string `json:"reasons"`
 	RestartReasons  []string `json:"restart_reasons"`
 	Devices         []struct {
