@@ -48,6 +48,7 @@ func TestPVELab(t *testing.T) {
 	}{
 		{"Seed_Unprivileged_Raw", func(t *testing.T, lab *pveLab) { testPVESeed(t, lab, false, "raw") }},
 		{"Seed_Privileged_Dev", func(t *testing.T, lab *pveLab) { testPVESeed(t, lab, true, "dev") }},
+		{"Seed_Systemd_Unprivileged_Raw", testPVESeedSystemd},
 		{"Locked_NeverWrittenOrRestarted", testPVELocked},
 		{"Pending_ListedAndRefused", testPVEPending},
 		{"PendingLXCLine_Refused", testPVEPendingLXC},
@@ -147,7 +148,13 @@ func (lab *pveLab) writeFleet(t *testing.T, name string, cts ...labCt) string {
 // newCT makes a lab container from the guest template; on failure its guest log is shown.
 func (lab *pveLab) newCT(t *testing.T, privileged bool) *pvelab.CT {
 	t.Helper()
-	ct := pvelab.NewCT(t, pvelab.Spec{Privileged: privileged, Template: lab.tpl})
+	return lab.newCTFrom(t, privileged, lab.tpl)
+}
+
+// newCTFrom is newCT from another template.
+func (lab *pveLab) newCTFrom(t *testing.T, privileged bool, tpl string) *pvelab.CT {
+	t.Helper()
+	ct := pvelab.NewCT(t, pvelab.Spec{Privileged: privileged, Template: tpl})
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("e2e: CT %d config:\n%s\nrendered:\n%s", ct.ID, readOrErr(ct.ConfPath()), readOrErr(ct.RenderedPath()))
@@ -174,8 +181,11 @@ func readOrErr(p string) string {
 // baked into the template reports ready; PVE's own parser accepts the config; a re-run plans
 // nothing and restarts nothing.
 func testPVESeed(t *testing.T, lab *pveLab, privileged bool, style string) {
+	testPVESeedFrom(t, lab, lab.newCT(t, privileged), style)
+}
+
+func testPVESeedFrom(t *testing.T, lab *pveLab, ct *pvelab.CT, style string) {
 	f := lab.f
-	ct := lab.newCT(t, privileged)
 	id := fmt.Sprint(ct.ID)
 	fl := lab.writeFleet(t, "seed-"+id, labCt{ct: ct, gpus: []string{"0"}, style: style})
 	ct.Start(t)

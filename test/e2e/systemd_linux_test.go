@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gpupass/internal/pvelab"
 )
 
 // Scenarios on containers that boot systemd as PID 1 from the Debian 12 rootfs (the shape
@@ -242,5 +244,22 @@ func (ct *container) assertSystemdAgent(t testing.TB) {
 	cg, err := os.ReadFile(filepath.Join("/proc", hostPID, "cgroup"))
 	if want := "\n0::/lxc.payload." + ct.name + "/system.slice/gpupass-guest-agent.service\n"; err != nil || !strings.Contains("\n"+string(cg), want) {
 		t.Errorf("guest agent (host pid %s) cgroup %q (%v), want the unified line %q", hostPID, cg, err, strings.TrimSpace(want))
+	}
+}
+
+// The seed incident on the PVE lab with a container that boots systemd: a template made
+// from the same Debian 12 rootfs (pvelab.SystemdTemplate: the agent and the shipped unit
+// baked in), `pct create` from it (unprivileged, as PVE 9 makes them), the real host agent
+// with runtime pct; apply restarts it through pct and the unit's agent reports ready over
+// /dev/gpupass (testPVESeed's assertions), and systemd is PID 1 with the unit active.
+func testPVESeedSystemd(t *testing.T, lab *pveLab) {
+	tpl := pvelab.SystemdTemplate(t, lab.f.bin.GuestAgent, filepath.Join(repoRoot(t), "packaging", "gpupass-guest-agent.service"))
+	ct := lab.newCTFrom(t, false, tpl)
+	testPVESeedFrom(t, lab, ct, "raw")
+	if out, _ := ct.Exec(t, "cat", "/proc/1/comm"); strings.TrimSpace(out) != "systemd" {
+		t.Errorf("PID 1 of %d is %q, want systemd", ct.ID, strings.TrimSpace(out))
+	}
+	if out, _ := ct.Exec(t, "systemctl", "is-active", "gpupass-guest-agent.service"); strings.TrimSpace(out) != "active" {
+		t.Errorf("gpupass-guest-agent.service in %d is %q, want active", ct.ID, strings.TrimSpace(out))
 	}
 }

@@ -2,10 +2,6 @@ package pve
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -145,70 +141,15 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// systemdTemplate makes (once per content) gpupass-bookworm-systemd-<hash>.tar.zst in PVE's
-// template directory: the cached Debian 12 systemd rootfs with the guest agent baked in.
+// systemdTemplate builds the guest agent and makes the PVE template from the systemd rootfs.
 func systemdTemplate(t *testing.T) string {
 	t.Helper()
-	base := lxctest.RootfsTarball(t, lxctest.KindSystemd)
-	work := t.TempDir()
-	agent := filepath.Join(work, "gpupass-guest-agent")
+	agent := filepath.Join(t.TempDir(), "gpupass-guest-agent")
 	build := exec.Command("go", "build", "-buildvcs=false", "-trimpath", "-o", agent, "./agent-guest")
 	build.Dir = filepath.Join("..", "..")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./agent-guest: %v\n%s", err, out)
 	}
-	unit := filepath.Join("..", "..", "packaging", "gpupass-guest-agent.service")
-	h := sha256.New()
-	for _, p := range []string{base, agent, unit} {
-		f, err := os.Open(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = io.Copy(h, f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	name := fmt.Sprintf("gpupass-bookworm-systemd-%s.tar.zst", hex.EncodeToString(h.Sum(nil))[:12])
-	dst := filepath.Join(pvelab.TemplateDir, name)
-	if _, err := os.Stat(dst); err == nil {
-		return name
-	}
-	began := time.Now()
-	root := filepath.Join(work, "rootfs")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	run := func(argv ...string) {
-		t.Helper()
-		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
-		}
-	}
-	run("tar", "--numeric-owner", "--xattrs", "-I", "zstd", "-xpf", base, "-C", root)
-	// Baked in as docs/guest-agent.md says.
-	run("install", "-m", "0755", agent, filepath.Join(root, "usr/local/bin/gpupass-guest-agent"))
-	run("install", "-m", "0644", unit, filepath.Join(root, "etc/systemd/system/gpupass-guest-agent.service"))
-	if err := os.MkdirAll(filepath.Join(root, "etc/systemd/system/multi-user.target.wants"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("../gpupass-guest-agent.service", filepath.Join(root, "etc/systemd/system/multi-user.target.wants/gpupass-guest-agent.service")); err != nil {
-		t.Fatal(err)
-	}
-	tmp := dst + fmt.Sprintf(".tmp%d", os.Getpid())
-	run("tar", "--numeric-owner", "--xattrs", "-I", "zstd -T0 -3", "-cf", tmp, "-C", root, ".")
-	if err := os.Rename(tmp, dst); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("built PVE template %s in %v", dst, time.Since(began).Round(time.Millisecond))
-	// Earlier builds (another agent binary) are of no further use: 45 MB each.
-	old, _ := filepath.Glob(filepath.Join(pvelab.TemplateDir, "gpupass-bookworm-systemd-*.tar.zst"))
-	for _, p := range old {
-		if p != dst {
-			_ = os.Remove(p)
-		}
-	}
-	return name
+	return pvelab.SystemdTemplate(t, agent, filepath.Join("..", "..", "packaging", "gpupass-guest-agent.service"))
 }
