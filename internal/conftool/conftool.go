@@ -133,7 +133,7 @@ func newSub(e env, apply bool) *cobra.Command {
 	f.StringVar(&o.hostRoot, "host-root", "/", "prefix for /proc, /dev and /run (test and simulated hosts)")
 	f.StringVar(&o.format, "format", "auto", "config syntax: auto, pve (key: value) or lxc (key = value)")
 	f.BoolVar(&o.migCaps, "mig-caps", false, "also pass /dev/nvidia-caps/* (MIG config and monitor capabilities); whole GPUs get none without it")
-	f.StringVar(&o.guestDir, "guest-socket-dir", "", "host directory bind-mounted at /run/gpupass for the guest agent; empty: no guest mount (an existing one is removed)")
+	f.StringVar(&o.guestDir, "guest-socket-dir", "", "host directory bind-mounted at /dev/gpupass in the container for the guest agent (an entry at the old run/gpupass is moved there); empty: no guest mount (an existing one is removed)")
 	if apply {
 		f.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "state directory; the previous config is kept under <state-dir>/backups")
 		f.DurationVar(&o.lockTimeout, "lock-timeout", pveconf.DefaultLockTimeout, "how long to wait for the config lock")

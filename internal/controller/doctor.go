@@ -235,7 +235,7 @@ func explain(d *Diagnosis) []Finding {
 	} else if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
 		out = append(out, Finding{
 			Problem: "no report from the guest agent",
-			Cause:   "gpupass-guest-agent is not installed in the container's template or not running, or the /run/gpupass socket mount is missing",
+			Cause:   "gpupass-guest-agent is not installed in the container's template or not running, or the /dev/gpupass socket mount is missing or hidden",
 			Fix:     "install gpupass-guest-agent in the template and enable it; " + apply + " renders the socket mount",
 		})
 	}

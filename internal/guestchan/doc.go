@@ -1,6 +1,6 @@
 // Package guestchan is the host agent's side of the guest channel: one directory and one
 // listening unix socket per container (<Dir>/<id>/agent.sock, bind-mounted into the
-// container at /run/gpupass), a kernel-based identity check for every peer, the
+// container at /dev/gpupass), a kernel-based identity check for every peer, the
 // expectation pushed to connected guests, and the registry of their latest reports.
 //
 // Identity comes from the kernel, never from a secret or from what the guest says: the

@@ -52,6 +52,8 @@ func TestContainerOfCgroup(t *testing.T) {
 		{"plain lxc", "/lxc.payload.901", "901"},
 		{"plain lxc named", "/lxc.payload.gpu-box", "gpu-box"},
 		{"plain lxc nested process", "/lxc.payload.901/init.scope", "901"},
+		{"plain lxc systemd unit", "/lxc.payload.901/system.slice/gpupass-guest-agent.service", "901"},
+		{"proxmox systemd unit", "/lxc/901/ns/system.slice/gpupass-guest-agent.service", "901"},
 		{"plain lxc attach", "/lxc.payload.901/.lxc", "901"},
 		{"nested container inside 901", "/lxc.payload.901/lxc.payload.inner", "901"},
 		{"proxmox ns", "/lxc/901/ns/init.scope", "901"},

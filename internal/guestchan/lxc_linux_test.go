@@ -71,7 +71,7 @@ func TestLXCIdentity(t *testing.T) {
 					// The second name spoofs the real guest agent's: names prove nothing.
 					Binds: [][2]string{{client, "/usr/local/bin/guestclient"}, {client, "/usr/local/bin/gpupass-guest-agent"}},
 					// As the managed mount entry does: the directory, not the socket file.
-					ExtraConfig: append([]string{"lxc.mount.entry = " + dirA + " run/gpupass none bind,create=dir 0 0"}, extra...),
+					ExtraConfig: append([]string{"lxc.mount.entry = " + dirA + " " + strings.TrimPrefix(GuestDir, "/") + " none bind,create=dir 0 0"}, extra...),
 				}
 			}
 			a := lxctest.NewContainer(t, spec(idA))

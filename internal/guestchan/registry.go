@@ -19,8 +19,12 @@ import (
 const (
 	// SocketName is the socket's file name in each container's directory.
 	SocketName = "agent.sock"
-	// GuestDir is where the directory is mounted inside the container.
-	GuestDir = "/run/gpupass"
+	// GuestDir is where the directory is mounted inside the container (under /dev: no
+	// init mounts over it; systemd and OpenRC mount a tmpfs on /run at boot).
+	GuestDir = "/dev/gpupass"
+	// LegacyGuestDir is where it was mounted before; containers started with the old
+	// mount entry may still have it there.
+	LegacyGuestDir = "/run/gpupass"
 	// Method is the stream a guest opens: it sends GuestReport frames, the host answers with
 	// Reply{Expectation} frames, the first at once and a new one on every change.
 	Method = "guest.Session"

@@ -246,7 +246,7 @@ func (h *faultHost) assertConfDesired() {
 	s := string(b)
 	for _, want := range []string{
 		"lxc.mount.entry: " + h.root + "/dev/nvidia0 dev/nvidia0 none bind,create=file 0 0\n",
-		"/dev/nvidiactl dev/nvidiactl none bind", " run/gpupass none bind", "lxc.cgroup2.devices.allow: c 7:0 rwm\n",
+		"/dev/nvidiactl dev/nvidiactl none bind", " dev/gpupass none bind", "lxc.cgroup2.devices.allow: c 7:0 rwm\n",
 		"\n[before-gpu]\narch: amd64\ncores: 2\n", "\ncores: 4\n",
 	} {
 		if !strings.Contains(s, want) {

@@ -74,6 +74,13 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 	}
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
+	if !snap.Connected {
+		// Say why from what the container sees: its socket hidden or never mounted.
+		if ok, why := a.guestMountLive(st.InitPID, id); !ok {
+			cs.Reasons = dedupe(sortedAppend(cs.Reasons, why))
+			cs.State = StateNotReady
+		}
+	}
 	a.metrics.setReady(id, cs.State == StateReady)
 	return cs
 }
@@ -222,6 +229,12 @@ func containsPrefix(list []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+func sortedAppend(list []string, s string) []string {
+	list = append(list, s)
+	sort.Strings(list)
+	return list
 }
 
 func dedupe(sorted []string) []string {

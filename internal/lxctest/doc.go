@@ -19,6 +19,13 @@
 //		out, code := c.Attach(t, lxctest.ProbePath, "open", "/dev/nvidia0") // "/dev/nvidia0 EPERM", 1
 //	}
 //
+// Spec.Kind = KindSystemd boots systemd as PID 1 instead, and KindOpenRC sysvinit running
+// OpenRC, each from a cached Debian 12 rootfs tarball that test/rootfs/debian.sh builds
+// (RootfsTarball; about 1.2-1.5 s to booted): the shape of every Debian and Ubuntu template
+// on Proxmox, and of OpenRC ones. EnableUnit installs a systemd unit as `systemctl enable`
+// would, EnableOpenRCService an init script as `rc-update add`, WaitBooted waits for the
+// boot to finish.
+//
 // The containers allow only the basic nodes (DefaultDeviceRules: no fuse or tun, unlike
 // LXC's common.conf) and use SIGKILL as lxc.signal.halt, so a clean lxc-stop is instant.
 // Containers a panicking test binary leaves behind are removed by the parent process.

@@ -72,7 +72,8 @@ type Desired struct {
 	GPUs  []string
 	Style Style
 	// GuestSocketDir is the host directory for this container, bind-mounted at
-	// /run/gpupass inside; "" renders no guest mount (and removes an existing one).
+	// /dev/gpupass inside (GuestMountTarget); "" renders no guest mount (and removes an
+	// existing one, at either target).
 	GuestSocketDir string
 	// Label names the config in the diff (default "config").
 	Label string

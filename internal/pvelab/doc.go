@@ -19,7 +19,7 @@
 //		pvelab.ParseStrict(t, ct.ConfPath())    // PVE's own parser judges /etc/pve/lxc/<id>.conf
 //	}
 //
-// SimulateGPUHost puts stand-in NVIDIA device nodes where PVE's hooks look (/dev/nvidia*)
-// and binds /proc/devices and /proc/driver fixtures in the test's mount namespace, so that a
-// host agent can run with host_root "/" and runtime pct beside the real /etc/pve.
+// SimulateGPUHost puts stand-in NVIDIA device nodes where PVE looks (/dev/nvidia*) and gives
+// a host root whose proc/ is a GPU driver fixture and whose dev, etc/pve, var/lib/lxc and run
+// are the real ones, so that a host agent (runtime pct) runs beside the real /etc/pve.
 package pvelab

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"gpupass/internal/gpu"
+	"gpupass/internal/lxctest"
 	"gpupass/internal/testenv"
 )
 
@@ -16,29 +17,33 @@ import (
 type GPUHost struct {
 	// Nodes are the stand-in device nodes, at their real /dev paths.
 	Nodes []gpu.SimNode
-	// Fixture is the directory gpu.WriteSimulatedHost wrote (its proc/ is bound over /proc).
-	Fixture string
+	// Root is the host_root to give a host agent: proc/ holds the fixture's devices and
+	// driver files, and dev, etc/pve, var/lib/lxc and run are symlinks to the real ones.
+	Root string
 }
 
 // SimulateGPUHost makes this machine look like an NVIDIA GPU host to PVE and to a host agent
-// running with host_root "/", beside the real /etc/pve:
+// beside the real /etc/pve:
 //   - the stand-in nodes of gpu.SimulatedNodes(opts) at their real paths (/dev/nvidia0,
-//     /dev/nvidiactl, /dev/nvidia-uvm, ...), where PVE's hooks stat devN entries
-//     (pve-container:src/PVE/LXC.pm) and lxc binds mount entries from;
-//   - /proc/devices and /proc/driver replaced, in this test binary's private mount namespace
-//     only, by bind mounts of the fixture gpu.WriteSimulatedHost wrote.
+//     /dev/nvidiactl, /dev/nvidia-uvm, ...), where PVE stats devN entries
+//     (pve-container:src/PVE/LXC.pm, update_lxc_config) and lxc binds mount entries from;
+//   - a host root (GPUHost.Root) whose proc/ is the gpu.WriteSimulatedHost fixture
+//     (devices, driver/nvidia) and whose dev, etc/pve, var/lib/lxc and run lead to the real
+//     ones, so the agent reads the simulated driver and the real PVE files (the agent takes
+//     the containers' processes from the real /proc when root/proc is not a procfs).
 //
-// /dev is one filesystem for every mount namespace, so the nodes are visible machine-wide
-// while the test runs: an exclusive lock (/run/gpupass-pvelab/gpuhost.lock) serialises the
-// tests that simulate a GPU host, across test binaries, and cleanup removes the nodes. It
-// refuses to run where a real NVIDIA driver is loaded.
+// Binding the fixture over the real /proc/devices and /proc/driver instead does not work:
+// with anything mounted over procfs entries, the kernel refuses a fresh procfs mount in a
+// user namespace (fs/namespace.c, mount_too_revealing), so no unprivileged container could
+// start. /dev is one filesystem for every mount namespace, so the nodes are visible
+// machine-wide while the test runs: an exclusive lock (/run/gpupass-pvelab/gpuhost.lock)
+// serialises the tests that simulate a GPU host, across test binaries, and cleanup removes
+// the nodes. It refuses to run where a real NVIDIA driver is loaded.
 func SimulateGPUHost(t testing.TB, opts gpu.SimOptions) *GPUHost {
 	t.Helper()
 	Require(t)
-	if _, err := os.Stat("/proc/driver/nvidia/version"); err == nil {
-		if _, err := os.Stat(gpu.SimulatedMarker); err != nil {
-			testenv.Skip(t, "a real NVIDIA driver is loaded here: the lab does not lay a simulated GPU host over it")
-		}
+	if _, err := os.Stat("/proc/driver/nvidia"); err == nil {
+		testenv.Skip(t, "a real NVIDIA driver is loaded here: the lab does not lay a simulated GPU host over it")
 	}
 	lock := lockFile(t, filepath.Join(RunDir, "gpuhost.lock"))
 	t.Cleanup(func() { lock.Close() })
@@ -47,10 +52,22 @@ func SimulateGPUHost(t testing.TB, opts gpu.SimOptions) *GPUHost {
 	if err := gpu.WriteSimulatedHost(fix, opts); err != nil {
 		t.Fatalf("pvelab: %v", err)
 	}
-	if err := os.MkdirAll(filepath.Join(fix, "proc/driver"), 0o755); err != nil {
+	// Traversable by unprivileged containers' mapped root: a raw-style mount entry names
+	// <root>/dev/nvidia0 as its source.
+	root := lxctest.TempDir(t)
+	if err := os.Rename(filepath.Join(fix, "proc"), filepath.Join(root, "proc")); err != nil {
 		t.Fatalf("pvelab: %v", err)
 	}
-	h := &GPUHost{Nodes: gpu.SimulatedNodes(opts), Fixture: fix}
+	for _, p := range []string{"dev", "etc/pve", "var/lib/lxc", "run"} {
+		link := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+			t.Fatalf("pvelab: %v", err)
+		}
+		if err := os.Symlink("/"+p, link); err != nil {
+			t.Fatalf("pvelab: %v", err)
+		}
+	}
+	h := &GPUHost{Nodes: gpu.SimulatedNodes(opts), Root: root}
 	capsDir := false
 	if _, err := os.Stat(gpu.DirCaps); errors.Is(err, os.ErrNotExist) {
 		capsDir = true
@@ -70,24 +87,8 @@ func SimulateGPUHost(t testing.TB, opts gpu.SimOptions) *GPUHost {
 			t.Fatalf("pvelab: stand-in GPU node: %v", err)
 		}
 	}
-	for _, p := range []string{"/proc/devices", "/proc/driver"} {
-		bind(t, filepath.Join(fix, p), p)
-	}
-	t.Logf("pvelab: simulated GPU host: %d stand-in nodes in /dev, /proc/devices and /proc/driver bound from %s", len(h.Nodes), fix)
+	t.Logf("pvelab: simulated GPU host: %d stand-in nodes in /dev; host root %s (proc/ from the fixture, the rest the real paths)", len(h.Nodes), root)
 	return h
-}
-
-// bind mounts src on dst for the rest of the test (this mount namespace only).
-func bind(t testing.TB, src, dst string) {
-	t.Helper()
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-		t.Fatalf("pvelab: bind %s on %s: %v", src, dst, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dst, unix.MNT_DETACH); err != nil {
-			t.Errorf("pvelab: unmount %s: %v", dst, err)
-		}
-	})
 }
 
 // lockFile opens path and takes an exclusive flock on it, waiting for other holders.

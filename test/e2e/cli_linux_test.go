@@ -65,6 +65,12 @@ type reportCt struct {
 	Written    bool `json:"written"`
 	RolledBack bool `json:"rolled_back"`
 	Simulated  bool `json:"simulated"`
+	// Proxmox (the PVE lab scenarios)
+	Locked             string   `json:"locked"`
+	Pending            []string `json:"pending"`
+	PendingReplacesLXC bool     `json:"pending_replaces_lxc"`
+	HA                 string   `json:"ha"`
+	HACommand          string   `json:"ha_command"`
 }
 
 // ct finds a container of the report; it fails the test when it is absent.
@@ -166,7 +172,7 @@ func (f *fabric) ctl(t testing.TB, cmd, fleet string, args ...string) ctlResult 
 
 func (f *fabric) ctlCtx(t testing.TB, ctx context.Context, cmd, fleet string, args ...string) ctlResult {
 	t.Helper()
-	argv := inNetns(f.brNS, append([]string{f.bin.Controller, cmd, "-f", fleet, "-o", "json"}, args...)...)
+	argv := inNetns(f.ctlNS(), append([]string{f.bin.Controller, cmd, "-f", fleet, "-o", "json"}, args...)...)
 	res, err := run(ctx, 4*time.Minute, nil, argv...)
 	if err != nil {
 		t.Fatalf("e2e: %v", err)

@@ -29,7 +29,7 @@ type bgCmd struct {
 // namespace without waiting for it.
 func (f *fabric) ctlBackground(t testing.TB, cmd, fleet string, args ...string) *bgCmd {
 	t.Helper()
-	argv := inNetns(f.brNS, append([]string{f.bin.Controller, cmd, "-f", fleet, "-o", "json"}, args...)...)
+	argv := inNetns(f.ctlNS(), append([]string{f.bin.Controller, cmd, "-f", fleet, "-o", "json"}, args...)...)
 	b := &bgCmd{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
 	var o, e bytes.Buffer
 	b.cmd.Stdout, b.cmd.Stderr = &o, &e

@@ -41,6 +41,9 @@ type fabric struct {
 	bin  bins
 	pki  string
 	brNS string
+	// ctlHere runs the controller in the test's own network namespace instead of brNS
+	// (the PVE lab's host agent listens there, on 127.0.0.1).
+	ctlHere bool
 
 	mu     sync.Mutex
 	nextIP int
@@ -91,6 +94,14 @@ func newFabric(t *testing.T) *fabric {
 }
 
 func (f *fabric) netnsName(suffix string) string { return namePrefix + f.id + "-" + suffix }
+
+// ctlNS is the network namespace the controller runs in.
+func (f *fabric) ctlNS() string {
+	if f.ctlHere {
+		return ""
+	}
+	return f.brNS
+}
 
 // allocIP returns the next free host address on the bridge.
 func (f *fabric) allocIP() string {
@@ -169,6 +180,9 @@ func mustRun(t testing.TB, name string, args ...string) string {
 // `ip netns exec`) keeps this process's mount namespace, so the pure cgroup2 mount stays
 // in place.
 func inNetns(ns string, argv ...string) []string {
+	if ns == "" { // the test's own network namespace (the PVE lab's host, pvelab_linux_test.go)
+		return argv
+	}
 	return append([]string{"nsenter", "--net=" + filepath.Join(netnsDir, ns), "--"}, argv...)
 }
 

@@ -35,8 +35,9 @@ type host struct {
 	f    *fabric
 	t    *testing.T
 	name string
-	ns   string
+	ns   string // "" = the test's own network namespace
 	ip   string
+	port string // "" = agentPort
 
 	dir, root, lxcPath, stateDir, guestDir, config, log, wrapDir string
 
@@ -120,7 +121,12 @@ simulated: true
 }
 
 // addr is the agent's address as fleet.yaml names it.
-func (h *host) addr() string { return h.ip + ":" + agentPort }
+func (h *host) addr() string {
+	if h.port != "" {
+		return h.ip + ":" + h.port
+	}
+	return h.ip + ":" + agentPort
+}
 
 // wrap installs a wrapper script for a command on the agent's PATH.
 func (h *host) wrap(t testing.TB, name, script string) {

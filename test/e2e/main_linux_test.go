@@ -26,7 +26,9 @@ func TestMain(m *testing.M) {
 	if !explicit {
 		_ = flag.Set("test.parallel", strconv.Itoa(defaultParallel))
 	}
-	lxctest.Cgroup2Main(m)
+	// Always a private mount namespace: the PVE lab tests (pvelab_linux_test.go) bind GPU
+	// fixtures over /proc files, which the rest of the machine must not see.
+	lxctest.PrivateCgroup2Main(m)
 }
 
 // bins are the three gpupass binaries, built from this checkout for each run.

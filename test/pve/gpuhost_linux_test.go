@@ -2,6 +2,7 @@ package pve
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,21 +13,28 @@ import (
 	"gpupass/internal/pvelab"
 )
 
-// TestSimulatedGPUHost: the stand-in GPU nodes sit where PVE's hooks look, so the real pct
-// starts a privileged container with the GPU as devN entries, the container opens them
-// (enforced allow rules PVE rendered), and this process sees the fixture's /proc/devices
-// and /proc/driver/nvidia while /etc/pve stays the real pmxcfs.
+// TestSimulatedGPUHost: the stand-in GPU nodes sit where PVE looks, so the real pct starts
+// a privileged container with the GPU as devN entries and the container opens them (enforced
+// allow rules PVE rendered); the host root carries the driver fixture in proc/ and leads to
+// the real /etc/pve and /dev.
 func TestSimulatedGPUHost(t *testing.T) {
 	h := pvelab.SimulateGPUHost(t, gpu.SimOptions{GPUs: 1})
-	devices, err := os.ReadFile("/proc/devices")
+	devices, err := os.ReadFile(filepath.Join(h.Root, "proc/devices"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(devices), " nvidia-uvm\n") {
-		t.Fatalf("/proc/devices is not the fixture's:\n%s", devices)
+		t.Fatalf("host root's proc/devices is not the fixture's:\n%s", devices)
 	}
-	if _, err := os.Stat(gpu.SimulatedMarker); err != nil {
-		t.Fatalf("/proc/driver is not the fixture's: %v", err)
+	inv, err := gpu.Discover(h.Root)
+	if err != nil {
+		t.Fatalf("discover the simulated host through its root: %v", err)
+	}
+	if len(inv.GPUs) != 1 {
+		t.Fatalf("discovered %d GPUs, want 1", len(inv.GPUs))
+	}
+	if _, err := os.Stat(filepath.Join(h.Root, "etc/pve/storage.cfg")); err != nil {
+		t.Fatalf("host root does not lead to the real /etc/pve: %v", err)
 	}
 	probe := lxctest.Probe(t)
 	conf := []string{"lxc.mount.entry: " + probe + " usr/local/bin/probe none bind,ro,create=file 0 0"}

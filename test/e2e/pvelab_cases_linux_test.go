@@ -1,0 +1,263 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"gpupass/internal/pvelab"
+)
+
+// The PVE lab scenarios beyond the seed incident (docs/e2e.md "The PVE lab"; the rules they
+// check are docs/host-agent.md "On Proxmox").
+
+// unchanged checks that apply neither wrote nor restarted ct: same bytes, same init.
+func unchanged(t *testing.T, ct *pvelab.CT, conf string, pid int, c reportCt) {
+	t.Helper()
+	if c.Written || c.Restarted {
+		t.Errorf("apply: written=%v restarted=%v, want neither", c.Written, c.Restarted)
+	}
+	if got := ct.Conf(t); got != conf {
+		t.Errorf("apply changed the config:\n%s", got)
+	}
+	if got := ct.InitPID(t); got != pid {
+		t.Errorf("apply restarted the container (init %d -> %d)", pid, got)
+	}
+}
+
+// A container under `lock: backup`: the plan says locked and by what; apply neither writes
+// nor restarts it (pct reboot would not check the lock and leave it stopped, TestLockBackup
+// in test/pve) and fails it with exit 1.
+func testPVELocked(t *testing.T, lab *pveLab) {
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "locked-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw"})
+	ct.Start(t)
+	ct.AppendConf(t, "lock: backup")
+	conf, pid := ct.Conf(t), ct.InitPID(t)
+
+	plan := lab.f.ctl(t, "plan", fl)
+	if c := plan.Report.ct(t, id); c.Locked != "backup" {
+		t.Errorf("plan: locked %q, want backup (exit %d, reasons %q)", c.Locked, plan.Code, c.Reasons)
+	}
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "60s")
+	c := ap.Report.ct(t, id)
+	if ap.Code != 1 || !strings.Contains(c.Error+strings.Join(c.Reasons, " "), "locked") {
+		t.Errorf("apply: exit %d error %q reasons %q, want exit 1 naming the lock", ap.Code, c.Error, c.Reasons)
+	}
+	unchanged(t, ct, conf, pid, c)
+	if got := ct.Status(t); got != "running" {
+		t.Errorf("container is %s after the refused apply, want running", got)
+	}
+	t.Logf("locked: plan exit %d, apply exit %d: %s", plan.Code, ap.Code, c.Error)
+}
+
+// Pending changes: `pct set -features` on a running container goes to [pve:pending]; every
+// start applies all of it. The plan lists it; apply refuses without --apply-pending (nothing
+// written or restarted) and with it restarts through pct, which applies the pending change.
+func testPVEPending(t *testing.T, lab *pveLab) {
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "pending-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw"})
+	ct.Start(t)
+	pvelab.MustPct(t, "set", id, "-features", "nesting=1")
+	if !strings.Contains(ct.Conf(t), "[pve:pending]") {
+		t.Fatalf("pct set -features on a running container did not go to [pve:pending]:\n%s", ct.Conf(t))
+	}
+	conf, pid := ct.Conf(t), ct.InitPID(t)
+
+	plan := lab.f.ctl(t, "plan", fl)
+	if c := plan.Report.ct(t, id); !anyContains(c.Pending, "features") {
+		t.Errorf("plan: pending %q, want the features change listed", c.Pending)
+	}
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "60s")
+	c := ap.Report.ct(t, id)
+	if ap.Code != 1 {
+		t.Errorf("apply without --apply-pending: exit %d, want 1; error %q", ap.Code, c.Error)
+	}
+	unchanged(t, ct, conf, pid, c)
+
+	ap = lab.f.ctl(t, "apply", fl, "--timeout", "90s", "--apply-pending")
+	c = ap.Report.ct(t, id)
+	if ap.Code != 0 || c.State != "ready" || !c.Restarted || !c.Written {
+		t.Fatalf("apply --apply-pending: exit %d state %s restarted %v written %v error %q reasons %q", ap.Code, c.State, c.Restarted, c.Written, c.Error, c.Reasons)
+	}
+	p := pvelab.ParseStrict(t, ct.ConfPath())
+	if p["features"] != "nesting=1" || len(p["pending"].(map[string]any)) != 0 {
+		t.Errorf("after the restart: features %v pending %v, want nesting=1 applied and nothing pending", p["features"], p["pending"])
+	}
+}
+
+// A pending raw lxc.* line replaces the whole raw lxc.* list at start (GPU lines included):
+// the plan flags it and apply refuses even with --apply-pending.
+func testPVEPendingLXC(t *testing.T, lab *pveLab) {
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "pendlxc-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw"})
+	ct.Start(t)
+	ct.WriteConf(t, ct.Conf(t)+"\n[pve:pending]\nlxc.environment: GPUPASS_LAB=1\n")
+	pvelab.ParseStrict(t, ct.ConfPath())
+	conf, pid := ct.Conf(t), ct.InitPID(t)
+
+	plan := lab.f.ctl(t, "plan", fl)
+	if c := plan.Report.ct(t, id); !c.PendingReplacesLXC {
+		t.Errorf("plan: pending_replaces_lxc false, want true (pending %q)", c.Pending)
+	}
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "60s", "--apply-pending")
+	c := ap.Report.ct(t, id)
+	if ap.Code != 1 {
+		t.Errorf("apply --apply-pending with a pending lxc.* line: exit %d, want 1; error %q", ap.Code, c.Error)
+	}
+	unchanged(t, ct, conf, pid, c)
+}
+
+// An HA-managed container (/etc/pve/ha/resources.cfg lists ct:<id>): the plan names the
+// resource and the ha-manager commands; apply writes the config and leaves the restart to HA
+// (pct reboot would bypass it), exit 1.
+func testPVEHA(t *testing.T, lab *pveLab) {
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "ha-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw"})
+	ct.Start(t)
+	res := filepath.Join(pvelab.EtcPVE, "ha", "resources.cfg")
+	if err := os.MkdirAll(filepath.Dir(res), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(res, []byte(fmt.Sprintf("ct: %s\n\tstate started\n", id)), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(res) })
+	pid := ct.InitPID(t)
+
+	plan := lab.f.ctl(t, "plan", fl)
+	c := plan.Report.ct(t, id)
+	if !strings.Contains(c.HA, id) || !strings.Contains(c.HACommand, "ha-manager") {
+		t.Errorf("plan: ha %q ha_command %q, want the resource and the ha-manager commands", c.HA, c.HACommand)
+	}
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "60s")
+	c = ap.Report.ct(t, id)
+	if ap.Code != 1 || !c.Written || c.Restarted {
+		t.Errorf("apply: exit %d written %v restarted %v, want exit 1, written, not restarted; error %q", ap.Code, c.Written, c.Restarted, c.Error)
+	}
+	if got := ct.InitPID(t); got != pid {
+		t.Errorf("apply restarted an HA-managed container itself (init %d -> %d)", pid, got)
+	}
+	pvelab.ParseStrict(t, ct.ConfPath())
+	t.Logf("HA: apply exit %d: %s; %s", ap.Code, c.Error, c.HACommand)
+}
+
+// A stale nvidia-uvm major (the driver was reloaded and got another one): the lines name
+// 238 where /proc/devices says 10. Apply replaces them, starts the stopped container through
+// pct and the guest reports ready.
+func testPVEStaleMajor(t *testing.T, lab *pveLab) {
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "stale-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw", state: "running"})
+	first := lab.f.ctl(t, "plan", fl)
+	var stale []string
+	for _, c := range first.Report.ct(t, id).Changes {
+		if c.Op == "add" {
+			stale = append(stale, strings.ReplaceAll(c.Line, "c 10:", "c 238:"))
+		}
+	}
+	if !anyContains(stale, "c 238:") {
+		t.Fatalf("no uvm allow line to make stale in %q", stale)
+	}
+	ct.AppendConf(t, stale...)
+
+	plan := lab.f.ctl(t, "plan", fl)
+	var removes []string
+	for _, c := range plan.Report.ct(t, id).Changes {
+		if c.Op != "add" {
+			removes = append(removes, c.Op+" "+c.Line)
+		}
+	}
+	if !anyContains(removes, "238:") {
+		t.Errorf("plan does not replace the stale major: changes %q", removes)
+	}
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "90s")
+	c := ap.Report.ct(t, id)
+	if ap.Code != 0 || c.State != "ready" || !c.Written || !c.Started {
+		t.Fatalf("apply: exit %d state %s written %v started %v error %q reasons %q", ap.Code, c.State, c.Written, c.Started, c.Error, c.Reasons)
+	}
+	if conf := ct.Conf(t); strings.Contains(conf, "238:") {
+		t.Errorf("the stale major is still in the config:\n%s", conf)
+	}
+	pvelab.ParseStrict(t, ct.ConfPath())
+}
+
+// The host agent SIGKILLed mid-apply, after writing and before its `pct reboot` ran: the
+// restarted agent reconciles from its journal, restarts the container through pct, and the
+// guest reports ready.
+func testPVEAgentKilled(t *testing.T, lab *pveLab) {
+	h := lab.h
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "killed-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw"})
+	ct.Start(t)
+	pid := ct.InitPID(t)
+	marker := filepath.Join(h.dir, "reboot-called")
+	h.wrap(t, "pct", fmt.Sprintf(`if [ "$1" = reboot ]; then touch %s; sleep 120; fi
+exec "$REAL" "$@"`, marker))
+	h.Restart(t) // the wrapper takes effect for a new agent's PATH lookups
+	bg := lab.f.ctlBackground(t, "apply", fl, "--timeout", "90s")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(marker); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never called pct reboot\n%s", h.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.Kill(t)
+	bg.wait(t, 30*time.Second)
+	if !strings.Contains(ct.Conf(t), "lxc.cgroup2.devices.allow") {
+		t.Fatalf("the agent was killed before it wrote the config:\n%s", ct.Conf(t))
+	}
+	if got := ct.InitPID(t); got != pid {
+		t.Fatalf("the container restarted although pct reboot never ran (init %d -> %d)", pid, got)
+	}
+	h.unwrap(t, "pct")
+	h.Start(t) // READY=1 comes after interrupted applies are reconciled
+	c := lab.f.waitStatus(t, fl, id, 60*time.Second, func(c reportCt) bool { return c.State == "ready" })
+	if got := ct.InitPID(t); got == pid {
+		t.Errorf("ready but the container was not restarted (init %d)", got)
+	}
+	t.Logf("after the kill: reconciled through pct, %s %s", id, c.State)
+	pvelab.ParseStrict(t, ct.ConfPath())
+}
+
+// `pct set -tags` on a running GPU container rewrites /var/lib/lxc/<id>/config (PVE), which
+// must not make gpupass restart it: the pct runtime keeps its own start record.
+func testPVETags(t *testing.T, lab *pveLab) {
+	ct := lab.newCT(t, true)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "tags-"+id, labCt{ct: ct, gpus: []string{"1"}, style: "dev", state: "running"})
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "90s")
+	if c := ap.Report.ct(t, id); ap.Code != 0 || c.State != "ready" || !c.Started {
+		t.Fatalf("apply: exit %d state %s started %v error %q reasons %q", ap.Code, c.State, c.Started, c.Error, c.Reasons)
+	}
+	pid := ct.InitPID(t)
+	st, _ := os.Stat(ct.RenderedPath())
+	time.Sleep(1100 * time.Millisecond)
+	pvelab.MustPct(t, "set", id, "-tags", "gpu")
+	if st2, _ := os.Stat(ct.RenderedPath()); !st2.ModTime().After(st.ModTime()) {
+		t.Fatalf("pct set -tags did not rewrite %s; the case is not exercised", ct.RenderedPath())
+	}
+	plan := lab.f.ctl(t, "plan", fl)
+	if c := plan.Report.ct(t, id); plan.Code != 0 || c.RestartRequired {
+		t.Errorf("plan after pct set -tags: exit %d restart %v %q, want nothing to do", plan.Code, c.RestartRequired, c.RestartReasons)
+	}
+	ap = lab.f.ctl(t, "apply", fl, "--timeout", "60s")
+	if c := ap.Report.ct(t, id); ap.Code != 0 || c.Restarted || c.State != "ready" {
+		t.Errorf("apply after pct set -tags: exit %d restarted %v state %s", ap.Code, c.Restarted, c.State)
+	}
+	if got := ct.InitPID(t); got != pid {
+		t.Errorf("the container was restarted (init %d -> %d)", pid, got)
+	}
+}
