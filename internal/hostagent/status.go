@@ -27,9 +27,20 @@ func (a *Agent) status(ctx context.Context, spec *pb.ContainerSpec) *pb.Containe
 	return a.statusWith(ctx, spec, a.activeSet(ctx))
 }
 
-// activeSet is the runtime's set of running containers when it can tell without running a
-// command per container (runtime.RunChecker: pct reads /proc/net/unix), else nil.
-func (a *Agent) activeSet(ctx context.Context) map[string]bool {
+// runSet is one request's look at the running containers, for runtimes that can tell
+// without a command per container (runtime.RunChecker: pct reads /proc/net/unix, and asks
+// for the inits' pids once, with one command, the first time a running one needs it).
+type runSet struct {
+	rc     runtime.RunChecker
+	active map[string]bool
+	pids   map[string]int
+	pidErr error
+	asked  bool
+}
+
+// activeSet is this request's runSet; nil when the runtime cannot tell without a command
+// per container (then each container asks the runtime).
+func (a *Agent) activeSet(ctx context.Context) *runSet {
 	rc, ok := a.rt.(runtime.RunChecker)
 	if !ok {
 		return nil
@@ -38,20 +49,34 @@ func (a *Agent) activeSet(ctx context.Context) map[string]bool {
 	if err != nil {
 		return nil
 	}
-	return active
+	return &runSet{rc: rc, active: active}
 }
 
-// runStateOf is whether id runs: from active when known (no command), else the runtime.
-func (a *Agent) runStateOf(ctx context.Context, id string, active map[string]bool) (runtime.State, error) {
-	if rc, ok := a.rt.(runtime.RunChecker); ok && active != nil {
-		running, err := rc.Running(ctx, id, active)
-		return runtime.State{Running: running}, err
+// runStateOf is whether id runs, with its init's pid: from the request's runSet when there
+// is one (one command for all containers), else the runtime.
+func (a *Agent) runStateOf(ctx context.Context, id string, rs *runSet) (runtime.State, error) {
+	if rs == nil {
+		return a.rt.State(ctx, id)
 	}
-	return a.rt.State(ctx, id)
+	running, err := rs.rc.Running(ctx, id, rs.active)
+	if err != nil || !running {
+		return runtime.State{}, err
+	}
+	if !rs.asked {
+		rs.asked = true
+		rs.pids, rs.pidErr = rs.rc.InitPIDs(ctx)
+	}
+	if pid := rs.pids[id]; pid > 0 {
+		return runtime.State{Running: true, InitPID: pid}, nil
+	}
+	if rs.pidErr != nil {
+		return runtime.State{}, rs.pidErr
+	}
+	return a.rt.State(ctx, id) // started since the look: ask it alone
 }
 
 // statusWith is status with the running set of this request (nil: ask the runtime).
-func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active map[string]bool) *pb.ContainerStatus {
+func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *runSet) *pb.ContainerStatus {
 	id := spec.GetId()
 	cs := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), Reasons: []string{}}
 	st, err := a.runStateOf(ctx, id, active)
