@@ -78,8 +78,8 @@ func testUnit(t *testing.T, bin string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), "\nType=notify\n") || !strings.Contains(string(b), "ExecStart=/usr/local/bin/gpupass-guest-agent ") {
-		t.Fatalf("unit lacks Type=notify or the ExecStart of /usr/local/bin/gpupass-guest-agent")
+	if !strings.Contains(string(b), "\nType=notify\n") || !strings.Contains(string(b), "\nExecStart=/usr/local/bin/gpupass-guest-agent\n") {
+		t.Fatalf("unit lacks Type=notify or the plain ExecStart=/usr/local/bin/gpupass-guest-agent (its default sockets: /dev/gpupass, then /run/gpupass)")
 	}
 	// The verifier wants ExecStart to exist: point it at the binary just built.
 	unit := filepath.Join(t.TempDir(), "gpupass-guest-agent.service")

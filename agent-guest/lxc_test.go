@@ -162,7 +162,7 @@ func TestLXC(t *testing.T) {
 			h := newSimHost(t, bin)
 			sockDir := lxctest.TempDir(t)
 			c := lxctest.NewContainer(t, lxctest.Spec{
-				Binds:        append(h.binds, [2]string{sockDir, "/run/gpupass"}),
+				Binds:        append(h.binds, [2]string{sockDir, "/dev/gpupass"}),
 				ExtraConfig:  h.config,
 				Unprivileged: unpriv,
 			})

@@ -54,7 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("gpupass-guest-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.socket, "socket", guest.DefaultSocket, "the host agent's unix socket (a host directory bind-mounted into the container)")
+	fs.StringVar(&o.socket, "socket", "", "the host agent's unix socket (a host directory bind-mounted into the container); default "+guest.DefaultSocket+", then "+guest.LegacySocket+" (containers started before the move)")
 	fs.BoolVar(&o.once, "once", false, "check once, print the report and exit: 0 ready, 2 not ready, 1 error")
 	fs.StringVar(&o.output, "o", "table", "output of --once: json or table")
 	fs.StringVar(&o.expectFile, "expect-file", "", "with --once: a JSON gpupass.v1.Expectation to check against instead of asking the host agent")
@@ -140,7 +140,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logger.WithError(err).Error("start")
 		return exitError
 	}
-	logger.WithFields(log.Fields{"socket": o.socket, "container_id": o.id, "build": buildinfo.Version}).Info("guest agent starting")
+	logger.WithFields(log.Fields{"sockets": strings.Join(a.Sockets(), " "), "container_id": o.id, "build": buildinfo.Version}).Info("guest agent starting")
 	if err := a.Run(ctx); err != nil {
 		logger.WithError(err).Error("guest agent stopped")
 		return exitError

@@ -187,7 +187,7 @@ fi
 
 header "A busybox container, $CT, with the guest agent baked in" \
   "Its own init (/etc/gpupass-init.sh) starts gpupass-guest-agent, which dials the host" \
-  "agent over /run/gpupass/agent.sock and pushes readiness reports; nobody execs into it." \
+  "agent over /dev/gpupass/agent.sock and pushes readiness reports; nobody execs into it." \
   "Its device cgroup list is its own (deny all, allow the basics): no GPU lines yet."
 if [ -f "$LXCPATH/$CT/config" ]; then
   echo "(already there from an earlier run: $(ct_state))"

@@ -13,6 +13,9 @@ export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
 TEST_LOG=${GPUPASS_TEST_LOG:-/tmp/gpupass-test.log}
 
 ./scripts/deps.sh test
+echo "== PVE lab (test/pvelab: the real pct for test/pve and the pct end-to-end tests)"
+trap 'bash test/pvelab/teardown.sh >/dev/null 2>&1 || true' EXIT
+bash test/pvelab/setup.sh
 echo "== lint"
 make --no-print-directory lint
 echo "== protobuf drift"
@@ -21,6 +24,7 @@ echo "== build"
 make --no-print-directory build
 go build -o bin/testreport ./test/testreport
 echo "== tests (unit, integration, end to end)"
+bash test/rootfs/debian-systemd.sh   # Debian 12 systemd rootfs for the systemd containers (built once, cached)
 tests=0
 go test -count=1 -timeout 25m -json ./... 2>&1 | bin/testreport --log "$TEST_LOG" --summary "$TEST_LOG.summary" || tests=$?
 fuzz=skipped

@@ -131,7 +131,7 @@ func newSub(e env, apply bool) *cobra.Command {
 	f.StringVar(&o.style, "style", "raw", "raw (lxc.cgroup2.devices.allow + lxc.mount.entry) or dev (PVE 8.1+ devN entries)")
 	f.StringVar(&o.hostRoot, "host-root", "/", "prefix for /proc, /dev and /run (test and simulated hosts)")
 	f.StringVar(&o.format, "format", "auto", "config syntax: auto, pve (key: value) or lxc (key = value)")
-	f.StringVar(&o.guestDir, "guest-socket-dir", "", "host directory bind-mounted at /run/gpupass for the guest agent; empty: no guest mount (an existing one is removed)")
+	f.StringVar(&o.guestDir, "guest-socket-dir", "", "host directory bind-mounted at /dev/gpupass in the container for the guest agent (an entry at the old run/gpupass is moved there); empty: no guest mount (an existing one is removed)")
 	if apply {
 		f.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "state directory; the previous config is kept under <state-dir>/backups")
 		f.DurationVar(&o.lockTimeout, "lock-timeout", pveconf.DefaultLockTimeout, "how long to wait for the config lock")
@@ -268,6 +268,14 @@ func formatFor(o options, b []byte) (pveconf.Format, error) {
 	case "lxc":
 		return pveconf.LXC, nil
 	case "auto", "":
+		abs, err := filepath.Abs(o.conf)
+		if err != nil {
+			abs = o.conf
+		}
+		if pveconf.IsPVEPath(abs, o.hostRoot) {
+			// PVE's file, whatever its first lines look like (raw lxc.* keys may come first).
+			return pveconf.PVE, nil
+		}
 		if len(strings.TrimSpace(string(b))) == 0 && filepath.Base(o.conf) == "config" {
 			return pveconf.LXC, nil
 		}

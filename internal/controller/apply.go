@@ -44,6 +44,9 @@ type ApplyOptions struct {
 	// json): a host whose config changed since refuses that container's apply with a
 	// conflict and writes nothing, so nothing applies that the plan did not show.
 	Digests map[string]string
+	// ApplyPending allows restarts that apply Proxmox pending changes (listed by plan);
+	// without it such containers are refused with the list.
+	ApplyPending bool
 }
 
 // Apply makes every host match the fleet: write configs, restart where the restart rule
@@ -136,7 +139,7 @@ func (c *Controller) applyHost(ctx context.Context, s *conn, w *hostWork, opts A
 		return err
 	}
 	defer st.Close()
-	req := &pb.ApplyRequest{Containers: specs(w.entries), TimeoutMs: opts.Timeout.Milliseconds()}
+	req := &pb.ApplyRequest{Containers: specs(w.entries), TimeoutMs: opts.Timeout.Milliseconds(), ApplyPending: opts.ApplyPending}
 	for _, e := range w.entries {
 		if d, ok := opts.Digests[w.host.Name+"/"+e.ID]; ok {
 			if req.ExpectDigest == nil {

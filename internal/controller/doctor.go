@@ -222,14 +222,20 @@ func explain(d *Diagnosis) []Finding {
 	if st.GetRunState() != "running" && st.GetState() == StateStopped && d.Entry.State != fleet.StateRunning {
 		out = append(out, Finding{Problem: "the container is stopped",
 			Cause:   "nothing in " + file + " asks for it to run",
-			Fix:     fmt.Sprintf("pct start %s on %s, or set state: running for it in %s and run %s", d.Entry.ID, d.Host.Name, file, apply),
+			Fix:     fmt.Sprintf("%s on %s, or set state: running for it in %s and run %s", d.runtimeCmd("start"), d.Host.Name, file, apply),
 			Warning: true})
 		return out
 	}
-	if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
+	if st.GetRunState() == "running" && !st.GetGuestConnected() && st.GetGuestRefused() != "" {
+		out = append(out, Finding{
+			Problem: "guest agent connected but was refused: " + st.GetGuestRefused(),
+			Cause:   "the host agent takes a guest's container id from the kernel (its cgroup) and the socket directory; this peer did not match the container whose socket it used, or spoke the wrong role",
+			Fix:     fmt.Sprintf("on %s: journalctl -u gpupass-host-agent shows the peer's pid and cgroup; run gpupass-guest-agent inside container %s itself, on the socket the host agent mounts there", d.Host.Name, d.Entry.ID),
+		})
+	} else if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
 		out = append(out, Finding{
 			Problem: "no report from the guest agent",
-			Cause:   "gpupass-guest-agent is not installed in the container's template or not running, or the /run/gpupass socket mount is missing",
+			Cause:   "gpupass-guest-agent is not installed in the container's template or not running, or the /dev/gpupass socket mount is missing or hidden",
 			Fix:     "install gpupass-guest-agent in the template and enable it; " + apply + " renders the socket mount",
 		})
 	}
@@ -257,7 +263,7 @@ func explain(d *Diagnosis) []Finding {
 		out = append(out, Finding{
 			Problem: "the container has no working network (an up link with an address and a default route)",
 			Cause:   "its net0 bridge, address or gateway is wrong, or DHCP did not answer",
-			Fix:     fmt.Sprintf("pct config %s on %s; check net0 and the bridge", d.Entry.ID, d.Host.Name),
+			Fix:     fmt.Sprintf("%s on %s; check the network entries and the bridge", d.runtimeCmd("config"), d.Host.Name),
 		})
 	}
 	// Whatever the host says that no finding above explains.
@@ -267,6 +273,21 @@ func explain(d *Diagnosis) []Finding {
 		}
 	}
 	return out
+}
+
+// runtimeCmd is the host's own command for verb ("start", "config") on the container: pct
+// only on a pct host, the lxc-* tools on a plain LXC host.
+func (d *Diagnosis) runtimeCmd(verb string) string {
+	id := d.Entry.ID
+	if d.Host.Runtime == "pct" {
+		return fmt.Sprintf("pct %s %s", verb, id)
+	}
+	switch verb {
+	case "start":
+		return "lxc-start -n " + id
+	default:
+		return "cat /var/lib/lxc/" + id + "/config"
+	}
 }
 
 // deviceFindings groups the failing devices by status: one finding per kind of failure.

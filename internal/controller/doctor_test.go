@@ -15,7 +15,7 @@ import (
 
 func TestExplain(t *testing.T) {
 	loaded := &pb.HostInventory{Driver: &pb.Driver{Loaded: true, KernelVersion: "580.95.05"}}
-	host := Host{Name: "pve1", Address: "10.0.0.11:7420", Reachable: true, Driver: HostDriver{Loaded: true, Kernel: "580.95.05", Majors: map[string]uint32{"nvidia-uvm": 238}}}
+	host := Host{Name: "pve1", Address: "10.0.0.11:7420", Reachable: true, Runtime: "pct", Driver: HostDriver{Loaded: true, Kernel: "580.95.05", Majors: map[string]uint32{"nvidia-uvm": 238}}}
 	entry := fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, Style: "raw"}
 	dev := func(path string, st pb.DeviceStatus, major, minor uint32) *pb.DeviceCheck {
 		return &pb.DeviceCheck{Path: path, Status: st, Major: major, Minor: minor}
@@ -49,6 +49,14 @@ func TestExplain(t *testing.T) {
 		{"stopped", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "stopped", RunState: "stopped"}},
 			[]string{"the container is stopped"}, []string{"pct start 901 on pve1"}},
+		// pct is suggested only on a pct host.
+		{"stopped on a plain lxc host", Diagnosis{Host: Host{Name: "lxc1", Reachable: true, Runtime: "lxc", Driver: host.Driver}, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: &pb.ContainerStatus{Id: "901", State: "stopped", RunState: "stopped"}},
+			[]string{"the container is stopped"}, []string{"lxc-start -n 901 on lxc1"}},
+		{"guest refused", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestRefused: "peer pid 7 is in container 902",
+				Reasons: []string{"guest agent connected but was refused at 2026-12-02T07:00:00Z: peer pid 7 is in container 902"}}},
+			[]string{"guest agent connected but was refused: peer pid 7 is in container 902"}, []string{"journalctl -u gpupass-host-agent"}},
 		{"no guest", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", Reasons: []string{"no report from the guest agent"}}},
 			[]string{"no report from the guest agent"}, []string{"install gpupass-guest-agent"}},

@@ -113,6 +113,15 @@ type Container struct {
 	Start          bool     `json:"start,omitempty"`       // stopped and the fleet wants it running
 	Written        bool     `json:"written,omitempty"`     // apply wrote the config
 	RolledBack     bool     `json:"rolled_back,omitempty"` // apply failed and restored the config
+	// Proxmox (additive): the config's `lock:` (never written or restarted while set), the
+	// [pve:pending] changes a restart would apply (apply needs --apply-pending), whether a
+	// pending lxc.* line would replace all raw lxc.* lines, and the HA resource with the
+	// command that restarts it through HA.
+	Locked             string   `json:"locked,omitempty"`
+	Pending            []string `json:"pending,omitempty"`
+	PendingReplacesLXC bool     `json:"pending_replaces_lxc,omitempty"`
+	HA                 string   `json:"ha,omitempty"`
+	HACommand          string   `json:"ha_command,omitempty"`
 }
 
 // Key is "host/id".
@@ -225,6 +234,8 @@ func applyPlan(c *Container, p *pb.ContainerPlan) {
 	c.RestartRequired = p.GetRestart().GetRequired()
 	c.RestartReasons = append([]string{}, p.GetRestart().GetReasons()...)
 	c.Start = p.GetStart()
+	c.Locked, c.Pending, c.PendingReplacesLXC = p.GetLocked(), p.GetPending(), p.GetPendingReplacesLxc()
+	c.HA, c.HACommand = p.GetHa(), p.GetHaCommand()
 	if p.GetRunState() != "" {
 		c.RunState = p.GetRunState()
 	}
@@ -251,6 +262,7 @@ func applyPlan(c *Container, p *pb.ContainerPlan) {
 		if c.Start {
 			why = append(why, "stopped; fleet.yaml asks for it to run")
 		}
+		why = append(why, pveNotes(c)...)
 		c.Reasons = append(why, c.Reasons...)
 	}
 }
@@ -289,6 +301,24 @@ func applyResult(c *Container, r *pb.ContainerResult) {
 	if r.GetStatus() == nil && r.GetError() == "" {
 		c.State = StatePending
 	}
+}
+
+// pveNotes are the plan's Proxmox facts, as reasons: what apply will refuse, and why.
+func pveNotes(c *Container) []string {
+	var out []string
+	if c.Locked != "" {
+		out = append(out, "locked: "+c.Locked+" (apply neither writes nor restarts it until the lock is gone)")
+	}
+	if len(c.Pending) > 0 && (c.RestartRequired || c.Start) {
+		out = append(out, fmt.Sprintf("the restart would apply %d pending change(s): %s (apply needs --apply-pending)", len(c.Pending), strings.Join(c.Pending, "; ")))
+	}
+	if c.PendingReplacesLXC {
+		out = append(out, "a pending lxc.* line replaces ALL raw lxc.* lines at the next start, the GPU lines included")
+	}
+	if c.HA != "" && (c.RestartRequired || c.Start) {
+		out = append(out, "managed by HA ("+c.HA+"): apply writes the config and leaves the restart to you: "+c.HACommand)
+	}
+	return out
 }
 
 // markHost sets every container of a host that failed as a whole.

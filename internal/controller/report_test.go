@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 
 	pb "gpupass/proto/gpupass/v1"
@@ -96,5 +98,29 @@ func TestApplyResultAndUnknownState(t *testing.T) {
 	applyStatus(&c, &pb.ContainerStatus{State: "melting"})
 	if c.State != StateError || len(c.Reasons) != 1 {
 		t.Errorf("unknown state: %+v", c)
+	}
+}
+
+// TestPlanPVEFacts: a plan's Proxmox facts reach the JSON (additive keys) and the reasons.
+func TestPlanPVEFacts(t *testing.T) {
+	c := &Container{Host: "pve1", ID: "901"}
+	applyPlan(c, &pb.ContainerPlan{Id: "901", RunState: "running", Locked: "backup",
+		Restart: &pb.RestartDecision{Required: true, Reasons: []string{"running container has no /dev/nvidia0"}},
+		Pending: []string{"memory: 4096", "lxc.apparmor.profile: unconfined"}, PendingReplacesLxc: true,
+		Ha: "ct:901", HaCommand: "ha-manager set ct:901 --state stopped; ..."})
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"locked":"backup"`, `"pending":["memory: 4096","lxc.apparmor.profile: unconfined"]`, `"pending_replaces_lxc":true`, `"ha":"ct:901"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON lacks %s: %s", want, b)
+		}
+	}
+	got := strings.Join(c.Reasons, "\n")
+	for _, want := range []string{"locked: backup", "would apply 2 pending change(s)", "--apply-pending", "replaces ALL raw lxc.* lines", "managed by HA (ct:901)"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("reasons lack %q:\n%s", want, got)
+		}
 	}
 }

@@ -24,7 +24,12 @@ const Method = "guest.Session"
 
 // Defaults of the agent loop.
 const (
-	DefaultSocket     = "/run/gpupass/agent.sock"
+	// DefaultSocket is where the host agent's socket appears in the container: a host
+	// directory bind-mounted at /dev/gpupass, which no init mounts over.
+	DefaultSocket = "/dev/gpupass/agent.sock"
+	// LegacySocket is where it appeared before (/run/gpupass): a container started with
+	// the old mount entry still has it there, unless systemd's tmpfs on /run hides it.
+	LegacySocket      = "/run/gpupass/agent.sock"
 	DefaultHeartbeat  = 10 * time.Second
 	DefaultDebounce   = 5 * time.Millisecond
 	DefaultBackoffMin = 100 * time.Millisecond
@@ -38,7 +43,9 @@ const (
 
 // Config configures an Agent.
 type Config struct {
-	Socket      string // the host agent's socket; default DefaultSocket
+	// Socket is the host agent's socket; "" means DefaultSocket, then LegacySocket when
+	// DefaultSocket cannot be dialled (a container started before the move).
+	Socket      string
 	ContainerID string // claimed in Hello; the host decides identity from the kernel anyway
 	BootID      string
 	Build       string
@@ -76,15 +83,21 @@ type Agent struct {
 	netStale atomic.Bool // a network change came since netState was taken
 	netWatch bool        // network changes are watched, so netState may be reused
 	netState *pb.Network // only the session goroutine touches it
+	sockets  []string    // dialled in order by the default Dial
 }
+
+// Sockets lists the socket paths the agent dials, in order.
+func (a *Agent) Sockets() []string { return append([]string(nil), a.sockets...) }
 
 // New checks cfg and fills in defaults.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Checker == nil {
 		return nil, errors.New("new guest agent: no Checker")
 	}
+	sockets := []string{cfg.Socket}
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultSocket
+		sockets = []string{DefaultSocket, LegacySocket}
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = DefaultHeartbeat
@@ -110,13 +123,9 @@ func New(cfg Config) (*Agent, error) {
 	cfg.ContainerID = truncate(cfg.ContainerID, maxIDLen)
 	cfg.BootID = truncate(cfg.BootID, maxIDLen)
 	if cfg.Dial == nil {
-		socket := cfg.Socket
-		cfg.Dial = func(ctx context.Context) (net.Conn, error) {
-			d := net.Dialer{Timeout: dialTimeout}
-			return d.DialContext(ctx, "unix", socket)
-		}
+		cfg.Dial = func(ctx context.Context) (net.Conn, error) { return dialFirst(ctx, sockets) }
 	}
-	a := &Agent{cfg: cfg, checker: *cfg.Checker, limiter: log.NewLimiter(time.Minute)}
+	a := &Agent{cfg: cfg, checker: *cfg.Checker, limiter: log.NewLimiter(time.Minute), sockets: sockets}
 	network := cfg.Checker.Network
 	if network == nil {
 		network = CheckNetwork
@@ -227,6 +236,9 @@ func (a *Agent) session(ctx context.Context, changes <-chan struct{}) (establish
 	cancelDial()
 	if err != nil {
 		return false, fmt.Errorf("dial host agent: %w", err)
+	}
+	if addr := conn.RemoteAddr(); addr != nil && addr.Network() == "unix" {
+		a.cfg.Log.WithField("socket", addr.String()).Debug("dialled host agent")
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -418,4 +430,39 @@ func sameReport(a, b *pb.GuestReport) bool {
 		}
 	}
 	return proto.Equal(a, b)
+}
+
+// dialledConn is a connection whose RemoteAddr is the path dialled (a unix socket's peer
+// address is the path the server bound, which is the host's path, not the container's).
+type dialledConn struct {
+	net.Conn
+	addr net.Addr
+}
+
+func (c dialledConn) RemoteAddr() net.Addr { return c.addr }
+
+// dialFirst connects to the first of the sockets that answers and returns the first
+// socket's error when none does (the others are fallbacks, their absence is normal).
+func dialFirst(ctx context.Context, sockets []string) (net.Conn, error) {
+	d := net.Dialer{Timeout: dialTimeout}
+	var first error
+	var also []string
+	for _, s := range sockets {
+		c, err := d.DialContext(ctx, "unix", s)
+		if err == nil {
+			return dialledConn{Conn: c, addr: &net.UnixAddr{Name: s, Net: "unix"}}, nil
+		}
+		if first == nil {
+			first = err
+		} else {
+			also = append(also, err.Error())
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(also) > 0 {
+		return nil, fmt.Errorf("%w (then %s)", first, strings.Join(also, "; "))
+	}
+	return nil, first
 }

@@ -252,3 +252,70 @@ func TestAgentDeviceStorm(t *testing.T) {
 		t.Errorf("%d reports in %.2fs: more than the pacing allows (%d)", n, took, limit)
 	}
 }
+
+// TestDialFirst: the default dial tries /dev/gpupass first and falls back to the legacy
+// /run/gpupass (a container started before the move); with neither, the error names the
+// first.
+func TestDialFirst(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, "live.sock")
+	guesttest.NewHost(t, live, &pb.Expectation{})
+	missing := filepath.Join(dir, "missing", "agent.sock")
+	stale := filepath.Join(dir, "stale.sock")
+	if err := os.WriteFile(stale, nil, 0o644); err != nil { // a file, not a socket
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		sockets []string
+		want    string // remote address dialled, or "" for an error
+		wantErr string
+	}{
+		{name: "first answers", sockets: []string{live, missing}, want: live},
+		{name: "fallback after missing", sockets: []string{missing, live}, want: live},
+		{name: "fallback after a non-socket", sockets: []string{stale, live}, want: live},
+		{name: "none answers names the first", sockets: []string{missing, stale}, wantErr: missing},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := dialFirst(ctx, tt.sockets)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("dialFirst(%q) error = %v, want one naming %s", tt.sockets, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("dialFirst(%q): %v", tt.sockets, err)
+			}
+			defer c.Close()
+			if got := c.RemoteAddr().String(); got != tt.want {
+				t.Errorf("dialled %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestDefaultSockets: with no --socket the agent dials /dev/gpupass, then /run/gpupass;
+// an explicit socket is the only one.
+func TestDefaultSockets(t *testing.T) {
+	for _, tt := range []struct {
+		name, socket string
+		want         []string
+	}{
+		{"default", "", []string{"/dev/gpupass/agent.sock", "/run/gpupass/agent.sock"}},
+		{"explicit", "/x/agent.sock", []string{"/x/agent.sock"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := New(Config{Socket: tt.socket, Checker: &Checker{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := a.Sockets(); strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("Sockets() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

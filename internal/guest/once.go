@@ -86,8 +86,9 @@ func (a *Agent) Once(ctx context.Context, timeout time.Duration) (*pb.GuestRepor
 }
 
 // DefaultContainerID is the id claimed when none is given: $GPUPASS_CONTAINER_ID, else
-// the hostname. The host agent decides identity from the kernel (the peer's cgroup), so
-// the claim only helps spot a misplaced socket.
+// the hostname. The host agent decides identity from the kernel (the peer's cgroup) and
+// the socket directory; a claim that differs (on Proxmox the hostname is any name) is
+// logged at debug level and never refused.
 func DefaultContainerID() string {
 	if id := strings.TrimSpace(os.Getenv("GPUPASS_CONTAINER_ID")); id != "" {
 		return id

@@ -99,8 +99,17 @@ type peerIdentity struct {
 }
 
 // checkPeer decides whether a peer with this Hello and identity may use the socket of
-// container id. A refusal's text is the reason sent to the peer.
-func checkPeer(id string, hello *pb.Hello, peer peerIdentity) *refusal {
+// container id. A refusal's text is the reason sent to the peer. The container id comes
+// from the kernel (the peer's cgroup) and the socket's directory, never from the Hello:
+// the guest's claim is its hostname by default, which on Proxmox is any name ("ai-901"
+// for container 901), so a claim that differs is normal; claimMismatch says so, for a
+// debug log, and is never a refusal.
+func checkPeer(id string, hello *pb.Hello, peer peerIdentity) (ref *refusal, claimMismatch bool) {
+	ref = checkKernelIdentity(id, hello, peer)
+	return ref, ref == nil && hello.GetContainerId() != "" && hello.GetContainerId() != id
+}
+
+func checkKernelIdentity(id string, hello *pb.Hello, peer peerIdentity) *refusal {
 	if r := hello.GetRole(); r != pb.Role_ROLE_GUEST_AGENT {
 		return &refusal{"role", fmt.Errorf("role %s is not allowed on a guest socket: only %s may connect", r, pb.Role_ROLE_GUEST_AGENT)}
 	}
@@ -113,9 +122,6 @@ func checkPeer(id string, hello *pb.Hello, peer peerIdentity) *refusal {
 		return &refusal{"identity", fmt.Errorf("peer pid %d (cgroup %q) is not in any container: this socket belongs to container %s", peer.pid, peer.cgroup, id)}
 	case in != id:
 		return &refusal{"identity", fmt.Errorf("peer pid %d is in container %s (cgroup %q): this socket belongs to container %s", peer.pid, in, peer.cgroup, id)}
-	}
-	if c := hello.GetContainerId(); c != "" && c != id {
-		return &refusal{"claim", fmt.Errorf("hello claims container %q: this socket belongs to container %s", c, id)}
 	}
 	return nil
 }

@@ -176,7 +176,7 @@ func TestBucket(t *testing.T) {
 }
 
 // TestRefusals: who may use container 901's socket. The kernel's identity (cgroup of the
-// peer's pid), the claimed id and the role must all agree.
+// peer's pid) and the role must agree; the claimed id (the guest's hostname) is any name.
 func TestRefusals(t *testing.T) {
 	noLeaks(t)
 	f := start(t, testConfig(t))
@@ -200,7 +200,9 @@ func TestRefusals(t *testing.T) {
 		{name: "lxc monitor of 901", cgroup: "0::/lxc.monitor/901\n", refuse: "not in any container"},
 		{name: "cgroup v1 only", cgroup: "4:devices:/lxc/901\n", refuse: "no cgroup v2"},
 		{name: "process gone", cgroup: "", refuse: "identify peer"},
-		{name: "wrong claim", cgroup: "0::/lxc.payload.901\n", o: guestOpts{claim: "902"}, refuse: `claims container "902"`},
+		// On Proxmox the guest claims its hostname ("ai-901"), not the id: never a refusal.
+		{name: "hostname claim on proxmox", cgroup: "0::/lxc/901/ns/init.scope\n", o: guestOpts{claim: "ai-901"}},
+		{name: "claim of another id", cgroup: "0::/lxc.payload.901\n", o: guestOpts{claim: "902"}},
 		{name: "controller role", cgroup: "0::/lxc.payload.901\n", o: guestOpts{role: pb.Role_ROLE_CONTROLLER}, refuse: "ROLE_CONTROLLER is not allowed"},
 		{name: "host agent role", cgroup: "0::/lxc.payload.901\n", o: guestOpts{role: pb.Role_ROLE_HOST_AGENT}, refuse: "not allowed on a guest socket"},
 	}
@@ -225,8 +227,12 @@ func TestRefusals(t *testing.T) {
 			if !isRefused(err, tt.refuse) {
 				t.Fatalf("connect = %v, want refused with %q", err, tt.refuse)
 			}
-			if s, _ := f.r.Latest("901"); s.Connected {
+			s, _ := f.r.Latest("901")
+			if s.Connected {
 				t.Error("a refused peer shows as connected")
+			}
+			if !strings.Contains(s.Refused, tt.refuse) || s.RefusedAt.IsZero() {
+				t.Errorf("registry remembers refusal %q at %v, want one containing %q", s.Refused, s.RefusedAt, tt.refuse)
 			}
 		})
 	}

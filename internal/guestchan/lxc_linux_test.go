@@ -68,7 +68,7 @@ func TestLXCIdentity(t *testing.T) {
 					Unprivileged: unpriv,
 					Binds:        [][2]string{{client, "/usr/local/bin/guestclient"}},
 					// As the managed mount entry does: the directory, not the socket file.
-					ExtraConfig: []string{"lxc.mount.entry = " + dirA + " run/gpupass none bind,create=dir 0 0"},
+					ExtraConfig: []string{"lxc.mount.entry = " + dirA + " " + strings.TrimPrefix(GuestDir, "/") + " none bind,create=dir 0 0"},
 				}
 			}
 			a := lxctest.NewContainer(t, spec(idA))

@@ -19,8 +19,12 @@ import (
 const (
 	// SocketName is the socket's file name in each container's directory.
 	SocketName = "agent.sock"
-	// GuestDir is where the directory is mounted inside the container.
-	GuestDir = "/run/gpupass"
+	// GuestDir is where the directory is mounted inside the container (under /dev: no
+	// init mounts over it; systemd and OpenRC mount a tmpfs on /run at boot).
+	GuestDir = "/dev/gpupass"
+	// LegacyGuestDir is where it was mounted before; containers started with the old
+	// mount entry may still have it there.
+	LegacyGuestDir = "/run/gpupass"
 	// Method is the stream a guest opens: it sends GuestReport frames, the host answers with
 	// Reply{Expectation} frames, the first at once and a new one on every change.
 	Method = "guest.Session"
@@ -139,6 +143,11 @@ type Snapshot struct {
 	BootID string
 	// Dropped counts reports dropped by the rate limit.
 	Dropped uint64
+	// Refused is why the latest guest of this container was refused in its handshake
+	// (identity, role, too many sessions), at RefusedAt; "" when none was, or when a guest
+	// was accepted since.
+	Refused   string
+	RefusedAt time.Time
 }
 
 // Event tells a subscriber that a container's snapshot changed.
@@ -187,6 +196,9 @@ type container struct {
 	stale   bool // staleness as last announced
 	dropped uint64
 	bucket  bucket
+
+	refusal   string    // why the latest refused guest was refused ("" none since the last accept)
+	refusedAt time.Time // when
 
 	changed chan struct{} // closed on every change (Wait)
 	removed bool
@@ -422,6 +434,8 @@ func (r *Registry) snapshotLocked(c *container, now time.Time) Snapshot {
 		Sessions:  c.sessions,
 		BootID:    c.bootID,
 		Dropped:   c.dropped,
+		Refused:   c.refusal,
+		RefusedAt: c.refusedAt,
 	}
 }
 

@@ -81,11 +81,19 @@ func (r *Registry) handleConn(ctx context.Context, c *container, conn *net.UnixC
 		MaxStreams:   maxStreams,
 		Log:          lg,
 		Accept: func(h *pb.Hello, _ net.Conn) error {
-			if ref := checkPeer(c.id, h, peer); ref != nil {
+			// Remembered before the peer hears the refusal, so that status already says it.
+			ref, otherClaim := checkPeer(c.id, h, peer)
+			if ref != nil {
+				r.refused(c, ref)
 				return ref
 			}
+			if otherClaim {
+				lg.WithField("claim", h.GetContainerId()).Debug("guest calls itself by another name (its hostname): identity is from the kernel")
+			}
 			if err := r.reserve(c); err != nil {
-				return &refusal{kind: "sessions", err: err}
+				ref := &refusal{kind: "sessions", err: err}
+				r.refused(c, ref)
+				return ref
 			}
 			reserved = true
 			return nil
@@ -139,6 +147,16 @@ func (r *Registry) reserve(c *container) error {
 	return nil
 }
 
+// refused remembers the latest refusal of a guest of c, for status and doctor.
+func (r *Registry) refused(c *container, ref *refusal) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c.refusal, c.refusedAt = ref.Error(), r.cfg.Now()
+	if !c.removed {
+		r.changedLocked(c, true)
+	}
+}
+
 func (r *Registry) sessionUp(c *container, hello *pb.Hello) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -146,6 +164,7 @@ func (r *Registry) sessionUp(c *container, hello *pb.Hello) {
 	if c.removed {
 		return
 	}
+	c.refusal, c.refusedAt = "", time.Time{} // a guest got in: an older refusal is history
 	c.seen = r.cfg.Now()
 	c.stale = false
 	if b := hello.GetBootId(); b != "" {

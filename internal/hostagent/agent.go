@@ -223,9 +223,10 @@ func (a *Agent) inventory(ctx context.Context, withContainers bool) *pb.HostInve
 	if !withContainers {
 		return h
 	}
+	active := a.activeSet(ctx)
 	for _, id := range a.knownIDs() {
 		cs := &pb.ContainerSummary{Id: id, RunState: "unknown"}
-		if st, err := a.rt.State(ctx, id); err == nil {
+		if st, err := a.runStateOf(ctx, id, active); err == nil {
 			cs.RunState = runState(st)
 		}
 		if snap, ok := a.guests.Latest(id); ok {

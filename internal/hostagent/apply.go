@@ -10,6 +10,7 @@ import (
 
 	"gpupass/internal/guestchan"
 	"gpupass/internal/pveconf"
+	"gpupass/internal/runtime"
 	"gpupass/internal/wire"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -37,7 +38,7 @@ func (a *Agent) Apply(ctx context.Context, req *pb.ApplyRequest, progress progre
 	for i, spec := range req.GetContainers() {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			results[i] = a.applyOne(ctx, spec, applyOpts{expectDigest: req.GetExpectDigest()[spec.GetId()], timeout: timeout}, progress)
+			results[i] = a.applyOne(ctx, spec, applyOpts{expectDigest: req.GetExpectDigest()[spec.GetId()], timeout: timeout, applyPending: req.GetApplyPending()}, progress)
 		}()
 	}
 	for range results {
@@ -53,6 +54,8 @@ type applyOpts struct {
 	// keepRunning starts the container if it is stopped, whatever the spec says: a
 	// reconcile of an apply cut between the stop and the start of a restart.
 	keepRunning bool
+	// applyPending allows a restart or start that applies PVE pending changes.
+	applyPending bool
 }
 
 func (a *Agent) applyOne(ctx context.Context, spec *pb.ContainerSpec, o applyOpts, progress progressFunc) *pb.ContainerResult {
@@ -106,6 +109,12 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	if expectDigest != "" && expectDigest != p.digest {
 		return fail(wire.Errorf(pb.ErrorCode_ERROR_CODE_CONFLICT, "%s changed since the plan (digest %s, now %s): nothing was written; run plan again", p.file.Path, short(expectDigest), short(p.digest)))
 	}
+	// Proxmox: a locked container is not touched; pending changes and HA are checked before
+	// anything is written (pve.go).
+	refusal, mayWrite := pveRefusal(p.pb, p.state.Running, p.res.Changed, o.applyPending)
+	if refusal != "" && !mayWrite {
+		return fail(errors.New(refusal))
+	}
 	a.setExpectation(id, a.expectation(p))
 	if err := a.remember(spec); err != nil {
 		return fail(err)
@@ -132,6 +141,13 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		if err := op.Step(StepWritten, Entry{Backup: backup}); err != nil {
 			l.WithError(err).Error("journal write failed")
 		}
+	}
+
+	if refusal != "" {
+		// Written, and the restart is left to the person (HA): say so and stop here.
+		result.Status = a.status(ctx, spec)
+		_ = op.Done(OutcomeDesired, "written; restart refused: "+refusal)
+		return fail(errors.New(refusal))
 	}
 
 	restarted, started := false, false
@@ -230,6 +246,19 @@ func passthroughBroken(s guestchan.Snapshot) bool {
 func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string, result *pb.ContainerResult, cause error, progress progressFunc) *pb.ContainerResult {
 	id := p.spec.GetId()
 	l := a.log.WithField("container", id)
+	if errors.Is(cause, runtime.ErrTaskRunning) {
+		// A PVE task still holds the container: a rollback now would race it. Leave both
+		// as they are and say so; the journal keeps the backup for the reconcile.
+		_ = op.Done(OutcomeFailed, cause.Error()+"; not rolled back while the PVE task runs")
+		result.Error = cause.Error() + "; not rolled back: the PVE task still runs on the container (see its task log, then apply again)"
+		if result.Status == nil {
+			result.Status = &pb.ContainerStatus{Id: id, Gpus: p.spec.GetGpus(), State: StateError}
+		}
+		result.Status.State = StateError
+		result.Status.Reasons = append(result.Status.Reasons, result.Error)
+		l.WithError(cause).Error("apply failed while a PVE task runs: not rolled back")
+		return result
+	}
 	progress(id, "rollback", cause.Error())
 	// Roll back even when the caller's context is gone: leave the container as it was.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)

@@ -38,15 +38,23 @@ import (
 const fakePCT = `#!/bin/sh
 # fake pct for gpupass fault tests. State: $D/state-<id> (running|stopped); the running
 # container's init pid is $D/pid. Faults: $D/hang-<cmd> makes <cmd> hang; $D/fail-<cmd>
-# holds how many more times <cmd> fails.
+# holds how many more times <cmd> fails, printing $D/stdout-<cmd> first (as pct prints the
+# task log on stdout). $D/task-<cmd> (seconds) makes <cmd> start a PVE
+# "task" that holds the config lock ($D/lockpath) that long, outlives pct, and ends the hang.
 D=$(dirname "$0")
 cmd=$1 id=$2
 echo "$*" >> "$D/transcript"
+if [ -s "$D/task-$cmd" ]; then
+  secs=$(cat "$D/task-$cmd"); rm -f "$D/task-$cmd"
+  flock "$(cat "$D/lockpath")" sh -c "echo task-start >> '$D/transcript'; sleep $secs; echo running > '$D/state-$id'; rm -f '$D/hang-$cmd'; echo task-done >> '$D/transcript'" >/dev/null 2>&1 &
+  while ! grep -q task-start "$D/transcript"; do sleep 0.05; done
+fi
 if [ -e "$D/hang-$cmd" ]; then exec sleep 60; fi
 if [ -s "$D/fail-$cmd" ]; then
   n=$(cat "$D/fail-$cmd")
   if [ "$n" -gt 0 ]; then
     echo $((n - 1)) > "$D/fail-$cmd"
+    if [ -e "$D/stdout-$cmd" ]; then cat "$D/stdout-$cmd"; fi
     echo "CT $id: $cmd failed: injected failure" >&2
     exit 1
   fi
@@ -121,6 +129,7 @@ func newFaultHost(t *testing.T, running bool) *faultHost {
 		t.Fatal(err)
 	}
 	h.setFile("pid", fmt.Sprint(os.Getpid())) // the running container's "init": /proc/<pid>/root/dev has no GPU
+	h.setFile("lockpath", pveconfLockPath(h.root, "901"))
 	state := "stopped"
 	if running {
 		state = "running"
@@ -237,7 +246,7 @@ func (h *faultHost) assertConfDesired() {
 	s := string(b)
 	for _, want := range []string{
 		"lxc.mount.entry: " + h.root + "/dev/nvidia0 dev/nvidia0 none bind,create=file 0 0\n",
-		"/dev/nvidiactl dev/nvidiactl none bind", " run/gpupass none bind", "lxc.cgroup2.devices.allow: c 7:0 rwm\n",
+		"/dev/nvidiactl dev/nvidiactl none bind", " dev/gpupass none bind", "lxc.cgroup2.devices.allow: c 7:0 rwm\n",
 		"\n[before-gpu]\narch: amd64\ncores: 2\n", "\ncores: 4\n",
 	} {
 		if !strings.Contains(s, want) {

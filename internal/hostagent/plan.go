@@ -72,6 +72,9 @@ func (a *Agent) plan(ctx context.Context, spec *pb.ContainerSpec) (*planned, err
 	if err != nil {
 		return p, fmt.Errorf("parse %s: %w (the file is left untouched)", p.file.Path, err)
 	}
+	if err := a.setPVEFacts(p, cfg); err != nil {
+		return p, fmt.Errorf("plan container %s: %w", id, err)
+	}
 	inv, derr := a.discover()
 	if derr != nil && len(spec.GetGpus()) > 0 {
 		return p, fmt.Errorf("container %s wants GPUs %v but this host cannot provide them: %w", id, spec.GetGpus(), derr)

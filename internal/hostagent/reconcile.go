@@ -28,8 +28,10 @@ func (a *Agent) Reconcile(ctx context.Context) error {
 		// old ones, or was stopped mid-restart. Apply the journaled spec again: the
 		// editor is idempotent and the restart rule judges the running container.
 		// An agent killed between the stop and the start of a restart left the container
-		// stopped; it was running before this apply, so it is started again.
-		res := a.applyOne(ctx, in.Spec, applyOpts{timeout: 30 * time.Second, keepRunning: in.Entries[0].WasRunning}, nil)
+		// stopped; it was running before this apply, so it is started again. Pending PVE
+		// changes were allowed by the interrupted apply (it refuses before writing
+		// otherwise, and PVE makes pending changes only for running containers).
+		res := a.applyOne(ctx, in.Spec, applyOpts{timeout: 30 * time.Second, keepRunning: in.Entries[0].WasRunning, applyPending: in.Entries[0].WasRunning}, nil)
 		if res.GetError() == "" {
 			_ = in.Op.Done(OutcomeDesired, "reconciled on start: "+res.GetStatus().GetState())
 			l.Info("interrupted apply completed")

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"gpupass/internal/gpu"
+	"gpupass/internal/guestchan"
 	"gpupass/internal/observe"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/pveconf"
@@ -118,18 +119,39 @@ func (a *Agent) extraGPUNodes(pid int, want map[string]passthrough.ExpectedDevic
 	return out
 }
 
-// guestMountLive reports whether the container's /run/gpupass is this container's guest
-// directory (the same inode as seen from the host).
+// guestMountLive reports whether the running container sees this container's guest
+// socket: <dir>/agent.sock, resolved through its init's root at /dev/gpupass (or the
+// legacy /run/gpupass of a container started before the move), is the host socket's
+// inode. A bind that mountinfo lists but a later mount hides (systemd's tmpfs on /run)
+// is named as such.
 func (a *Agent) guestMountLive(pid int, id string) (bool, string) {
-	host, err := os.Stat(a.guestDir(id))
-	if err != nil {
+	if _, err := os.Stat(a.guestDir(id)); err != nil {
 		return false, fmt.Sprintf("guest socket directory %s is missing on the host", a.guestDir(id))
 	}
-	inside, err := os.Stat(filepath.Join(a.procRoot(), fmt.Sprint(pid), "root", "run", "gpupass"))
-	if err != nil || !os.SameFile(host, inside) {
-		return false, "running container was started without the guest socket mount at /run/gpupass"
+	return guestSocketSeen(a.procRoot(), pid, a.guestDir(id))
+}
+
+// guestSocketDirs are where the container may see the socket directory, preferred first.
+var guestSocketDirs = []string{guestchan.GuestDir, guestchan.LegacyGuestDir}
+
+// guestSocketSeen judges the container's view of the socket in hostDir (of the directory
+// itself before the agent has made the socket); the reason names why not.
+func guestSocketSeen(procRoot string, pid int, hostDir string) (bool, string) {
+	hostSocket := filepath.Join(hostDir, guestchan.SocketName)
+	ev, err := observe.GuestSocketEvidence(procRoot, pid, hostDir, guestchan.SocketName, guestSocketDirs)
+	if err != nil {
+		return false, fmt.Sprintf("cannot see the guest socket from inside the container (%v)", err)
 	}
-	return true, ""
+	v := observe.JudgeSocket(ev)
+	switch {
+	case v.Visible != "":
+		return true, ""
+	case v.Hidden != "":
+		return false, fmt.Sprintf("guest socket hidden inside the container by a mount on %s", v.Cover)
+	case v.Mounted != "":
+		return false, fmt.Sprintf("guest socket at %s inside the container is not the host's %s", v.Mounted, hostSocket)
+	}
+	return false, "running container was started without the guest socket mount at " + guestchan.GuestDir
 }
 
 // compareStarted compares the managed device rules of the start-time config with the

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
@@ -115,7 +117,43 @@ func newRestartFixture(t *testing.T) *restartFixture {
 	if err := os.MkdirAll(filepath.Join(rt.dir, "901"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return &restartFixture{t: t, root: host, ctRoot: ctRoot, rt: rt, agent: a, guests: reg}
+	f := &restartFixture{t: t, root: host, ctRoot: ctRoot, rt: rt, agent: a, guests: reg}
+	f.mountinfo()
+	return f
+}
+
+// mountinfo writes the init's mountinfo: the container's root, then the given lines.
+func (f *restartFixture) mountinfo(lines ...string) {
+	f.t.Helper()
+	all := append([]string{"100 90 8:1 /lxc/901/rootfs / rw,relatime - ext4 /dev/sda1 rw"}, lines...)
+	p := filepath.Join(filepath.Dir(f.ctRoot), "mountinfo")
+	if err := os.WriteFile(p, []byte(strings.Join(all, "\n")+"\n"), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// guestBind is the mountinfo line of the guest directory's bind at dir inside.
+func (f *restartFixture) guestBind(id int, dir string) string {
+	f.t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(f.agent.guestDir("901"), &st); err != nil {
+		f.t.Fatal(err)
+	}
+	return fmt.Sprintf("%d 100 %d:%d /guests/901 %s rw,relatime - tmpfs tmpfs rw", id, unix.Major(st.Dev), unix.Minor(st.Dev), dir)
+}
+
+// guestSocketAt makes the container see the host's socket at dir/agent.sock (a hard
+// link: the same inode, as the bind mount gives) with the bind in its mountinfo.
+func (f *restartFixture) guestSocketAt(dir string) {
+	f.t.Helper()
+	inside := filepath.Join(f.ctRoot, dir)
+	if err := os.MkdirAll(inside, 0o755); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(f.agent.guestDir("901"), guestchan.SocketName), filepath.Join(inside, guestchan.SocketName)); err != nil {
+		f.t.Fatal(err)
+	}
+	f.mountinfo(f.guestBind(110, dir))
 }
 
 // desired writes the config as gpupass would render it for GPU 1 and returns its bytes.
@@ -150,9 +188,7 @@ func (f *restartFixture) liveContainer() {
 	f.node("nvidiactl", 7, 128)
 	f.node("nvidia-uvm", 10, 229)
 	f.node("nvidia-uvm-tools", 10, 200)
-	if err := os.Symlink(f.agent.guestDir("901"), filepath.Join(f.ctRoot, "run", "gpupass")); err != nil {
-		f.t.Fatal(err)
-	}
+	f.guestSocketAt("/dev/gpupass")
 }
 
 // guestReport connects a guest of 901 and pushes a report with the given device statuses.
@@ -256,9 +292,43 @@ func TestRestartRule(t *testing.T) {
 			setup: func(f *restartFixture, desired []byte) {
 				f.rt.started = desired
 				f.liveContainer()
-				os.Remove(filepath.Join(f.ctRoot, "run", "gpupass"))
+				os.RemoveAll(filepath.Join(f.ctRoot, "dev", "gpupass"))
+				f.mountinfo()
 			},
-			wantReason: "started without the guest socket mount",
+			wantReason: "running container was started without the guest socket mount at /dev/gpupass",
+		},
+		{
+			name: "guest socket at the legacy /run/gpupass (started before the move): no restart",
+			setup: func(f *restartFixture, desired []byte) {
+				f.rt.started = desired
+				f.liveContainer()
+				os.RemoveAll(filepath.Join(f.ctRoot, "dev", "gpupass"))
+				f.guestSocketAt("/run/gpupass")
+			},
+		},
+		{
+			name: "legacy /run/gpupass hidden by systemd's tmpfs on /run",
+			setup: func(f *restartFixture, desired []byte) {
+				f.rt.started = desired
+				f.liveContainer()
+				os.RemoveAll(filepath.Join(f.ctRoot, "dev", "gpupass"))
+				// The bind is in mountinfo; the tmpfs mounted after it makes /run empty.
+				f.mountinfo(f.guestBind(110, "/run/gpupass"), "120 100 0:77 / /run rw,nosuid,nodev - tmpfs tmpfs rw,mode=755")
+			},
+			wantReason: "guest socket hidden inside the container by a mount on /run",
+		},
+		{
+			name: "a socket of the same name that is not the host's",
+			setup: func(f *restartFixture, desired []byte) {
+				f.rt.started = desired
+				f.liveContainer()
+				p := filepath.Join(f.ctRoot, "dev", "gpupass", guestchan.SocketName)
+				os.Remove(p)
+				if err := os.WriteFile(p, nil, 0o644); err != nil {
+					f.t.Fatal(err)
+				}
+			},
+			wantReason: "guest socket at /dev/gpupass inside the container is not the host's",
 		},
 	}
 	for _, tc := range tests {

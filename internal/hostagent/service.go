@@ -39,7 +39,7 @@ type Service struct {
 func NewRuntime(cfg *hostconfig.Config, r runner.Runner) (runtime.Runtime, error) {
 	switch cfg.Runtime {
 	case hostconfig.RuntimePct:
-		return &runtime.PCT{Runner: r, HostRoot: cfg.HostRoot}, nil
+		return &runtime.PCT{Runner: r, HostRoot: cfg.HostRoot, ProcRoot: ProcRoot(cfg.HostRoot), StateDir: filepath.Join(cfg.StateDir, "pct")}, nil
 	case hostconfig.RuntimeLXC:
 		return &runtime.LXC{Runner: r, LXCPath: cfg.LXCPath, StateDir: filepath.Join(cfg.StateDir, "lxc"), ProcRoot: ProcRoot(cfg.HostRoot)}, nil
 	}

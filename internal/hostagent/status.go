@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gpupass/internal/guestchan"
+	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -23,9 +24,37 @@ const (
 // status judges one container from what the agent already knows: the runtime state, the
 // guest's latest report and the host's driver. It never execs into the container.
 func (a *Agent) status(ctx context.Context, spec *pb.ContainerSpec) *pb.ContainerStatus {
+	return a.statusWith(ctx, spec, a.activeSet(ctx))
+}
+
+// activeSet is the runtime's set of running containers when it can tell without running a
+// command per container (runtime.RunChecker: pct reads /proc/net/unix), else nil.
+func (a *Agent) activeSet(ctx context.Context) map[string]bool {
+	rc, ok := a.rt.(runtime.RunChecker)
+	if !ok {
+		return nil
+	}
+	active, err := rc.Active(ctx)
+	if err != nil {
+		return nil
+	}
+	return active
+}
+
+// runStateOf is whether id runs: from active when known (no command), else the runtime.
+func (a *Agent) runStateOf(ctx context.Context, id string, active map[string]bool) (runtime.State, error) {
+	if rc, ok := a.rt.(runtime.RunChecker); ok && active != nil {
+		running, err := rc.Running(ctx, id, active)
+		return runtime.State{Running: running}, err
+	}
+	return a.rt.State(ctx, id)
+}
+
+// statusWith is status with the running set of this request (nil: ask the runtime).
+func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active map[string]bool) *pb.ContainerStatus {
 	id := spec.GetId()
 	cs := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), Reasons: []string{}}
-	st, err := a.rt.State(ctx, id)
+	st, err := a.runStateOf(ctx, id, active)
 	if err != nil {
 		cs.State = StateError
 		cs.Reasons = append(cs.Reasons, err.Error())
@@ -40,6 +69,13 @@ func (a *Agent) status(ctx context.Context, spec *pb.ContainerSpec) *pb.Containe
 	}
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
+	if !snap.Connected {
+		// Say why from what the container sees: its socket hidden or never mounted.
+		if ok, why := a.guestMountLive(st.InitPID, id); !ok {
+			cs.Reasons = dedupe(sortedAppend(cs.Reasons, why))
+			cs.State = StateNotReady
+		}
+	}
 	a.metrics.setReady(id, cs.State == StateReady)
 	return cs
 }
@@ -54,7 +90,12 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 		cs.Reasons = append(cs.Reasons, "host: "+prepErr.Error())
 	}
 	rep := snap.Report
+	if !snap.Connected {
+		cs.GuestRefused = snap.Refused
+	}
 	switch {
+	case !snap.Connected && snap.Refused != "":
+		cs.Reasons = append(cs.Reasons, fmt.Sprintf("guest agent connected but was refused at %s: %s", snap.RefusedAt.UTC().Format(time.RFC3339), snap.Refused))
 	case rep == nil && !snap.Connected:
 		cs.Reasons = append(cs.Reasons, "guest agent has not connected (is gpupass-guest-agent installed and running in the container?)")
 	case rep == nil:
@@ -118,8 +159,10 @@ func (a *Agent) Status(ctx context.Context, req *pb.StatusRequest) *pb.StatusRes
 			specs = append(specs, spec)
 		}
 	}
+	// One look at the running containers for the whole request: no pct per container.
+	active := a.activeSet(ctx)
 	for _, spec := range specs {
-		resp.Containers = append(resp.Containers, a.status(ctx, spec))
+		resp.Containers = append(resp.Containers, a.statusWith(ctx, spec, active))
 	}
 	return resp
 }
@@ -181,6 +224,12 @@ func containsPrefix(list []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+func sortedAppend(list []string, s string) []string {
+	list = append(list, s)
+	sort.Strings(list)
+	return list
 }
 
 func dedupe(sorted []string) []string {

@@ -35,6 +35,9 @@ type Spec struct {
 	Binds [][2]string
 	// Unprivileged maps root to 100000:65536 (added to /etc/subuid and /etc/subgid if absent).
 	Unprivileged bool
+	// Kind is what the container boots: busybox with Init (default), or systemd as PID 1
+	// from the Debian 12 rootfs (Init is then ignored).
+	Kind Kind
 }
 
 // Container is a hand-built busybox container. It is stopped and removed when the test
@@ -73,9 +76,14 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 	t.Helper()
 	testenv.RequireLXC(t)
 	RequireCgroup2(t)
-	bb, err := staticBusybox()
-	if err != nil {
-		testenv.Skip(t, err.Error())
+	var bb, tarball string
+	if spec.Kind == KindSystemd {
+		tarball = SystemdRootfs(t)
+	} else {
+		var err error
+		if bb, err = staticBusybox(); err != nil {
+			testenv.Skip(t, err.Error())
+		}
 	}
 	if spec.Name == "" {
 		spec.Name = nameFor(t.Name())
@@ -102,7 +110,16 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 			}
 		}
 	}
-	if err := buildRootfs(c.Rootfs(), bb, spec.Unprivileged); err != nil {
+	if spec.Kind == KindSystemd {
+		if err := unpackRootfs(tarball, c.Rootfs(), spec.Unprivileged); err != nil {
+			t.Fatalf("lxctest: %v", err)
+		}
+		// systemd sets the hostname from /etc/hostname at boot: the container's name, as
+		// lxc-create's templates (and pct, with the config's hostname) write it.
+		if err := os.WriteFile(filepath.Join(c.Rootfs(), "etc", "hostname"), []byte(c.name+"\n"), 0o644); err != nil {
+			t.Fatalf("lxctest: %v", err)
+		}
+	} else if err := buildRootfs(c.Rootfs(), bb, spec.Unprivileged); err != nil {
 		t.Fatalf("lxctest: build rootfs: %v", err)
 	}
 	cfg, err := renderConfig(c, spec)
@@ -126,12 +143,21 @@ func renderConfig(c *Container, spec Spec) (string, error) {
 	line("lxc.uts.name = %s", c.name)
 	line("lxc.rootfs.path = dir:%s", c.Rootfs())
 	line("lxc.net.0.type = empty")
-	line("lxc.init.cmd = %s", strings.Join(init, " "))
-	line("lxc.mount.auto = proc:mixed sys:ro")
-	line("lxc.autodev = 1")
-	line("lxc.signal.halt = SIGKILL") // a clean lxc-stop is instant with any init
-	line("lxc.tty.max = 0")
-	line("lxc.pty.max = 16")
+	if spec.Kind == KindSystemd {
+		if _, err := os.Stat(commonSeccomp); err == nil {
+			line("lxc.seccomp.profile = %s", commonSeccomp)
+		}
+		for _, l := range systemdConfig {
+			line("%s", l)
+		}
+	} else {
+		line("lxc.init.cmd = %s", strings.Join(init, " "))
+		line("lxc.mount.auto = proc:mixed sys:ro")
+		line("lxc.autodev = 1")
+		line("lxc.signal.halt = SIGKILL") // a clean lxc-stop is instant with any init
+		line("lxc.tty.max = 0")
+		line("lxc.pty.max = 16")
+	}
 	if spec.Unprivileged {
 		line("lxc.idmap = u 0 %d %d", SubIDStart, SubIDCount)
 		line("lxc.idmap = g 0 %d %d", SubIDStart, SubIDCount)

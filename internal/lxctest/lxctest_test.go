@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -141,7 +142,7 @@ func TestContainer(t *testing.T) {
 
 			c := NewContainer(t, Spec{
 				Unprivileged: unpriv,
-				Binds:        [][2]string{{Probe(t), ProbePath}, {devs, "/hostdev"}, {sockDir, "/run/gpupass"}},
+				Binds:        [][2]string{{Probe(t), ProbePath}, {devs, "/hostdev"}, {sockDir, "/dev/gpupass"}},
 				ExtraConfig: []string{
 					"lxc.cgroup2.devices.allow = c 195:* rwm",
 					"lxc.cgroup2.devices.allow = c 10:229 rwm",
@@ -162,7 +163,7 @@ func TestContainer(t *testing.T) {
 				t.Errorf("open inside: exit %d (want 1), output (-got +want):\n%s", code, d)
 			}
 
-			out, code = c.Attach(t, ProbePath, "dial", "/run/gpupass/agent.sock", "hello")
+			out, code = c.Attach(t, ProbePath, "dial", "/dev/gpupass/agent.sock", "hello")
 			if code != 0 || out != "pong:hello" {
 				t.Errorf("dial from inside: exit %d, got %q, want %q", code, out, "pong:hello")
 			}
@@ -240,5 +241,27 @@ func TestStartFailureSaysWhy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRenderSystemdConfig: a systemd container boots /sbin/init with the keys systemd
+// needs, LXC's common.conf written out (not included: its common.conf.d may hold a
+// Proxmox install's hooks), and the test's own device list.
+func TestRenderSystemdConfig(t *testing.T) {
+	c := &Container{name: "s1", lxcpath: "/p"}
+	got, err := renderConfig(c, Spec{Kind: KindSystemd, Init: []string{"/bin/ignored"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	for _, want := range append([]string{"lxc.net.0.type = empty"}, append(systemdConfig, DefaultDeviceRules...)...) {
+		if !slices.Contains(lines, want) {
+			t.Errorf("config lacks %q:\n%s", want, got)
+		}
+	}
+	for _, bad := range []string{"lxc.init.cmd", "lxc.include", "SIGKILL"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("config has %q:\n%s", bad, got)
+		}
 	}
 }

@@ -31,19 +31,36 @@ const CgroupRoot = "/sys/fs/cgroup"
 //
 //	func TestMain(m *testing.M) { lxctest.Cgroup2Main(m) }
 func Cgroup2Main(m *testing.M) {
-	os.Exit(cgroup2Main(m))
+	os.Exit(cgroup2Main(m, false))
 }
 
-func cgroup2Main(m *testing.M) int {
+// PrivateCgroup2Main is Cgroup2Main that re-executes in a private mount namespace also when
+// /sys/fs/cgroup is already cgroup2 (a systemd host), for tests that change mounts the rest
+// of the machine must not see (internal/pvelab binds GPU fixtures over /proc files).
+func PrivateCgroup2Main(m *testing.M) {
+	os.Exit(cgroup2Main(m, true))
+}
+
+// InPrivateNS reports whether this process is the re-executed test binary, in a mount
+// namespace of its own.
+func InPrivateNS() bool { return os.Getenv(envMarker) != "" }
+
+func cgroup2Main(m *testing.M, private bool) int {
 	defer removeProbeDir()
-	if IsCgroup2(CgroupRoot) {
+	if os.Getenv(envMarker) != "" {
+		// The re-executed child: we own this mount namespace. Take the old /sys/fs/cgroup
+		// (tmpfs and v1 mounts) away rather than mounting over it: Proxmox decides its cgroup
+		// mode from the first /proc/mounts entry on /sys/fs/cgroup
+		// (pve-common:src/PVE/CGroup.pm, cgroup_mode), and PVE 9 hosts are pure cgroup2.
+		if !IsCgroup2(CgroupRoot) {
+			_ = unix.Unmount(CgroupRoot, unix.MNT_DETACH)
+			if err := unix.Mount("none", CgroupRoot, "cgroup2", 0, ""); err != nil {
+				fmt.Fprintf(os.Stderr, "lxctest: mount cgroup2 on %s: %v (LXC tests will not run)\n", CgroupRoot, err)
+			}
+		}
 		return m.Run()
 	}
-	if os.Getenv(envMarker) != "" {
-		// The re-executed child: we own this mount namespace.
-		if err := unix.Mount("none", CgroupRoot, "cgroup2", 0, ""); err != nil {
-			fmt.Fprintf(os.Stderr, "lxctest: mount cgroup2 on %s: %v (LXC tests will not run)\n", CgroupRoot, err)
-		}
+	if IsCgroup2(CgroupRoot) && !private {
 		return m.Run()
 	}
 	if os.Geteuid() != 0 {

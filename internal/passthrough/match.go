@@ -21,8 +21,15 @@ const (
 	KeyAllow   = "lxc.cgroup2.devices.allow"
 	KeyAllowV1 = "lxc.cgroup.devices.allow"
 	KeyMount   = "lxc.mount.entry"
-	// GuestMountTarget is where the guest socket directory appears in the container.
-	GuestMountTarget = "run/gpupass"
+	// GuestMountTarget is where the guest socket directory appears in the container: under
+	// /dev, which LXC mounts (lxc.autodev tmpfs) before the mount entries and which no init
+	// mounts over (systemd, OpenRC and busybox init all do mount a tmpfs on /run), as
+	// Incus does with /dev/incus.
+	GuestMountTarget = "dev/gpupass"
+	// LegacyGuestMountTarget is where gpupass mounted it before: systemd's tmpfs on /run
+	// hides it. An entry with this target is the managed guest mount, replaced by one at
+	// GuestMountTarget.
+	LegacyGuestMountTarget = "run/gpupass"
 )
 
 var devKey = regexp.MustCompile(`^dev[0-9]+$`)
@@ -32,7 +39,7 @@ var devKey = regexp.MustCompile(`^dev[0-9]+$`)
 //   - a mount entry whose source or target is an NVIDIA node (/dev/nvidia*,
 //     /dev/nvidia-caps/*, also under a test host root), with or without "optional";
 //   - a devN entry for such a path;
-//   - the guest socket mount (target run/gpupass);
+//   - the guest socket mount (target dev/gpupass, or run/gpupass as written before);
 //   - a cgroup allow rule (cgroup2 or the v1 key) for a char major that /proc/devices
 //     gives an NVIDIA name now, or that a host /dev/nvidia* node has;
 //   - a stale allow rule: a char rule with one major that is NVIDIA's registered 195 or
@@ -75,7 +82,7 @@ func (m *Matcher) IsManaged(key, value string) bool {
 	switch {
 	case key == KeyMount:
 		src, dst, ok := mountPaths(value)
-		return ok && (isNvidiaSource(src) || isNvidiaTarget(dst) || dst == GuestMountTarget)
+		return ok && (isNvidiaSource(src) || isNvidiaTarget(dst) || dst == GuestMountTarget || dst == LegacyGuestMountTarget)
 	case key == KeyAllow || key == KeyAllowV1:
 		r, err := devrule.Parse(value)
 		return err == nil && r.Type == 'c' && r.Major != devrule.Wildcard && m.majors[uint32(r.Major)]
@@ -193,10 +200,22 @@ func mountPaths(value string) (src, dst string, ok bool) {
 	return filepath.Clean(f[0]), strings.Trim(filepath.Clean(f[1]), "/"), true
 }
 
-// devPath is the path of a devN value: "[path=]/dev/x[,opt=...]".
+// devPath is the path of a devN value, a PVE property string whose default key is path
+// (pve-container:src/PVE/LXC/Config.pm:1080-1087, $dev_desc): "/dev/x,mode=0666",
+// "path=/dev/x,uid=0" or "mode=0666,path=/dev/x" (the keys in any order). "" when it names
+// no path.
 func devPath(value string) string {
-	p, _, _ := strings.Cut(strings.TrimSpace(value), ",")
-	return filepath.Clean(strings.TrimPrefix(p, "path="))
+	for _, item := range strings.Split(strings.TrimSpace(value), ",") {
+		item = strings.TrimSpace(item)
+		k, v, hasKey := strings.Cut(item, "=")
+		switch {
+		case !hasKey && item != "":
+			return filepath.Clean(item)
+		case hasKey && strings.TrimSpace(k) == "path":
+			return filepath.Clean(strings.TrimSpace(v))
+		}
+	}
+	return ""
 }
 
 // isNvidiaTarget: "dev/nvidia0", "dev/nvidiactl", "dev/nvidia-caps/nvidia-cap1", ...

@@ -16,6 +16,7 @@ package passthrough
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -71,7 +72,8 @@ type Desired struct {
 	GPUs  []string
 	Style Style
 	// GuestSocketDir is the host directory for this container, bind-mounted at
-	// /run/gpupass inside; "" renders no guest mount (and removes an existing one).
+	// /dev/gpupass inside (GuestMountTarget); "" renders no guest mount (and removes an
+	// existing one, at either target).
 	GuestSocketDir string
 	// Label names the config in the diff (default "config").
 	Label string
@@ -166,6 +168,16 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 		res.Devices = append(res.Devices, ExpectedDevice{Path: n.Path, Major: n.Major, Minor: n.Minor})
 	}
 	res.Set = EntrySet(res.Entries)
+	if sameLines(cfg, managed, res.Entries) {
+		// The managed lines are already exactly the desired ones, in another order: PVE
+		// rewrites a config with its keys sorted (dev10 before dev2) and every raw lxc.*
+		// line last (pve-container:src/PVE/LXC/Config.pm:1254-1280, write_pct_config). Order
+		// means nothing to LXC or PVE here, so there is nothing to change.
+		res.Config = cfg.Clone()
+		res.New = res.Old
+		res.Warnings = warnings(cfg, m)
+		return res, nil
+	}
 	// Rendered entries can land next to a stale-looking rule that was alone before, which
 	// a second plan would then claim: grow the managed set to a fixpoint so that applying
 	// twice changes nothing.
@@ -204,6 +216,23 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 	return res, nil
 }
 
+// sameLines reports whether the main section's managed lines are, as a multiset of key
+// and value, the entries.
+func sameLines(cfg *pveconf.Config, managed map[int]bool, entries []pveconf.Entry) bool {
+	var have, want []string
+	for _, l := range cfg.Main() {
+		if l.Kind == pveconf.KeyValue && managed[l.Num] {
+			have = append(have, l.Key+"\x00"+l.Value)
+		}
+	}
+	for _, e := range entries {
+		want = append(want, e.Key+"\x00"+strings.TrimSpace(e.Value))
+	}
+	sort.Strings(have)
+	sort.Strings(want)
+	return slices.Equal(have, want)
+}
+
 func render(cfg *pveconf.Config, inv *gpu.Inventory, nodes []gpu.Node, d Desired, managed map[int]bool) ([]pveconf.Entry, error) {
 	var out []pveconf.Entry
 	switch d.Style {
@@ -234,8 +263,10 @@ func render(cfg *pveconf.Config, inv *gpu.Inventory, nodes []gpu.Node, d Desired
 }
 
 // renderDev gives each node a devN entry: an existing managed devN for the same path
-// keeps its N and its options when it has some; others get the lowest N that no kept
-// devN (main section) uses and that [pve:pending] neither sets nor deletes.
+// keeps its N (whatever N is: dev10 and up too) and gets the managed value (its old
+// options, e.g. deny-write=1, are replaced: the host agent owns the GPU's entries); others
+// get the lowest N that no kept devN (main section) uses and that [pve:pending] neither
+// sets nor deletes.
 func renderDev(cfg *pveconf.Config, nodes []gpu.Node, managed map[int]bool) ([]pveconf.Entry, error) {
 	used := map[int]bool{}
 	type prev struct {
@@ -244,11 +275,11 @@ func renderDev(cfg *pveconf.Config, nodes []gpu.Node, managed map[int]bool) ([]p
 	}
 	existing := map[string]prev{}
 	for _, s := range cfg.Sections() {
-		if s.Name != "" && s.Name != "pve:pending" {
+		if s.Name != "" && s.Name != pveconf.PendingSection {
 			continue
 		}
 		for _, l := range s.Lines {
-			if s.Name == "pve:pending" && l.Kind == pveconf.KeyValue && l.Key == "delete" {
+			if s.Name == pveconf.PendingSection && l.Kind == pveconf.KeyValue && l.Key == "delete" {
 				// A pending "delete: devN" would remove a slot we fill now.
 				for _, k := range strings.Split(l.Value, ",") {
 					if k = strings.TrimSpace(k); devKey.MatchString(k) {
@@ -278,9 +309,6 @@ func renderDev(cfg *pveconf.Config, nodes []gpu.Node, managed map[int]bool) ([]p
 		value := fmt.Sprintf("%s,mode=%04o", nd.Path, uint32(nd.Mode.Perm()))
 		if p, ok := existing[nd.Path]; ok && !used[p.n] {
 			used[p.n] = true
-			if strings.Contains(p.value, ",") {
-				value = p.value
-			}
 			out = append(out, pveconf.Entry{Key: "dev" + strconv.Itoa(p.n), Value: value})
 			continue
 		}

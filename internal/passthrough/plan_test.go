@@ -198,6 +198,16 @@ var goldenCases = []goldenCase{
 	{name: "raw_from_dev_style", fixture: "pve-2gpu", in: "08-devN.conf", desired: Desired{GPUs: []string{"0"}, Style: Raw}},
 	{name: "lxc_format_with_guest_socket", fixture: "pve-2gpu", in: "25-lxc-format.config",
 		desired: Desired{GPUs: []string{"01:00.0"}, GuestSocketDir: "/run/gpupass/guests/gpu1"}},
+	{name: "legacy_guest_mount_moved_to_dev", fixture: "pve-2gpu", in: "24-gpu-and-dri-mixed.conf",
+		desired: Desired{GPUs: []string{"0"}, GuestSocketDir: "/run/gpupass/guests/124"},
+		check: func(t *testing.T, r *Result) {
+			if hasLine(r, " run/gpupass ") {
+				t.Error("the legacy run/gpupass guest mount was kept")
+			}
+			if !hasLine(r, "lxc.mount.entry: /run/gpupass/guests/124 dev/gpupass none bind,create=dir 0 0\n") {
+				t.Error("no guest mount at dev/gpupass")
+			}
+		}},
 	{name: "guest_socket_removed_when_unset", fixture: "pve-2gpu", in: "24-gpu-and-dri-mixed.conf", desired: Desired{}},
 	{name: "no_final_newline", fixture: "pve-2gpu", in: "09-no-final-newline.conf", desired: Desired{GPUs: []string{"0"}}},
 	{name: "cgroup_v1_keys_replaced", fixture: "pve-2gpu", in: "23-cgroup-v1-keys.conf", desired: Desired{GPUs: []string{"0"}},
@@ -311,7 +321,11 @@ func TestIsManaged(t *testing.T) {
 		{"lxc.mount.entry", "/dev/nvidia-caps dev/nvidia-caps none bind,optional,create=dir", true},
 		{"lxc.mount.entry", "/srv/sim/dev/nvidia1 dev/nvidia1 none bind,create=file 0 0", true},
 		{"lxc.mount.entry", "/dev/nvidia-uvm /dev/nvidia-uvm none bind,create=file", true},
-		{"lxc.mount.entry", "/run/gpupass/guests/9 run/gpupass none bind,create=dir 0 0", true},
+		{"lxc.mount.entry", "/run/gpupass/guests/9 dev/gpupass none bind,create=dir 0 0", true},
+		{"lxc.mount.entry", "/run/gpupass/guests/9 /dev/gpupass/ none bind,create=dir 0 0", true},
+		{"lxc.mount.entry", "/run/gpupass/guests/9 run/gpupass none bind,create=dir 0 0", true}, // legacy target
+		{"lxc.mount.entry", "/srv/x run/gpupass2 none bind,create=dir 0 0", false},
+		{"lxc.mount.entry", "/srv/x dev/gpupass/sub none bind,create=dir 0 0", false},
 		{"lxc.mount.entry", "/dev/dri dev/dri none bind,optional,create=dir", false},
 		{"lxc.mount.entry", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 usr/lib/libnvidia-ml.so.1 none bind,ro,create=file", false},
 		{"lxc.mount.entry", "nvidia", false},

@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
@@ -60,8 +61,25 @@ const (
 	Comment
 	// KeyValue is an entry, "key: value" or "key = value".
 	KeyValue
-	// Header is a PVE section header, "[name]"; Key holds the name.
+	// Header is a PVE section header, "[name]"; Key holds the name ("pve:pending" for
+	// the pending section however it is capitalised).
 	Header
+	// Ignored is a line starting with '[' that PVE does not take as a section header
+	// ("[a]", "[x.y]", " [x]", "[snap"): PVE's parser warns and skips it, so it stays in
+	// the section it appears in. It is kept byte for byte.
+	Ignored
+)
+
+// PendingSection is the Key of the [pve:pending] header.
+const PendingSection = "pve:pending"
+
+// PVE's section headers (pve-container:src/PVE/LXC/Config.pm:1160 and :1166, in
+// parse_pct_config): "[pve:pending]" case-insensitively, or a snapshot name of a letter
+// and at least one more of [a-z0-9_-] (case-insensitive), at the very start of the line,
+// trailing blanks allowed. Anything else starting with '[' is not a section.
+var (
+	pendingHeader  = regexp.MustCompile(`(?i)^\[pve:pending\]\s*$`)
+	snapshotHeader = regexp.MustCompile(`(?i)^\[([a-z][a-z0-9_\-]+)\]\s*$`)
 )
 
 // Line is one line of a config.
@@ -116,9 +134,14 @@ func Digest(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// DetectFormat guesses the syntax: the first entry decides ("key: value" is PVE, "key =
-// value" LXC); a section header means PVE; with neither it answers PVE.
+// DetectFormat guesses the syntax of a config whose place does not say it (see
+// IsPVEPath): the first entry that is not a raw lxc.* key decides ("key: value" is PVE,
+// "key = value" LXC); a section header means PVE. Raw lxc.* keys may be written "key =
+// value" in a PVE config too (pve-container:src/PVE/LXC/Config.pm:1179), so they decide
+// only when there is nothing else: then the first one's separator does. With no entry at
+// all it answers PVE.
 func DetectFormat(b []byte) Format {
+	first := -1
 	for _, line := range strings.Split(string(b), "\n") {
 		t := strings.TrimSpace(line)
 		if t == "" || t[0] == '#' {
@@ -127,15 +150,42 @@ func DetectFormat(b []byte) Format {
 		if t[0] == '[' {
 			return PVE
 		}
+		var f Format
 		c, e := strings.IndexByte(t, ':'), strings.IndexByte(t, '=')
 		switch {
 		case e >= 0 && (c < 0 || e < c):
-			return LXC
+			f = LXC
 		case c >= 0:
-			return PVE
+			f = PVE
+		default:
+			continue
+		}
+		if !strings.HasPrefix(t, "lxc.") {
+			return f
+		}
+		if first < 0 {
+			first = int(f)
 		}
 	}
+	if first >= 0 {
+		return Format(first)
+	}
 	return PVE
+}
+
+// pveConfigName is the file name PVE gives a container config, .../lxc/<vmid>.conf
+// (pve-container:src/PVE/LXC/Config.pm:1147).
+var pveConfigName = regexp.MustCompile(`/lxc/[0-9]+\.conf$`)
+
+// IsPVEPath reports whether path is where PVE keeps a container config: under
+// <hostRoot>/etc/pve, or named .../lxc/<vmid>.conf. Such a file is a PVE config whatever
+// its first lines look like.
+func IsPVEPath(path, hostRoot string) bool {
+	if hostRoot == "" {
+		hostRoot = "/"
+	}
+	pve := strings.TrimSuffix(hostRoot, "/") + "/etc/pve/"
+	return strings.HasPrefix(path, pve) || pveConfigName.MatchString(path)
 }
 
 // Parse parses b in format f.
@@ -186,11 +236,14 @@ func parseLine(raw string, f Format) (Line, error) {
 		if f == LXC {
 			return l, errors.New("section headers are not LXC config syntax")
 		}
-		name, ok := strings.CutSuffix(t[1:], "]")
-		if !ok || name == "" || strings.ContainsAny(name, "[] \t") {
-			return l, errors.New("malformed section header, want [name]")
+		switch m := snapshotHeader.FindStringSubmatch(raw); {
+		case pendingHeader.MatchString(raw):
+			l.Kind, l.Key = Header, PendingSection
+		case m != nil:
+			l.Kind, l.Key = Header, m[1]
+		default:
+			l.Kind = Ignored
 		}
-		l.Kind, l.Key = Header, name
 		return l, nil
 	}
 	var key, value string

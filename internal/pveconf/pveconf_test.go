@@ -123,8 +123,6 @@ func TestParseErrors(t *testing.T) {
 		msg  string
 	}{
 		{"garbage", "arch: amd64\nthis is not a key\n", PVE, 2, `not "key: value"`},
-		{"bad header", "arch: amd64\n[snap\n", PVE, 2, "malformed section header"},
-		{"empty header", "[]\n", PVE, 1, "malformed section header"},
 		{"bad key", "arch: amd64\n9cores: 2\n", PVE, 2, `not "key: value"`},
 		{"space in key", "my key: 2\n", PVE, 1, `not "key: value"`},
 		{"lxc needs equals", "lxc.arch = amd64\nlxc.uts.name: x\n", LXC, 2, `not "key = value"`},
@@ -151,10 +149,82 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+// TestSectionHeaders follows PVE's parse_pct_config (pve-container:src/PVE/LXC/Config.pm:1160-1172):
+// only "[pve:pending]" (any case) and "[<letter><one or more of a-z0-9_->]" at the start of
+// a line open a section; every other '[' line stays, kept verbatim, where it is.
+func TestSectionHeaders(t *testing.T) {
+	tests := []struct {
+		name, line string
+		kind       Kind
+		key        string
+	}{
+		{"snapshot", "[snap1]", Header, "snap1"},
+		{"snapshot trailing blanks", "[snap1]  \t", Header, "snap1"},
+		{"snapshot upper case", "[Before-Upgrade_2]", Header, "Before-Upgrade_2"},
+		{"pending", "[pve:pending]", Header, PendingSection},
+		{"pending upper case", "[PVE:Pending]", Header, PendingSection},
+		{"one letter", "[a]", Ignored, ""},
+		{"dot", "[x.y]", Ignored, ""},
+		{"leading blank", " [x1]", Ignored, ""},
+		{"leading digit", "[1abc]", Ignored, ""},
+		{"unclosed", "[snap", Ignored, ""},
+		{"empty", "[]", Ignored, ""},
+		{"text after", "[snap] x", Ignored, ""},
+		{"other colon", "[pve:other]", Ignored, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := "arch: amd64\n" + tt.line + "\nmemory: 512\n"
+			c, err := Parse([]byte(in), PVE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := c.Lines()[1]
+			if l.Kind != tt.kind || l.Key != tt.key {
+				t.Errorf("line %q: kind %v key %q, want kind %v key %q", tt.line, l.Kind, l.Key, tt.kind, tt.key)
+			}
+			if got := string(c.Bytes()); got != in {
+				t.Errorf("round trip: %q, want %q", got, in)
+			}
+			_, inMain := c.Get("memory")
+			if inMain != (tt.kind == Ignored) {
+				t.Errorf("memory after %q in the main section: %v, want %v", tt.line, inMain, tt.kind == Ignored)
+			}
+			c.ReplaceManaged(func(Line) bool { return false }, []Entry{{"dev0", "/dev/nvidia0"}})
+			if !strings.Contains(string(c.Bytes()), tt.line+"\n") {
+				t.Errorf("edit lost %q:\n%s", tt.line, c.Bytes())
+			}
+		})
+	}
+}
+
+func TestIsPVEPath(t *testing.T) {
+	tests := []struct {
+		path, root string
+		want       bool
+	}{
+		{"/etc/pve/lxc/901.conf", "/", true},
+		{"/etc/pve/nodes/pve1/lxc/901.conf", "", true},
+		{"/srv/root/etc/pve/lxc/901.conf", "/srv/root", true},
+		{"/tmp/x/lxc/901.conf", "/", true},
+		{"/var/lib/lxc/901/config", "/", false},
+		{"/tmp/901.conf", "/", false},
+		{"/srv/root/etc/pve/901.conf.bak", "/", false},
+	}
+	for _, tt := range tests {
+		if got := IsPVEPath(tt.path, tt.root); got != tt.want {
+			t.Errorf("IsPVEPath(%q, %q) = %v, want %v", tt.path, tt.root, got, tt.want)
+		}
+	}
+}
+
 func TestDetectFormat(t *testing.T) {
 	for in, want := range map[string]Format{
 		"arch: amd64\n": PVE, "lxc.arch = amd64\n": LXC, "# c\n\nlxc.mount.entry: /a b\n": PVE,
 		"lxc.environment = A=b:c\n": LXC, "[snap]\n": PVE, "": PVE, "mp0: /a,mp=/b\n": PVE,
+		// raw lxc.* keys first, written "key = value": the PVE keys after them decide
+		"lxc.cgroup2.devices.allow = c 195:* rwm\nlxc.mount.entry = /dev/nvidia0 dev/nvidia0 none bind 0 0\narch: amd64\n": PVE,
+		"lxc.apparmor.profile = unconfined\nlxc.uts.name = x\n":                                                            LXC,
 	} {
 		if got := DetectFormat([]byte(in)); got != want {
 			t.Errorf("DetectFormat(%q) = %v, want %v", in, got, want)
@@ -179,8 +249,8 @@ func TestReplaceManaged(t *testing.T) {
 			"a: 1\nb: 2\nlxc.mount.entry: NEW1\nlxc.mount.entry: NEW2\n\n[snap]\nlxc.mount.entry: old\n"},
 		{"append before pending", "a: 1\n[pve:pending]\nb: 2\n", PVE, add,
 			"a: 1\nlxc.mount.entry: NEW1\nlxc.mount.entry: NEW2\n[pve:pending]\nb: 2\n"},
-		{"remove all", "a: 1\nlxc.mount.entry: old1\n\n[s]\nlxc.mount.entry: x\n", PVE, nil,
-			"a: 1\n\n[s]\nlxc.mount.entry: x\n"},
+		{"remove all", "a: 1\nlxc.mount.entry: old1\n\n[snap]\nlxc.mount.entry: x\n", PVE, nil,
+			"a: 1\n\n[snap]\nlxc.mount.entry: x\n"},
 		{"no final newline kept", "a: 1\nb: 2", PVE, add,
 			"a: 1\nb: 2\nlxc.mount.entry: NEW1\nlxc.mount.entry: NEW2"},
 		{"no final newline, last line removed", "a: 1\nlxc.mount.entry: old", PVE, nil, "a: 1"},

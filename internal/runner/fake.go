@@ -45,7 +45,7 @@ func (f *Fake) Run(ctx context.Context, argv ...string) ([]byte, error) {
 		return nil, &ExitError{Argv: argv, ExitCode: 127, Stderr: fmt.Sprintf("fake: no response for %q", key)}
 	}
 	if r.ExitCode != 0 {
-		return []byte(r.Stdout), &ExitError{Argv: argv, ExitCode: r.ExitCode, Stderr: r.Stderr}
+		return []byte(r.Stdout), &ExitError{Argv: argv, ExitCode: r.ExitCode, Stderr: r.Stderr, Stdout: r.Stdout}
 	}
 	return []byte(r.Stdout), nil
 }

@@ -20,13 +20,22 @@ type Runner interface {
 }
 
 // ExitError is returned when a command fails: it carries the argv, the exit code (-1 when
-// the command did not run or was killed) and the end of its standard error.
+// the command did not run or was killed), the end of its standard error and the end of its
+// standard output. pct's start, stop and reboot print the task's messages (a hook's own
+// explanation of a failed start) on standard output and only the final error line on
+// standard error (pve-common:src/PVE/RESTEnvironment.pm:611-620 sends the worker's
+// STDOUT and STDERR into the task log, which the CLI tees to its own STDOUT, :442; only the
+// final error goes to STDERR, :504-512), so both are kept.
 type ExitError struct {
 	Argv     []string
 	ExitCode int
 	Stderr   string
+	Stdout   string
 	Err      error
 }
+
+// maxStdoutLines is how many of the last standard output lines an error message shows.
+const maxStdoutLines = 8
 
 func (e *ExitError) Error() string {
 	msg := fmt.Sprintf("run %s: exit %d", strings.Join(e.Argv, " "), e.ExitCode)
@@ -35,7 +44,24 @@ func (e *ExitError) Error() string {
 	} else if e.Err != nil {
 		msg += ": " + e.Err.Error()
 	}
+	if out := lastLines(e.Stdout, maxStdoutLines); out != "" {
+		msg += " (output: " + out + ")"
+	}
 	return msg
+}
+
+// lastLines joins the last n non-blank lines of s with " | ".
+func lastLines(s string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
 }
 
 func (e *ExitError) Unwrap() error { return e.Err }
@@ -76,5 +102,9 @@ func (x Exec) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	if len(se) > maxStderr {
 		se = se[len(se)-maxStderr:]
 	}
-	return stdout.Bytes(), &ExitError{Argv: argv, ExitCode: code, Stderr: se, Err: err}
+	so := stdout.String()
+	if len(so) > maxStderr {
+		so = so[len(so)-maxStderr:]
+	}
+	return stdout.Bytes(), &ExitError{Argv: argv, ExitCode: code, Stderr: se, Stdout: so, Err: err}
 }

@@ -203,7 +203,7 @@ func (hangingRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
 }
 
 func TestCommandDeadline(t *testing.T) {
-	p := &PCT{Runner: hangingRunner{}, QueryTimeout: 50 * time.Millisecond}
+	p := &PCT{Runner: hangingRunner{}, HostRoot: t.TempDir(), QueryTimeout: 50 * time.Millisecond} // no proc/net/unix: pct status
 	start := time.Now()
 	_, err := p.State(context.Background(), "101")
 	if d := time.Since(start); d > 2*time.Second {
@@ -228,4 +228,69 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPCTStartRecord: `pct set -tags x` (or memory) on a running container rewrites
+// /var/lib/lxc/<id>/config after the start. Once the agent has seen the file as the start's
+// (or started the container itself), its own record, tied to the init's pid and start
+// time, still answers: such a rewrite never turns into "no record". A new init (same pid,
+// another start time) does not inherit the record.
+func TestPCTStartRecord(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	boot := now.Add(-10000 * time.Second)
+	initStart := boot.Add(9000 * time.Second)
+	const started = "lxc.cgroup2.devices.allow = c 195:* rwm\n"
+	const rewritten = "lxc.cgroup2.devices.allow = c 195:* rwm\nlxc.cgroup2.devices.allow = c 511:* rwm\n# tags: x\n"
+	setup := func(t *testing.T, stateDir string) (*PCT, string) {
+		root := t.TempDir()
+		fake, _ := loadTranscript(t, "status-running.txt")
+		p := &PCT{Runner: fake, HostRoot: root, StateDir: stateDir, now: func() time.Time { return now }}
+		writeFile(t, filepath.Join(root, "proc/2207/stat"), "2207 (lxc-init) S 2190 2207 2207 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 900000 2 3\n")
+		writeFile(t, filepath.Join(root, "proc/uptime"), "10000.00 19000.00\n")
+		return p, root
+	}
+	write := func(t *testing.T, p *PCT, content string, at time.Time) {
+		path := p.StartedPath("101")
+		writeFile(t, path, content)
+		if err := os.Chtimes(path, at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("rewrite after the start keeps the record", func(t *testing.T) {
+		p, _ := setup(t, t.TempDir())
+		write(t, p, started, initStart.Add(-time.Second))
+		if b, err := p.StartedConfig(context.Background(), "101"); err != nil || string(b) != started {
+			t.Fatalf("first look: %q, %v", b, err)
+		}
+		write(t, p, rewritten, initStart.Add(time.Hour)) // pct set -tags x
+		b, err := p.StartedConfig(context.Background(), "101")
+		if err != nil || string(b) != started {
+			t.Errorf("after the rewrite: %q, %v; want the recorded start config", b, err)
+		}
+	})
+	t.Run("without a state dir the rewrite leaves no record", func(t *testing.T) {
+		p, _ := setup(t, "")
+		write(t, p, started, initStart.Add(-time.Second))
+		if _, err := p.StartedConfig(context.Background(), "101"); err != nil {
+			t.Fatal(err)
+		}
+		write(t, p, rewritten, initStart.Add(time.Hour))
+		if _, err := p.StartedConfig(context.Background(), "101"); !errors.Is(err, ErrNoStartedConfig) {
+			t.Errorf("err %v, want ErrNoStartedConfig", err)
+		}
+	})
+	t.Run("a new init with the same pid does not inherit the record", func(t *testing.T) {
+		p, root := setup(t, t.TempDir())
+		write(t, p, started, initStart.Add(-time.Second))
+		if _, err := p.StartedConfig(context.Background(), "101"); err != nil {
+			t.Fatal(err)
+		}
+		// Restarted by someone else at ticks 950000 (pid reused), config rendered before.
+		writeFile(t, filepath.Join(root, "proc/2207/stat"), "2207 (lxc-init) S 2190 2207 2207 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 950000 2 3\n")
+		write(t, p, rewritten, initStart.Add(400*time.Second))
+		b, err := p.StartedConfig(context.Background(), "101")
+		if err != nil || string(b) != rewritten {
+			t.Errorf("new init: %q, %v; want the file of its own start", b, err)
+		}
+	})
 }

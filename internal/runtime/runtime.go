@@ -44,6 +44,14 @@ type Runtime interface {
 	LockPath(id string) string
 }
 
+// RunChecker is implemented by runtimes that tell whether containers run without running
+// a command per container: Active once per request, then Running per container. The
+// status path uses it.
+type RunChecker interface {
+	Active(ctx context.Context) (map[string]bool, error)
+	Running(ctx context.Context, id string, active map[string]bool) (bool, error)
+}
+
 // State is what the runtime says about a container.
 type State struct {
 	Running bool

@@ -30,14 +30,20 @@ type ctOpts struct {
 	Config []string
 	// Files are extra rootfs files: container path -> content.
 	Files map[string]string
+	// Systemd boots the Debian 12 rootfs with systemd as PID 1 (as Proxmox's Debian and
+	// Ubuntu templates do) and runs the guest agent as the shipped unit
+	// (packaging/gpupass-guest-agent.service, enabled); default: busybox and initScript.
+	Systemd bool
 }
 
-// container is a busybox container on a host, with the guest agent baked into its rootfs
-// and started by its init. Every lxc-* command runs in the host's network namespace.
+// container is a busybox (or systemd) container on a host, with the guest agent baked
+// into its rootfs and started by its init. Every lxc-* command runs in the host's network
+// namespace.
 type container struct {
-	h    *host
-	c    *lxctest.Container
-	name string
+	h       *host
+	c       *lxctest.Container
+	name    string
+	systemd bool
 }
 
 // newContainer builds a (stopped) container on h. short names it within the test; the
@@ -45,23 +51,33 @@ type container struct {
 func (h *host) newContainer(t *testing.T, short string, opts ctOpts) *container {
 	t.Helper()
 	name := fmt.Sprintf("gpe%s-%s", h.f.id, short)
-	c := lxctest.NewContainer(t, lxctest.Spec{
+	spec := lxctest.Spec{
 		Name:        name,
 		LXCPath:     h.lxcPath,
 		Init:        []string{"/bin/sh", "/etc/gpupass-init.sh"},
 		ExtraConfig: opts.Config,
-	})
-	ct := &container{h: h, c: c, name: name}
+	}
+	if opts.Systemd {
+		spec.Kind, spec.Init = lxctest.KindSystemd, nil
+	}
+	c := lxctest.NewContainer(t, spec)
+	ct := &container{h: h, c: c, name: name, systemd: opts.Systemd}
 	// Runs before lxctest's own cleanup (cleanups are LIFO), which cannot reach the
 	// container's monitor from outside the host's network namespace.
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("e2e: container %s: config:\n%s\nguest agent log (end):\n%s", name, ct.readConfig(), tail(ct.guestLog(), 3000))
+			t.Logf("e2e: container %s: config:\n%s\nguest agent log (end):\n%s", name, ct.readConfig(), tail(ct.guestLog(t), 3000))
 		}
 		ct.h.lxc(t, 20*time.Second, "lxc-stop", name, "-k")
 		ct.h.lxc(t, 20*time.Second, "lxc-wait", name, "-s", "STOPPED", "-t", "10")
 	})
-	files := map[string]string{"/etc/gpupass-init.sh": initScript}
+	files := map[string]string{}
+	if opts.Systemd {
+		// Baked in as docs/guest-agent.md says: the binary and the shipped unit, enabled.
+		c.EnableUnit(t, filepath.Join(repoRoot(t), "packaging", "gpupass-guest-agent.service"))
+	} else {
+		files["/etc/gpupass-init.sh"] = initScript
+	}
 	for k, v := range opts.Files {
 		files[k] = v
 	}
@@ -203,7 +219,16 @@ func (ct *container) appendConfig(t testing.TB, lines ...string) {
 	ct.c.AppendConfig(t, lines...)
 }
 
-func (ct *container) guestLog() string {
+// guestLog is the guest agent's log: its file under busybox, its journal under systemd.
+func (ct *container) guestLog(t testing.TB) string {
+	if ct.systemd {
+		if ct.State(t) != "RUNNING" {
+			return "(container not running: no journal)"
+		}
+		out, _ := ct.Attach(t, "journalctl", "--no-pager", "-o", "short-precise", "-u", "gpupass-guest-agent.service")
+		st, _ := ct.Attach(t, "systemctl", "status", "--no-pager", "gpupass-guest-agent.service")
+		return out + "\n" + st
+	}
 	b, _ := os.ReadFile(filepath.Join(ct.c.Rootfs(), "var/log/gpupass-guest-agent.log"))
 	return string(b)
 }

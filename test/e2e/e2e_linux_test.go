@@ -43,6 +43,11 @@ var scenarios = []scenario{
 	{"Digest_ExternalEditBetweenPlanAndApply", testDigestMismatch},
 	{"Crash_HostAgentKilledAtEachStep", testAgentKilledAtEachStep},
 	{"Crash_ControllerKilledMidApply", testControllerKilled},
+	{"Systemd_Row01_SeedLinesPresentContainerRunningWithout", testSeedSystemd},
+	{"Systemd_StartedWithoutGuestMountRestarts", testSystemdStartedWithoutGuestMount},
+	{"Systemd_ReadyPushedByTheShippedUnit", testSystemdReadiness},
+	{"Systemd_LegacyRunGpupassHiddenIsTheReason", testSystemdLegacyRunHidden},
+	{"LegacyRunGpupassMovedWithoutRestart", testLegacyRunMigratesWithoutRestart},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

@@ -57,7 +57,7 @@ func (ct *container) rendered(t testing.TB, minors ...int) []string {
 		rules, mounts = nil, nil
 	}
 	out := append(rules, mounts...)
-	return append(out, fmt.Sprintf("lxc.mount.entry = %s run/gpupass none bind,create=dir 0 0", filepath.Join(h.guestDir, ct.name)))
+	return append(out, fmt.Sprintf("lxc.mount.entry = %s dev/gpupass none bind,create=dir 0 0", filepath.Join(h.guestDir, ct.name)))
 }
 
 // assertManaged checks that ct's config holds exactly the rendered managed set for the
@@ -76,7 +76,7 @@ func (ct *container) assertManaged(t testing.TB, minors []int, others ...string)
 	}
 	nv, uvm := ct.h.hostMajors(t)
 	for _, l := range strings.Split(cfg, "\n") {
-		gpuish := strings.Contains(l, "nvidia") || strings.Contains(l, "run/gpupass") ||
+		gpuish := strings.Contains(l, "nvidia") || strings.Contains(l, "/gpupass none") ||
 			strings.Contains(l, fmt.Sprintf(" c %d:", nv)) || strings.Contains(l, fmt.Sprintf(" c %d:", uvm))
 		if gpuish && !wantSet[l] {
 			t.Errorf("%s: unexpected GPU line %q (stale, duplicate or not desired)", ct.name, l)

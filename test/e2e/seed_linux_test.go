@@ -11,10 +11,16 @@ import (
 // never restarted it; gpupass judges the running container: plan says restart with the
 // reason, apply restarts without writing, the guest reports ready; a second run changes
 // and restarts nothing.
-func testSeed(t *testing.T, f *fabric) {
+func testSeed(t *testing.T, f *fabric) { seedScenario(t, f, ctOpts{}) }
+
+func seedScenario(t *testing.T, f *fabric, opts ctOpts) {
 	h := f.addHost(t, hostOpts{})
-	ct := h.newContainer(t, "seed", ctOpts{})
-	fl := f.writeFleet(t, "seed", []fleetCt{{Host: h, Ct: ct, GPUs: []string{"0"}}})
+	short := "seed"
+	if opts.Systemd {
+		short = "seedsd"
+	}
+	ct := h.newContainer(t, short, opts)
+	fl := f.writeFleet(t, short, []fleetCt{{Host: h, Ct: ct, GPUs: []string{"0"}}})
 	ct.Start(t)
 
 	first := f.ctl(t, "plan", fl)
@@ -60,6 +66,9 @@ func testSeed(t *testing.T, f *fabric) {
 	}
 	if !c.Simulated {
 		t.Errorf("a container on a simulated GPU host is not labelled simulated")
+	}
+	if opts.Systemd {
+		ct.assertSystemdAgent(t)
 	}
 
 	assertIdempotent(t, f, fl, ct)

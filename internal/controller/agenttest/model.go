@@ -81,7 +81,7 @@ func (a *Agent) lines(id string, style pb.Style, gpus []*pb.GPU) []string {
 			out = append(out, fmt.Sprintf("lxc.mount.entry: %s %s none bind,create=file 0 0", n, strings.TrimPrefix(n, "/")))
 		}
 	}
-	out = append(out, fmt.Sprintf("lxc.mount.entry: /run/gpupass/guests/%s run/gpupass none bind,create=dir 0 0", id))
+	out = append(out, fmt.Sprintf("lxc.mount.entry: /run/gpupass/guests/%s dev/gpupass none bind,create=dir 0 0", id))
 	return out
 }
 

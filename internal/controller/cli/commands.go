@@ -103,6 +103,7 @@ run), 2 some not ready, 1 error (a host could not be asked).`,
 func newApply(io *IO) *cobra.Command {
 	var f fleetFlags
 	var connect, planFile string
+	var applyPending bool
 	cmd := &cobra.Command{
 		Use:   "apply -f fleet.yaml [-o table|json] [--parallel N] [--timeout D] [--plan plan.json]",
 		Short: "Make every host match the fleet: write configs, restart where needed, wait for readiness",
@@ -143,7 +144,7 @@ Exit codes: 0 all ready, 2 some not ready, 1 error (a host failed or could not b
 			} else {
 				p = render.NewProgress(io.Stdout, fl, io.Terminal, style)
 			}
-			r := s.ctl.Apply(cmd.Context(), controller.ApplyOptions{Timeout: readiness, Parallel: f.parallel, Progress: p.Update, Digests: digests})
+			r := s.ctl.Apply(cmd.Context(), controller.ApplyOptions{Timeout: readiness, Parallel: f.parallel, Progress: p.Update, Digests: digests, ApplyPending: applyPending})
 			p.Finish()
 			if f.output != "json" {
 				fmt.Fprintln(io.Stdout)
@@ -155,6 +156,7 @@ Exit codes: 0 all ready, 2 some not ready, 1 error (a host failed or could not b
 	connect = controller.DefaultTimeout.String()
 	cmd.Flags().Var((*durationFlag)(&connect), "connect-timeout", "per host: connect, TLS and hello")
 	cmd.Flags().StringVar(&planFile, "plan", "", "a saved plan (gpupass plan -o json): refuse containers whose config changed since")
+	cmd.Flags().BoolVar(&applyPending, "apply-pending", false, "allow restarts that apply Proxmox pending changes ([pve:pending], listed by plan)")
 	return cmd
 }
 

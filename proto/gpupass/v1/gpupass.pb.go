@@ -1192,19 +1192,25 @@ func (x *RestartDecision) GetReasons() []string {
 }
 
 type ContainerPlan struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Gpus          []string               `protobuf:"bytes,2,rep,name=gpus,proto3" json:"gpus,omitempty"`
-	ConfigPath    string                 `protobuf:"bytes,3,opt,name=config_path,json=configPath,proto3" json:"config_path,omitempty"`
-	Digest        string                 `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"` // SHA-1 of the config bytes the plan was made from
-	Changes       []*ConfigChange        `protobuf:"bytes,5,rep,name=changes,proto3" json:"changes,omitempty"`
-	Diff          string                 `protobuf:"bytes,6,opt,name=diff,proto3" json:"diff,omitempty"`                         // unified diff
-	RunState      string                 `protobuf:"bytes,7,opt,name=run_state,json=runState,proto3" json:"run_state,omitempty"` // running | stopped
-	Restart       *RestartDecision       `protobuf:"bytes,8,opt,name=restart,proto3" json:"restart,omitempty"`
-	Start         bool                   `protobuf:"varint,9,opt,name=start,proto3" json:"start,omitempty"` // stopped and want_state=running
-	Error         string                 `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"` // the plan could not be made
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Gpus       []string               `protobuf:"bytes,2,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	ConfigPath string                 `protobuf:"bytes,3,opt,name=config_path,json=configPath,proto3" json:"config_path,omitempty"`
+	Digest     string                 `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"` // SHA-1 of the config bytes the plan was made from
+	Changes    []*ConfigChange        `protobuf:"bytes,5,rep,name=changes,proto3" json:"changes,omitempty"`
+	Diff       string                 `protobuf:"bytes,6,opt,name=diff,proto3" json:"diff,omitempty"`                         // unified diff
+	RunState   string                 `protobuf:"bytes,7,opt,name=run_state,json=runState,proto3" json:"run_state,omitempty"` // running | stopped
+	Restart    *RestartDecision       `protobuf:"bytes,8,opt,name=restart,proto3" json:"restart,omitempty"`
+	Start      bool                   `protobuf:"varint,9,opt,name=start,proto3" json:"start,omitempty"` // stopped and want_state=running
+	Error      string                 `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"` // the plan could not be made
+	// Proxmox only (empty elsewhere):
+	Locked             string   `protobuf:"bytes,11,opt,name=locked,proto3" json:"locked,omitempty"`                                                      // the config's `lock:` (backup, snapshot, migrate, ...): never written or restarted
+	Pending            []string `protobuf:"bytes,12,rep,name=pending,proto3" json:"pending,omitempty"`                                                    // [pve:pending] lines a (re)start would apply ("key: value", "delete: k1,k2")
+	PendingReplacesLxc bool     `protobuf:"varint,13,opt,name=pending_replaces_lxc,json=pendingReplacesLxc,proto3" json:"pending_replaces_lxc,omitempty"` // a pending lxc.* line: at start PVE replaces the whole raw lxc.* list with the pending one
+	Ha                 string   `protobuf:"bytes,14,opt,name=ha,proto3" json:"ha,omitempty"`                                                              // the HA resource ("ct:901") when HA manages the container, else ""
+	HaCommand          string   `protobuf:"bytes,15,opt,name=ha_command,json=haCommand,proto3" json:"ha_command,omitempty"`                               // the command that restarts it through HA (apply refuses to bypass HA)
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ContainerPlan) Reset() {
@@ -1303,6 +1309,41 @@ func (x *ContainerPlan) GetStart() bool {
 func (x *ContainerPlan) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *ContainerPlan) GetLocked() string {
+	if x != nil {
+		return x.Locked
+	}
+	return ""
+}
+
+func (x *ContainerPlan) GetPending() []string {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
+
+func (x *ContainerPlan) GetPendingReplacesLxc() bool {
+	if x != nil {
+		return x.PendingReplacesLxc
+	}
+	return false
+}
+
+func (x *ContainerPlan) GetHa() string {
+	if x != nil {
+		return x.Ha
+	}
+	return ""
+}
+
+func (x *ContainerPlan) GetHaCommand() string {
+	if x != nil {
+		return x.HaCommand
 	}
 	return ""
 }
@@ -1408,6 +1449,7 @@ type ApplyRequest struct {
 	Containers    []*ContainerSpec       `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
 	TimeoutMs     int64                  `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`                                                                                   // readiness deadline per container
 	ExpectDigest  map[string]string      `protobuf:"bytes,3,rep,name=expect_digest,json=expectDigest,proto3" json:"expect_digest,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // container id -> digest from an earlier plan
+	ApplyPending  bool                   `protobuf:"varint,4,opt,name=apply_pending,json=applyPending,proto3" json:"apply_pending,omitempty"`                                                                          // allow a restart that applies PVE pending changes (listed by plan)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1461,6 +1503,13 @@ func (x *ApplyRequest) GetExpectDigest() map[string]string {
 		return x.ExpectDigest
 	}
 	return nil
+}
+
+func (x *ApplyRequest) GetApplyPending() bool {
+	if x != nil {
+		return x.ApplyPending
+	}
+	return false
 }
 
 type ApplyProgress struct {
@@ -2466,6 +2515,7 @@ type ContainerStatus struct {
 	Warnings        []string               `protobuf:"bytes,11,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	RestartRequired bool                   `protobuf:"varint,12,opt,name=restart_required,json=restartRequired,proto3" json:"restart_required,omitempty"`
 	NetworkOk       bool                   `protobuf:"varint,13,opt,name=network_ok,json=networkOk,proto3" json:"network_ok,omitempty"`
+	GuestRefused    string                 `protobuf:"bytes,14,opt,name=guest_refused,json=guestRefused,proto3" json:"guest_refused,omitempty"` // why the latest guest to connect was refused ("" none since one was accepted)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2589,6 +2639,13 @@ func (x *ContainerStatus) GetNetworkOk() bool {
 		return x.NetworkOk
 	}
 	return false
+}
+
+func (x *ContainerStatus) GetGuestRefused() string {
+	if x != nil {
+		return x.GuestRefused
+	}
+	return ""
 }
 
 type StatusRequest struct {
@@ -2871,7 +2928,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\tOP_REMOVE\x10\x02\"G\n" +
 	"\x0fRestartDecision\x12\x1a\n" +
 	"\brequired\x18\x01 \x01(\bR\brequired\x12\x18\n" +
-	"\areasons\x18\x02 \x03(\tR\areasons\"\xb4\x02\n" +
+	"\areasons\x18\x02 \x03(\tR\areasons\"\xc7\x03\n" +
 	"\rContainerPlan\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12\x1f\n" +
@@ -2884,7 +2941,13 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\arestart\x18\b \x01(\v2\x1b.gpupass.v1.RestartDecisionR\arestart\x12\x14\n" +
 	"\x05start\x18\t \x01(\bR\x05start\x12\x14\n" +
 	"\x05error\x18\n" +
-	" \x01(\tR\x05error\"H\n" +
+	" \x01(\tR\x05error\x12\x16\n" +
+	"\x06locked\x18\v \x01(\tR\x06locked\x12\x18\n" +
+	"\apending\x18\f \x03(\tR\apending\x120\n" +
+	"\x14pending_replaces_lxc\x18\r \x01(\bR\x12pendingReplacesLxc\x12\x0e\n" +
+	"\x02ha\x18\x0e \x01(\tR\x02ha\x12\x1d\n" +
+	"\n" +
+	"ha_command\x18\x0f \x01(\tR\thaCommand\"H\n" +
 	"\vPlanRequest\x129\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +
@@ -2893,14 +2956,15 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\v2\x19.gpupass.v1.HostInventoryR\x04host\x129\n" +
 	"\n" +
 	"containers\x18\x02 \x03(\v2\x19.gpupass.v1.ContainerPlanR\n" +
-	"containers\"\xfa\x01\n" +
+	"containers\"\x9f\x02\n" +
 	"\fApplyRequest\x129\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +
 	"containers\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\x12O\n" +
-	"\rexpect_digest\x18\x03 \x03(\v2*.gpupass.v1.ApplyRequest.ExpectDigestEntryR\fexpectDigest\x1a?\n" +
+	"\rexpect_digest\x18\x03 \x03(\v2*.gpupass.v1.ApplyRequest.ExpectDigestEntryR\fexpectDigest\x12#\n" +
+	"\rapply_pending\x18\x04 \x01(\bR\fapplyPending\x1a?\n" +
 	"\x11ExpectDigestEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
@@ -2984,7 +3048,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	" \x01(\bR\x05ready\x12\x18\n" +
 	"\areasons\x18\v \x03(\tR\areasons\x12\x1a\n" +
 	"\bwarnings\x18\f \x03(\tR\bwarnings\x12\x18\n" +
-	"\atrigger\x18\r \x01(\tR\atrigger\"\xcd\x03\n" +
+	"\atrigger\x18\r \x01(\tR\atrigger\"\xf2\x03\n" +
 	"\x0fContainerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12\x14\n" +
@@ -3000,7 +3064,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\bwarnings\x18\v \x03(\tR\bwarnings\x12)\n" +
 	"\x10restart_required\x18\f \x01(\bR\x0frestartRequired\x12\x1d\n" +
 	"\n" +
-	"network_ok\x18\r \x01(\bR\tnetworkOk\"J\n" +
+	"network_ok\x18\r \x01(\bR\tnetworkOk\x12#\n" +
+	"\rguest_refused\x18\x0e \x01(\tR\fguestRefused\"J\n" +
 	"\rStatusRequest\x129\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +

@@ -1,0 +1,49 @@
+# Shared by test/pvelab/setup.sh and teardown.sh (sourced, not run).
+# shellcheck shell=bash
+
+PVELAB_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PVELAB_REPO=$(cd "$PVELAB_HERE/../.." && pwd)
+# Proxmox's sources (git archive tarballs, SOURCES.md): ../shared/pve/src beside the checkout.
+PVELAB_SRC=${GPUPASS_PVE_SRC:-$PVELAB_REPO/../shared/pve/src}
+PVELAB_CACHE=${GPUPASS_PVELAB_CACHE:-/var/cache/gpupass/pvelab}
+# Run state: the pids of the daemons setup.sh started, the systemctl shim's units, id locks.
+PVELAB_RUN=/run/gpupass-pvelab
+PVELAB_LOG=$PVELAB_RUN/setup.log
+# The PVE repositories the lab installs (lxc is separate).
+PVELAB_REPOS="pve-container pve-common pve-guest-common pve-cluster pve-storage pve-access-control pve-firewall pve-ha-manager pve-apiclient"
+# Container ids the lab's tests use; teardown stops these and only these.
+PVELAB_IDS_FIRST=9900
+PVELAB_IDS_LAST=9999
+PVELAB_HOSTS_MARK="# gpupass pvelab: pmxcfs needs a non-loopback address for the node name"
+PVELAB_TEMPLATE_DIR=/var/lib/vz/template/cache
+
+pvelab_node() {
+	local n
+	n=$(uname -n)
+	echo "${n%%.*}"
+}
+
+PVELAB_T0=$(date +%s.%N)
+# step prints one timed line: "pvelab [  12.3s] what".
+step() {
+	printf 'pvelab [%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $PVELAB_T0" | bc)" "$*"
+}
+
+# quiet runs a command with its output in the log; on failure it prints the log's tail and
+# exits. PVELAB_VERBOSE=1 shows everything.
+quiet() {
+	if [ "${PVELAB_VERBOSE:-0}" = 1 ]; then
+		"$@"
+		return
+	fi
+	if ! "$@" >>"$PVELAB_LOG" 2>&1; then
+		echo "pvelab: failed: $*" >&2
+		tail -n 40 "$PVELAB_LOG" >&2
+		exit 1
+	fi
+}
+
+# pid_alive FILE: the process recorded in FILE is running.
+pid_alive() {
+	[ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
