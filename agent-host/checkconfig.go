@@ -39,7 +39,7 @@ func checkConfig(path string) error {
 		return err
 	}
 	if _, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key); err != nil {
-		return fmt.Errorf("check %s: tls.cert %s, tls.key %s: %w (issue them with gpupass pki issue --role host and copy them there)", path, cfg.TLS.Cert, cfg.TLS.Key, err)
+		return fmt.Errorf("check %s: tls.cert %s, tls.key %s: %w (issue them with gpupass pki issue --name <host> --ip <address> and copy them there)", path, cfg.TLS.Cert, cfg.TLS.Key, err)
 	}
 	ca, err := os.ReadFile(cfg.TLS.CA)
 	if err != nil {

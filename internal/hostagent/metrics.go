@@ -52,6 +52,12 @@ func (m *Metrics) setReady(id string, ready bool) {
 	m.ready.WithLabelValues(id).Set(v)
 }
 
+// Register adds collectors (the GPU metrics of internal/gpumetrics) to the registry.
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
+// Registry is the registry /metrics serves (tests list its metric names).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
