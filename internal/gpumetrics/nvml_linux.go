@@ -70,7 +70,7 @@ func (n *NVML) Snapshot() (Snapshot, error) {
 		util := map[uint32]uint32{}
 		since := n.last[g.UUID]
 		if since == 0 {
-			since = uint64(time.Now().Add(-10*time.Second).UnixMicro())
+			since = uint64(time.Now().Add(-10 * time.Second).UnixMicro())
 		}
 		if samples, ret := dev.GetProcessUtilization(since); ret == nvml.SUCCESS {
 			for _, smp := range samples {
