@@ -26,6 +26,13 @@ type Source interface {
 	Snapshot() (Snapshot, error)
 }
 
+// Recorded is a Source that answers a recorded snapshot (gpupass-host-agent gpu-snapshot
+// output): for replaying what a GPU host showed.
+type Recorded struct{ Snap Snapshot }
+
+// Snapshot implements Source.
+func (r Recorded) Snapshot() (Snapshot, error) { return r.Snap, nil }
+
 // Snapshot is what NVML says now.
 type Snapshot struct {
 	Driver string

@@ -72,7 +72,8 @@ func (n *NVML) Snapshot() (Snapshot, error) {
 		if since == 0 {
 			since = uint64(time.Now().Add(-10 * time.Second).UnixMicro())
 		}
-		if samples, ret := dev.GetProcessUtilization(since); ret == nvml.SUCCESS {
+		samples, uret := dev.GetProcessUtilization(since)
+		if uret == nvml.SUCCESS {
 			for _, smp := range samples {
 				if smp.TimeStamp > n.last[g.UUID] {
 					n.last[g.UUID] = smp.TimeStamp
@@ -87,7 +88,9 @@ func (n *NVML) Snapshot() (Snapshot, error) {
 			pr := Proc{PID: int(p.Pid), MemoryBytes: p.UsedGpuMemory}
 			if u, ok := util[p.Pid]; ok {
 				pr.SMUtil = &u
-			} else if len(util) > 0 || ret == nvml.SUCCESS {
+			} else if uret == nvml.SUCCESS || uret == nvml.ERROR_NOT_FOUND {
+				// Sampled, and this process had no sample: it did not compute (NVML
+				// answers NOT_FOUND when no process did).
 				zero := uint32(0)
 				pr.SMUtil = &zero
 			}

@@ -18,16 +18,7 @@ import (
 // module's version; Xid errors followed in the kernel log. It returns what stops them.
 func startGPUMetrics(ctx context.Context, cfg *hostconfig.Config, m *Metrics, l *logrus.Entry) func() {
 	host, _ := os.Hostname()
-	c := &gpumetrics.Collector{
-		Host: host, ProcRoot: ProcRoot(cfg.HostRoot), MinInterval: time.Second,
-		KernelDriver: func() string {
-			inv, _ := gpu.Discover(cfg.HostRoot)
-			if inv == nil {
-				return ""
-			}
-			return inv.DriverVersion
-		},
-	}
+	c := gpuCollector(cfg, host)
 	var stops []func()
 	if cfg.Simulated {
 		l.Info("simulated GPU host: no NVML, per-container GPU metrics absent")
@@ -56,5 +47,19 @@ func startGPUMetrics(ctx context.Context, cfg *hostconfig.Config, m *Metrics, l 
 		for _, s := range stops {
 			s()
 		}
+	}
+}
+
+// gpuCollector is the host's GPU metrics collector, without a Source (no NVML) yet.
+func gpuCollector(cfg *hostconfig.Config, host string) *gpumetrics.Collector {
+	return &gpumetrics.Collector{
+		Host: host, ProcRoot: ProcRoot(cfg.HostRoot), MinInterval: time.Second,
+		KernelDriver: func() string {
+			inv, _ := gpu.Discover(cfg.HostRoot)
+			if inv == nil {
+				return ""
+			}
+			return inv.DriverVersion
+		},
 	}
 }

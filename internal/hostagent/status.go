@@ -58,6 +58,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 	if err != nil {
 		cs.State = StateError
 		cs.Reasons = append(cs.Reasons, err.Error())
+		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	cs.RunState = runState(st)
@@ -65,6 +66,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 		cs.State = StateStopped
 		cs.Reasons = append(cs.Reasons, "container is stopped")
 		a.metrics.setReady(id, false)
+		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	snap, _ := a.guests.Latest(id)
@@ -77,6 +79,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 		}
 	}
 	a.metrics.setReady(id, cs.State == StateReady)
+	a.metrics.setStatus(id, cs.State, cs.Reasons)
 	return cs
 }
 

@@ -60,6 +60,15 @@ func run() error {
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return fmt.Errorf("make %s: %w", *out, err)
 	}
+	// Packages of earlier builds go: build/deb then holds exactly this build's.
+	for _, name := range packages {
+		old, _ := filepath.Glob(filepath.Join(*out, name+"_*.deb"))
+		for _, f := range old {
+			if err := os.Remove(f); err != nil {
+				return fmt.Errorf("remove %s: %w", f, err)
+			}
+		}
+	}
 	env := map[string]string{"VERSION": version, "STAGE": *stage}
 	for _, name := range packages {
 		path, err := pack(filepath.Join("packaging", "deb", name+".yaml"), env, when, *out)
