@@ -94,7 +94,7 @@ runtime: lxc
 tls: {ca: /etc/gpupass/ca.crt, cert: /etc/gpupass/host.crt, key: /etc/gpupass/host.key}
 host_root: /var/lib/gpupass-sim
 simulated: true
-metrics_listen: "127.0.0.1:9742"
+metrics_listen: "127.0.0.1:9420"
 `
 
 const fleet = `version: 1
