@@ -105,11 +105,12 @@ containers: []
 `
 
 // TestPackagesUnderSystemd: in a Debian 12 container with systemd as PID 1, apt installs
-// the controller and host agent packages (offline: apt-get install ./file.deb, with every
+// the three packages (offline: apt-get install ./file.deb, with every
 // dependency already there); the host agent is enabled but not started while it has no
 // certificates; with them it starts as Type=notify (systemctl start returns after READY),
 // its watchdog is armed, it answers the packaged controller over mutual TLS, survives
-// systemctl restart; apt remove stops it and keeps /etc/gpupass; apt purge removes it.
+// systemctl restart; the guest agent's package starts its unit; apt remove stops the host
+// agent and keeps /etc/gpupass; apt purge removes it.
 func TestPackagesUnderSystemd(t *testing.T) {
 	pkgs := debs(t)
 	dir := filepath.Dir(pkgs["gpupass-host-agent"])
@@ -197,6 +198,19 @@ cp /root/pki/ca.crt /root/pki/host.crt /root/pki/host.key /etc/gpupass/`)
 		t.Fatalf("after restart: ActiveState %q, MainPID %s (was %s): want active with a new process", got, show(t, c, "MainPID"), pid)
 	}
 	status()
+
+	// The guest agent's package, as a template gets it: enabled and running (READY once
+	// its watches are up; it waits for the host's socket by itself).
+	sh(t, c, "DEBIAN_FRONTEND=noninteractive apt-get install -y "+base(pkgs["gpupass-guest-agent"])+" 2>&1")
+	for prop, want := range map[string]string{"UnitFileState": "enabled", "ActiveState": "active", "Type": "notify"} {
+		if got := strings.TrimSpace(sh(t, c, "systemctl show -P "+prop+" gpupass-guest-agent.service")); got != want {
+			t.Errorf("guest agent %s = %q, want %q", prop, got, want)
+		}
+	}
+	sh(t, c, "DEBIAN_FRONTEND=noninteractive apt-get purge -y gpupass-guest-agent 2>&1")
+	if got := strings.TrimSpace(sh(t, c, "systemctl show -P ActiveState gpupass-guest-agent.service")); got != "inactive" {
+		t.Errorf("guest agent after purge: ActiveState %q, want inactive", got)
+	}
 
 	sh(t, c, "DEBIAN_FRONTEND=noninteractive apt-get remove -y gpupass-host-agent 2>&1")
 	if got := show(t, c, "ActiveState"); got != "inactive" {
