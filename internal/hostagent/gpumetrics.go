@@ -29,6 +29,9 @@ func startGPUMetrics(ctx context.Context, cfg *hostconfig.Config, m *Metrics, l 
 		stops = append(stops, func() { _ = n.Close() })
 	}
 	m.Register(c)
+	if inv, _ := gpu.Discover(cfg.HostRoot); inv != nil {
+		m.gpus.Set(float64(len(inv.GPUs))) // before any controller asks
+	}
 	xid := gpumetrics.NewXidCounter(m.reg, host)
 	if f, err := os.Open(filepath.Join(cfg.HostRoot, "dev", "kmsg")); err != nil {
 		l.WithError(err).Info("kernel log not readable: Xid errors not counted")
