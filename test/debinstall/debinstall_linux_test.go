@@ -189,6 +189,17 @@ cp /root/pki/ca.crt /root/pki/host.crt /root/pki/host.key /etc/gpupass/`)
 		return out
 	}
 	t.Logf("controller: %s", status())
+	// The packaged agent's /metrics (bash's /dev/tcp: the minimal rootfs has no curl): the
+	// simulated host's two GPUs and driver, and no NVML (absent per-container series).
+	metrics := sh(t, c, `bash -c 'exec 3<>/dev/tcp/127.0.0.1/9420 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3'`)
+	for _, want := range []string{"gpupass_host_gpus 2", `gpupass_nvml_available{host=`, "gpupass_host_driver_info{driver_version="} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
+		}
+	}
+	if strings.Contains(metrics, "gpupass_container_gpu_memory_used_bytes{") {
+		t.Errorf("/metrics has per-container GPU memory without NVML (want it absent):\n%s", metrics)
+	}
 
 	pid := show(t, c, "MainPID")
 	start = time.Now()
