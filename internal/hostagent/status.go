@@ -83,6 +83,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	if err != nil {
 		cs.State = StateError
 		cs.Reasons = append(cs.Reasons, err.Error())
+		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	cs.RunState = runState(st)
@@ -90,6 +91,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 		cs.State = StateStopped
 		cs.Reasons = append(cs.Reasons, "container is stopped")
 		a.metrics.setReady(id, false)
+		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	// As plan says it: whether what the container runs with differs from the desired
@@ -107,6 +109,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 		}
 	}
 	a.metrics.setReady(id, cs.State == StateReady)
+	a.metrics.setStatus(id, cs.State, cs.Reasons)
 	return cs
 }
 
