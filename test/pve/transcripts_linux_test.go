@@ -14,9 +14,9 @@ import (
 // hand-written transcripts in testdata/pct/ they replace.
 func TestTranscripts(t *testing.T) {
 	ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{
-		"dev0: /dev/vcsa,mode=0666",
+		"dev0: " + pvelab.Node(t, 7, 128) + ",mode=0666",
 		"lxc.cgroup2.devices.allow: c 7:0 rwm",
-		"lxc.mount.entry: /dev/vcs dev/vcs none bind,optional,create=file",
+		"lxc.mount.entry: " + pvelab.Node(t, 7, 0) + " dev/vcs none bind,optional,create=file",
 	}})
 	id := fmt.Sprint(ct.ID)
 	type step struct {
