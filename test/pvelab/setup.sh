@@ -27,7 +27,7 @@ done
 # templates, and the Perl libraries the PVE repositories' debian/control files depend on.
 PKGS="build-essential pkg-config iproute2 procps patch fuse libfuse-dev libqb-dev
  libcorosync-common-dev libcpg-dev libcmap-dev libquorum-dev libglib2.0-dev libsqlite3-dev
- librrd-dev libperl-dev lxc busybox-static
+ librrd-dev libperl-dev lxc busybox-static file xz-utils zstd
  libanyevent-perl libclone-perl libcrypt-openssl-random-perl libcrypt-openssl-rsa-perl
  libdevel-cycle-perl libfilesys-df-perl libhttp-daemon-perl libhttp-message-perl
  libio-stringy-perl libjson-perl libjson-xs-perl liblinux-inotify2-perl libmime-base32-perl
