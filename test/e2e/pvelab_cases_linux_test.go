@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,6 +54,17 @@ func testPVELocked(t *testing.T, lab *pveLab) {
 		t.Errorf("container is %s after the refused apply, want running", got)
 	}
 	t.Logf("locked: plan exit %d, apply exit %d: %s", plan.Code, ap.Code, c.Error)
+
+	// doctor explains it with Proxmox's commands (the host's runtime is pct), not lxc-*.
+	doc, err := run(context.Background(), 2*time.Minute, nil, lab.f.bin.Controller, "doctor", "-f", fl, lab.h.name+"/"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := doc.Stdout + doc.Stderr
+	if !strings.Contains(out, "lock") || !strings.Contains(out, "pct ") || strings.Contains(out, "lxc-start") {
+		t.Errorf("doctor (exit %d) does not explain the lock with pct commands:\n%s", doc.Code, out)
+	}
+	t.Logf("doctor (exit %d):\n%s", doc.Code, out)
 }
 
 // Pending changes: `pct set -features` on a running container goes to [pve:pending]; every
