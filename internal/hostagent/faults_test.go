@@ -21,6 +21,7 @@ import (
 	"gpupass/internal/gpu/gputest"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
+	"gpupass/internal/journal"
 	"gpupass/internal/log"
 	"gpupass/internal/runner"
 	"gpupass/internal/runtime"
@@ -256,7 +257,7 @@ func (h *faultHost) assertConfDesired() {
 }
 
 // journalOutcome is the done step of the container's only journaled apply.
-func (h *faultHost) journalOutcome() Entry {
+func (h *faultHost) journalOutcome() journal.Entry {
 	h.t.Helper()
 	files, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "journal", "done", "*.jsonl"))
 	if open, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "journal", "*.jsonl")); len(open) > 0 {
@@ -265,12 +266,12 @@ func (h *faultHost) journalOutcome() Entry {
 	if len(files) != 1 {
 		h.t.Fatalf("%d finished journal files, want 1", len(files))
 	}
-	entries, err := readEntries(files[0])
+	entries, err := journal.ReadFile(files[0])
 	if err != nil || len(entries) == 0 {
 		h.t.Fatalf("journal %s: %v", files[0], err)
 	}
 	last := entries[len(entries)-1]
-	if last.Step != StepDone {
+	if last.Step != journal.StepDone {
 		h.t.Fatalf("journal ends with %q, want done", last.Step)
 	}
 	return last
@@ -331,8 +332,8 @@ func TestFaultDiskFull(t *testing.T) {
 	if h.file("state-901") != "running" {
 		t.Errorf("container is %s, want running as it was", h.file("state-901"))
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeAsWas || !strings.Contains(o.Detail, "no space left") {
-		t.Errorf("journal outcome %q (%s), want %q naming the full disk", o.Outcome, o.Detail, OutcomeAsWas)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas || !strings.Contains(o.Detail, "no space left") {
+		t.Errorf("journal outcome %q (%s), want %q naming the full disk", o.Outcome, o.Detail, journal.OutcomeAsWas)
 	}
 }
 
@@ -356,8 +357,8 @@ func TestFaultReadOnlyConfigDir(t *testing.T) {
 	if a := h.pctActions(); len(a) != 0 {
 		t.Errorf("pct was asked to %q, want nothing", a)
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 	}
 }
 
@@ -396,8 +397,8 @@ func TestFaultConfigLockHeldByAnotherProcess(t *testing.T) {
 	if a := h.pctActions(); len(a) != 0 {
 		t.Errorf("pct was asked to %q, want nothing", a)
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 	}
 }
 
@@ -422,8 +423,8 @@ func TestFaultPctFails(t *testing.T) {
 		if h.file("state-901") != "running" {
 			t.Errorf("container is %s, want running as it was", h.file("state-901"))
 		}
-		if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+		if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 		}
 	})
 	t.Run("start of a stopped container", func(t *testing.T) {
@@ -436,8 +437,8 @@ func TestFaultPctFails(t *testing.T) {
 		if h.file("state-901") != "stopped" {
 			t.Errorf("container is %s, want stopped as it was", h.file("state-901"))
 		}
-		if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+		if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 		}
 	})
 }
@@ -503,8 +504,8 @@ func TestFaultGuestNeverConnects(t *testing.T) {
 		t.Errorf("container is %s, want running as desired", h.file("state-901"))
 	}
 	o := h.journalOutcome()
-	if o.Outcome != OutcomeDesired || !strings.Contains(o.Detail, "guest agent has not connected") {
-		t.Errorf("journal outcome %q (%s), want %q naming the silent guest", o.Outcome, o.Detail, OutcomeDesired)
+	if o.Outcome != journal.OutcomeDesired || !strings.Contains(o.Detail, "guest agent has not connected") {
+		t.Errorf("journal outcome %q (%s), want %q naming the silent guest", o.Outcome, o.Detail, journal.OutcomeDesired)
 	}
 	// The status query afterwards says the same, from what the agent knows.
 	st := h.agent.Status(context.Background(), &pb.StatusRequest{})

@@ -61,6 +61,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 		return cs
 	}
 	cs.RunState = runState(st)
+	cs.Reasons = append(cs.Reasons, a.journalReasons(id)...)
 	if !st.Running {
 		cs.State = StateStopped
 		cs.Reasons = append(cs.Reasons, "container is stopped")
