@@ -46,7 +46,7 @@ type Agent struct {
 	// quarantined (unreadable) journal files.
 	conflicts   map[string]journal.Entry
 	quarantined map[string][]journal.Broken
-	base    context.Context              // the agent's lifetime (Service.Run); applies outlive their callers
+	base        context.Context // the agent's lifetime (Service.Run); applies outlive their callers
 
 	refusals *log.Limiter // rate limits logs of refused connections
 }
