@@ -136,8 +136,24 @@ func newFaultHost(t *testing.T, running bool) *faultHost {
 		state = "running"
 	}
 	h.setFile("state-901", state)
+	h.start(t.TempDir())
+	return h
+}
 
-	base := t.TempDir()
+// reopenFaultHost is a host agent started again over the files of an earlier one (its
+// simulated root, fake pct and state directory under base): what a restart of the agent
+// after a crash finds.
+func reopenFaultHost(t *testing.T, root, bin, base string) *faultHost {
+	t.Helper()
+	testenv.RequireRoot(t)
+	h := &faultHost{t: t, root: root, bin: bin, conf: filepath.Join(root, "etc/pve/lxc/901.conf")}
+	h.start(base)
+	return h
+}
+
+// start starts the agent and its guest registry with state under base.
+func (h *faultHost) start(base string) {
+	t := h.t
 	cfg := hostconfig.Default()
 	cfg.StateDir = filepath.Join(base, "state")
 	cfg.GuestSocketDir = filepath.Join(base, "g")
@@ -165,7 +181,6 @@ func newFaultHost(t *testing.T, running bool) *faultHost {
 			t.Logf("pct transcript:\n%s", h.file("transcript"))
 		}
 	})
-	return h
 }
 
 func (h *faultHost) writeConf(s string) {
