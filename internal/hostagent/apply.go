@@ -132,7 +132,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	start := !p.state.Running && p.pb.Start && refusal == ""
 	t := &txn{id: id, intent: journal.Entry{WasRunning: p.state.Running, Digest: p.digest, After: p.digest, GuestDirCreated: errors.Is(statErr, os.ErrNotExist)}}
 	var op *journal.Op
-	if p.res.Changed || restart || start || t.intent.GuestDirCreated {
+	if p.res.Changed || restart || start || t.intent.GuestDirCreated || a.hasConflict(id) {
 		if p.res.Changed {
 			t.intent.After = pveconf.Digest(p.res.New)
 			if t.intent.Backup, err = a.journal.SaveBackup(a.backupDir(id), filepath.Base(p.file.Path), p.old); err != nil {
@@ -146,7 +146,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		if op, err = a.journal.Begin(id, intent); err != nil {
 			return fail(err)
 		}
-		defer a.prune(id)
+		defer func() { a.prune(id); a.refreshJournalState() }()
 		progress(id, "journal", op.ID)
 		crash("begin")
 	}

@@ -38,7 +38,7 @@ import (
 // fakePCT is the pct the runtime runs: container state in files, faults on request.
 const fakePCT = `#!/bin/sh
 # fake pct for gpupass fault tests. State: $D/state-<id> (running|stopped); the running
-# container's init pid is $D/pid. Faults: $D/hang-<cmd> makes <cmd> hang; $D/fail-<cmd>
+# container's init pid is $D/pid. Faults (and see edit- below): $D/hang-<cmd> makes <cmd> hang; $D/fail-<cmd>
 # holds how many more times <cmd> fails, printing $D/stdout-<cmd> first (as pct prints the
 # task log on stdout). $D/task-<cmd> (seconds) makes <cmd> start a PVE
 # "task" that holds the config lock ($D/lockpath) that long, outlives pct, and ends the hang.
@@ -51,6 +51,8 @@ if [ -s "$D/task-$cmd" ]; then
   while ! grep -q task-start "$D/transcript"; do sleep 0.05; done
 fi
 if [ -e "$D/hang-$cmd" ]; then exec sleep 60; fi
+# $D/edit-<cmd>: someone else appends this line to the config ($D/confpath) during <cmd>.
+if [ -s "$D/edit-$cmd" ]; then cat "$D/edit-$cmd" >> "$(cat "$D/confpath")"; rm -f "$D/edit-$cmd"; fi
 if [ -s "$D/fail-$cmd" ]; then
   n=$(cat "$D/fail-$cmd")
   if [ "$n" -gt 0 ]; then
@@ -131,6 +133,7 @@ func newFaultHost(t *testing.T, running bool) *faultHost {
 	}
 	h.setFile("pid", fmt.Sprint(os.Getpid())) // the running container's "init": /proc/<pid>/root/dev has no GPU
 	h.setFile("lockpath", pveconfLockPath(h.root, "901"))
+	h.setFile("confpath", h.conf)
 	state := "stopped"
 	if running {
 		state = "running"

@@ -213,6 +213,15 @@ func (a *Agent) refreshJournalState() {
 	a.mu.Unlock()
 }
 
+// hasConflict says whether container id has an unresolved conflict: its next apply is
+// journaled even when it changes nothing, and resolves it.
+func (a *Agent) hasConflict(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.conflicts[id]
+	return ok
+}
+
 // journalReasons are the status reasons of container id from its journal: an unresolved
 // conflict, a quarantined journal file.
 func (a *Agent) journalReasons(id string) []string {
