@@ -165,4 +165,3 @@ func doneOutcome(t *testing.T, h *faultHost, op string) journal.Entry {
 	}
 	return last
 }
-
