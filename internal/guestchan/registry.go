@@ -444,13 +444,13 @@ func (r *Registry) Subscribe(buf int) (<-chan Event, func()) {
 
 func (r *Registry) snapshotLocked(c *container, now time.Time) Snapshot {
 	return Snapshot{
-		Report:    c.report,
-		At:        c.at,
-		Connected: c.sessions > 0,
-		Stale:     r.isStale(c, now),
-		Sessions:  c.sessions,
-		BootID:    c.bootID,
-		Dropped:   c.dropped,
+		Report:     c.report,
+		At:         c.at,
+		Connected:  c.sessions > 0,
+		Stale:      r.isStale(c, now),
+		Sessions:   c.sessions,
+		BootID:     c.bootID,
+		Dropped:    c.dropped,
 		Refused:    c.refusal,
 		RefusedAt:  c.refusedAt,
 		Generation: c.gen,
