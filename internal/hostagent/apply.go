@@ -239,14 +239,25 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	return result
 }
 
-// waitReady waits for the guest's push: a report received after since (after a restart:
-// from the new instance) that is ready, or the deadline. No polling: the registry wakes us.
+// waitReady waits for the guest's push: a report of the running container's generation
+// (its init and the init's start time: after a restart, only the new instance's guest
+// counts, whatever the clock says) that is ready, or the deadline. Where the generation
+// cannot be read, a report received after since (after a restart) counts. No polling:
+// the registry wakes us.
 func (a *Agent) waitReady(ctx context.Context, id string, since time.Time, restarted bool, timeout time.Duration) (guestchan.Snapshot, error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var gen guestchan.Generation
+	known := false
+	if st, err := a.rt.State(wctx, id); err == nil && st.Running {
+		gen, known = a.generationOf(st.InitPID)
+	}
 	fresh := func(s guestchan.Snapshot) bool {
 		if !s.Connected || s.Report == nil {
 			return false
+		}
+		if known && !s.Generation.IsZero() {
+			return s.Generation == gen
 		}
 		return !restarted || s.At.After(since)
 	}

@@ -74,6 +74,8 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 		cs.RestartRequired = p.pb.GetRestart().GetRequired()
 	}
 	snap, _ := a.guests.Latest(id)
+	// The host's own evidence first: the report's generation, and its own look at /dev.
+	cs.Reasons = append(cs.Reasons, a.hostEvidence(id, st, snap)...)
 	a.judge(cs, spec, snap)
 	a.metrics.setReady(id, cs.State == StateReady)
 	return cs
