@@ -166,6 +166,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 			return fail(fmt.Errorf("write %s: %w (the container and its config are as they were)", p.file.Path, err))
 		}
 		crash("written-unjournaled")
+		t.configWritten = true
 		result.Written = true
 		if err := op.Step(journal.StepWritten, journal.Entry{Backup: t.intent.Backup}); err != nil {
 			l.WithError(err).Error("journal write failed")

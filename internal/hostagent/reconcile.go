@@ -77,6 +77,9 @@ func (a *Agent) reconcileOne(ctx context.Context, p journal.Pending) {
 	rb, rollingBack := p.Has(journal.StepRollback)
 	switch {
 	case rollingBack:
+		// A rollback follows the write's journal entry, or a write that failed (and left
+		// the config untouched).
+		_, t.configWritten = p.Has(journal.StepWritten)
 		unlock := a.lock(id)
 		outcome, detail := a.runUndo(ctx, p.Op, a.undoStack(t), "reconciled on start: finished the rollback of: "+rb.Detail)
 		unlock()
@@ -102,6 +105,7 @@ func (a *Agent) reconcileOne(ctx context.Context, p journal.Pending) {
 			l.Info("interrupted apply completed")
 			return
 		}
+		t.configWritten = wrote // the config held what it wrote: that is why it went on
 		unlock := a.lock(id)
 		outcome, detail := a.runUndo(ctx, p.Op, a.undoStack(t), "reconciled on start: could not complete: "+res.GetError())
 		unlock()

@@ -38,6 +38,9 @@ type txn struct {
 	id         string
 	intent     journal.Entry // Digest (before), After, Backup, WasRunning, GuestDirCreated
 	runTouched bool          // a restart or start was issued
+	// configWritten: the apply's bytes reached the config (a failed write leaves it
+	// untouched, and then its undo must not judge an edit that came first).
+	configWritten bool
 }
 
 // undoStack builds the undos of t in the order the apply made its changes, so that they
@@ -57,7 +60,7 @@ func (a *Agent) undoStack(t *txn) *revert.Reverter {
 	if t.intent.GuestDirCreated {
 		rv.Add("guest socket directory", func(context.Context) error { return a.undoGuestDir(t.id) })
 	}
-	if t.intent.After != "" && t.intent.After != t.intent.Digest {
+	if t.configWritten && t.intent.After != t.intent.Digest {
 		rv.Add("config", func(context.Context) error {
 			err := a.undoConfig(t.id, t.intent)
 			configUndone = err == nil
