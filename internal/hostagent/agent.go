@@ -5,6 +5,7 @@
 package hostagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -145,6 +146,9 @@ func (a *Agent) remember(spec *pb.ContainerSpec) error {
 		return fmt.Errorf("encode desired spec: %w", err)
 	}
 	path := filepath.Join(a.desiredDir(), journal.Sanitize(spec.GetId())+".json")
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
+		return nil // the same spec: an apply that changes nothing writes nothing
+	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("write desired spec: %w", err)

@@ -248,6 +248,12 @@ func TestJournalBoundedAndNoOpWritesNothing(t *testing.T) {
 		t.Fatalf("first apply: %q written %v", r.GetError(), r.GetWritten())
 	}
 	j1, b1 := count()
+	desired := filepath.Join(h.cfg.StateDir, "desired", "901.json")
+	d1, err := os.Stat(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
 	for i := 0; i < 3; i++ {
 		if r := apply("0"); r.GetError() != "" || r.GetWritten() {
 			t.Fatalf("no-op apply: %q written %v", r.GetError(), r.GetWritten())
@@ -255,6 +261,9 @@ func TestJournalBoundedAndNoOpWritesNothing(t *testing.T) {
 	}
 	if j, b := count(); j != j1 || b != b1 || j1 != 1 || b1 != 1 {
 		t.Errorf("no-op applies: journals %d -> %d, backups %d -> %d; want 1 each, unchanged", j1, j, b1, b)
+	}
+	if d2, err := os.Stat(desired); err != nil || !d2.ModTime().Equal(d1.ModTime()) {
+		t.Errorf("no-op applies rewrote the desired spec %s (%v)", desired, err)
 	}
 	for i := 0; i < 8; i++ {
 		gpus := []string{}
