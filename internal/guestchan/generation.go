@@ -40,6 +40,9 @@ func GenerationOf(procRoot string, initPID int) (Generation, error) {
 	return Generation{InitPID: initPID, StartTicks: t}, nil
 }
 
+// maxInitDepth bounds the walk up the parent chain.
+const maxInitDepth = 64
+
 // ContainerInit is the default Config.PeerGeneration: the generation of the container pid
 // runs in. Its init is the process of pid's pid namespace whose pid there is 1 (the last
 // field of /proc/<pid>/status NSpid). The parent chain cannot tell: a process attached
@@ -51,6 +54,24 @@ func ContainerInit(procRoot string, pid int32) (Generation, error) {
 	if err != nil {
 		return Generation{}, fmt.Errorf("find init of pid %d: %w", pid, err)
 	}
+	// Cheap first: up the parent chain while it stays in the namespace (a guest agent that
+	// its init started is a child or grandchild of it).
+	cur := pid
+	for i := 0; i < maxInitDepth; i++ {
+		dir := filepath.Join(proc, strconv.Itoa(int(cur)))
+		if nsPIDIsOne(filepath.Join(dir, "status")) {
+			return GenerationOf(procRoot, int(cur))
+		}
+		ppid, err := parentOf(procRoot, cur)
+		if err != nil || ppid <= 0 {
+			break
+		}
+		if other, err := os.Readlink(filepath.Join(proc, strconv.Itoa(int(ppid)), "ns", "pid")); err != nil || other != ns {
+			break
+		}
+		cur = ppid
+	}
+	// Attached from the host: find the namespace's pid 1 among all processes.
 	ents, err := os.ReadDir(proc)
 	if err != nil {
 		return Generation{}, fmt.Errorf("find init of pid %d: %w", pid, err)
@@ -84,4 +105,27 @@ func nsPIDIsOne(status string) bool {
 		}
 	}
 	return false
+}
+
+// parentOf reads field 4 of /proc/<pid>/stat (after the command name in parentheses,
+// which may itself hold blanks and parentheses).
+func parentOf(procRoot string, pid int32) (int32, error) {
+	p := filepath.Join(procRoot, "proc", strconv.Itoa(int(pid)), "stat")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, fmt.Errorf("read parent of pid %d: %w", pid, err)
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("read parent of pid %d: cannot parse %s", pid, p)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("read parent of pid %d: cannot parse %s", pid, p)
+	}
+	ppid, err := strconv.ParseInt(f[1], 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("read parent of pid %d: %w", pid, err)
+	}
+	return int32(ppid), nil
 }
