@@ -220,6 +220,7 @@ func explain(d *Diagnosis) []Finding {
 	if st == nil {
 		return out
 	}
+	out = append(out, evidenceFindings(d, st, apply)...)
 	if st.GetRunState() != "running" && st.GetState() == StateStopped && d.Entry.State != fleet.StateRunning {
 		out = append(out, Finding{Problem: "the container is stopped",
 			Cause:   "nothing in " + file + " asks for it to run",
@@ -269,7 +270,7 @@ func explain(d *Diagnosis) []Finding {
 	}
 	// Whatever the host says that no finding above explains.
 	for _, r := range st.GetReasons() {
-		if !explained(r, out) {
+		if !explained(r, out) && !evidenceExplained(r) {
 			out = append(out, Finding{Problem: r, Cause: "reported by the host agent", Fix: "gpupass status -f " + file + " -o json shows the details"})
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"gpupass/internal/guestchan"
+	"gpupass/internal/journal"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
@@ -237,8 +238,8 @@ func TestTimedOutTaskStillRunning(t *testing.T) {
 	if got := strings.Join(h.pctActions(), "; "); got != "reboot 901 --timeout 1; task-start" {
 		t.Errorf("pct actions %q, want the one reboot and no rollback", got)
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeFailed {
-		t.Errorf("journal outcome %q, want %q", o.Outcome, OutcomeFailed)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeFailed {
+		t.Errorf("journal outcome %q, want %q", o.Outcome, journal.OutcomeFailed)
 	}
 }
 
