@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gpupass/internal/guestchan"
+	"gpupass/internal/restartrule"
 	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -106,8 +107,8 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	a.judge(cs, spec, snap)
 	if !snap.Connected {
 		// Say why from what the container sees: its socket hidden or never mounted.
-		if ok, why := a.guestMountLive(st.InitPID, id); !ok {
-			cs.Reasons = dedupe(sortedAppend(cs.Reasons, why))
+		if r := restartrule.SocketReason(a.guestSocket(st.InitPID, id)); r != nil {
+			cs.Reasons = dedupe(sortedAppend(cs.Reasons, r.GetText()))
 			cs.State = StateNotReady
 		}
 	}

@@ -203,6 +203,101 @@ func (Style) EnumDescriptor() ([]byte, []int) {
 	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{2}
 }
 
+// ReasonKind is why a container is not as desired, as a stable identifier: its JSON name is
+// the CamelCase of the part after REASON_KIND_ (ReasonKindName). Code branches on the kind,
+// never on the text.
+type ReasonKind int32
+
+const (
+	ReasonKind_REASON_KIND_UNSPECIFIED ReasonKind = 0
+	// The restart rule (internal/restartrule), one kind per check's finding.
+	ReasonKind_REASON_KIND_NODES_UNREADABLE          ReasonKind = 1  // the running container's /dev cannot be inspected; detail: the error
+	ReasonKind_REASON_KIND_NODE_MISSING              ReasonKind = 2  // device absent; want: major:minor
+	ReasonKind_REASON_KIND_NODE_NOT_CHAR             ReasonKind = 3  // device is no character device (an optional bind's empty file); want
+	ReasonKind_REASON_KIND_NODE_WRONG                ReasonKind = 4  // device is got, want want (major:minor)
+	ReasonKind_REASON_KIND_NODE_UNASSIGNED           ReasonKind = 5  // device is in the running container but not assigned
+	ReasonKind_REASON_KIND_GUEST_SOCKET_DIR_MISSING  ReasonKind = 6  // detail: the host's socket directory
+	ReasonKind_REASON_KIND_GUEST_SOCKET_UNREADABLE   ReasonKind = 7  // detail: the error
+	ReasonKind_REASON_KIND_GUEST_SOCKET_HIDDEN       ReasonKind = 8  // device: the dir inside; detail: the covering mount
+	ReasonKind_REASON_KIND_GUEST_SOCKET_FOREIGN      ReasonKind = 9  // device: the dir inside; detail: the host's socket
+	ReasonKind_REASON_KIND_GUEST_SOCKET_UNMOUNTED    ReasonKind = 10 // device: the dir inside where it belongs
+	ReasonKind_REASON_KIND_STARTED_CONFIG_UNREADABLE ReasonKind = 11 // detail: the error
+	ReasonKind_REASON_KIND_STARTED_CONFIG_UNPARSABLE ReasonKind = 12 // detail: the error
+	ReasonKind_REASON_KIND_STARTED_WITH_RULE         ReasonKind = 13 // got: a device rule it started with that is not desired
+	ReasonKind_REASON_KIND_STARTED_WITHOUT_RULE      ReasonKind = 14 // want: a desired device rule it started without
+	ReasonKind_REASON_KIND_GUEST_DENIED              ReasonKind = 15 // device: the guest reports it denied by the device cgroup
+	ReasonKind_REASON_KIND_UNSETTLED                 ReasonKind = 16 // no start-time record and no guest report proves the rules
+)
+
+// Enum value maps for ReasonKind.
+var (
+	ReasonKind_name = map[int32]string{
+		0:  "REASON_KIND_UNSPECIFIED",
+		1:  "REASON_KIND_NODES_UNREADABLE",
+		2:  "REASON_KIND_NODE_MISSING",
+		3:  "REASON_KIND_NODE_NOT_CHAR",
+		4:  "REASON_KIND_NODE_WRONG",
+		5:  "REASON_KIND_NODE_UNASSIGNED",
+		6:  "REASON_KIND_GUEST_SOCKET_DIR_MISSING",
+		7:  "REASON_KIND_GUEST_SOCKET_UNREADABLE",
+		8:  "REASON_KIND_GUEST_SOCKET_HIDDEN",
+		9:  "REASON_KIND_GUEST_SOCKET_FOREIGN",
+		10: "REASON_KIND_GUEST_SOCKET_UNMOUNTED",
+		11: "REASON_KIND_STARTED_CONFIG_UNREADABLE",
+		12: "REASON_KIND_STARTED_CONFIG_UNPARSABLE",
+		13: "REASON_KIND_STARTED_WITH_RULE",
+		14: "REASON_KIND_STARTED_WITHOUT_RULE",
+		15: "REASON_KIND_GUEST_DENIED",
+		16: "REASON_KIND_UNSETTLED",
+	}
+	ReasonKind_value = map[string]int32{
+		"REASON_KIND_UNSPECIFIED":               0,
+		"REASON_KIND_NODES_UNREADABLE":          1,
+		"REASON_KIND_NODE_MISSING":              2,
+		"REASON_KIND_NODE_NOT_CHAR":             3,
+		"REASON_KIND_NODE_WRONG":                4,
+		"REASON_KIND_NODE_UNASSIGNED":           5,
+		"REASON_KIND_GUEST_SOCKET_DIR_MISSING":  6,
+		"REASON_KIND_GUEST_SOCKET_UNREADABLE":   7,
+		"REASON_KIND_GUEST_SOCKET_HIDDEN":       8,
+		"REASON_KIND_GUEST_SOCKET_FOREIGN":      9,
+		"REASON_KIND_GUEST_SOCKET_UNMOUNTED":    10,
+		"REASON_KIND_STARTED_CONFIG_UNREADABLE": 11,
+		"REASON_KIND_STARTED_CONFIG_UNPARSABLE": 12,
+		"REASON_KIND_STARTED_WITH_RULE":         13,
+		"REASON_KIND_STARTED_WITHOUT_RULE":      14,
+		"REASON_KIND_GUEST_DENIED":              15,
+		"REASON_KIND_UNSETTLED":                 16,
+	}
+)
+
+func (x ReasonKind) Enum() *ReasonKind {
+	p := new(ReasonKind)
+	*p = x
+	return p
+}
+
+func (x ReasonKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasonKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_gpupass_v1_gpupass_proto_enumTypes[3].Descriptor()
+}
+
+func (ReasonKind) Type() protoreflect.EnumType {
+	return &file_gpupass_v1_gpupass_proto_enumTypes[3]
+}
+
+func (x ReasonKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasonKind.Descriptor instead.
+func (ReasonKind) EnumDescriptor() ([]byte, []int) {
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{3}
+}
+
 type DeviceStatus int32
 
 const (
@@ -248,11 +343,11 @@ func (x DeviceStatus) String() string {
 }
 
 func (DeviceStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_gpupass_v1_gpupass_proto_enumTypes[3].Descriptor()
+	return file_gpupass_v1_gpupass_proto_enumTypes[4].Descriptor()
 }
 
 func (DeviceStatus) Type() protoreflect.EnumType {
-	return &file_gpupass_v1_gpupass_proto_enumTypes[3]
+	return &file_gpupass_v1_gpupass_proto_enumTypes[4]
 }
 
 func (x DeviceStatus) Number() protoreflect.EnumNumber {
@@ -261,7 +356,7 @@ func (x DeviceStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeviceStatus.Descriptor instead.
 func (DeviceStatus) EnumDescriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{3}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{4}
 }
 
 type ConfigChange_Op int32
@@ -297,11 +392,11 @@ func (x ConfigChange_Op) String() string {
 }
 
 func (ConfigChange_Op) Descriptor() protoreflect.EnumDescriptor {
-	return file_gpupass_v1_gpupass_proto_enumTypes[4].Descriptor()
+	return file_gpupass_v1_gpupass_proto_enumTypes[5].Descriptor()
 }
 
 func (ConfigChange_Op) Type() protoreflect.EnumType {
-	return &file_gpupass_v1_gpupass_proto_enumTypes[4]
+	return &file_gpupass_v1_gpupass_proto_enumTypes[5]
 }
 
 func (x ConfigChange_Op) Number() protoreflect.EnumNumber {
@@ -1150,7 +1245,8 @@ func (x *ConfigChange) GetLineNumber() uint32 {
 type RestartDecision struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Required      bool                   `protobuf:"varint,1,opt,name=required,proto3" json:"required,omitempty"`
-	Reasons       []string               `protobuf:"bytes,2,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	Reasons       []string               `protobuf:"bytes,2,rep,name=reasons,proto3" json:"reasons,omitempty"` // the details' text, in the same order (for readers that predate details)
+	Details       []*Reason              `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"` // the reasons as data: what doctor and the JSON output branch on
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1199,6 +1295,99 @@ func (x *RestartDecision) GetReasons() []string {
 	return nil
 }
 
+func (x *RestartDecision) GetDetails() []*Reason {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+// Reason is one reason as data; text is its rendering for people (ReasonText), filled by the
+// side that decided it.
+type Reason struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          ReasonKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=gpupass.v1.ReasonKind" json:"kind,omitempty"`
+	Text          string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"` // a path (/dev/nvidia1) or a directory inside the container
+	Want          string                 `protobuf:"bytes,4,opt,name=want,proto3" json:"want,omitempty"`     // what is desired (major:minor, a rule)
+	Got           string                 `protobuf:"bytes,5,opt,name=got,proto3" json:"got,omitempty"`       // what was observed
+	Detail        string                 `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"` // an error, a covering mount, a host path
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reason) Reset() {
+	*x = Reason{}
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reason) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reason) ProtoMessage() {}
+
+func (x *Reason) ProtoReflect() protoreflect.Message {
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reason.ProtoReflect.Descriptor instead.
+func (*Reason) Descriptor() ([]byte, []int) {
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Reason) GetKind() ReasonKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ReasonKind_REASON_KIND_UNSPECIFIED
+}
+
+func (x *Reason) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *Reason) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *Reason) GetWant() string {
+	if x != nil {
+		return x.Want
+	}
+	return ""
+}
+
+func (x *Reason) GetGot() string {
+	if x != nil {
+		return x.Got
+	}
+	return ""
+}
+
+func (x *Reason) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 type ContainerPlan struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1223,7 +1412,7 @@ type ContainerPlan struct {
 
 func (x *ContainerPlan) Reset() {
 	*x = ContainerPlan{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1424,7 @@ func (x *ContainerPlan) String() string {
 func (*ContainerPlan) ProtoMessage() {}
 
 func (x *ContainerPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1437,7 @@ func (x *ContainerPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerPlan.ProtoReflect.Descriptor instead.
 func (*ContainerPlan) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{13}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerPlan) GetId() string {
@@ -1365,7 +1554,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1566,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1579,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{14}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PlanRequest) GetContainers() []*ContainerSpec {
@@ -1410,7 +1599,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1611,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1624,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{15}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PlanResponse) GetHost() *HostInventory {
@@ -1464,7 +1653,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1665,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1678,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{16}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ApplyRequest) GetContainers() []*ContainerSpec {
@@ -1531,7 +1720,7 @@ type ApplyProgress struct {
 
 func (x *ApplyProgress) Reset() {
 	*x = ApplyProgress{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1732,7 @@ func (x *ApplyProgress) String() string {
 func (*ApplyProgress) ProtoMessage() {}
 
 func (x *ApplyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1745,7 @@ func (x *ApplyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyProgress.ProtoReflect.Descriptor instead.
 func (*ApplyProgress) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{17}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ApplyProgress) GetContainerId() string {
@@ -1595,7 +1784,7 @@ type ContainerResult struct {
 
 func (x *ContainerResult) Reset() {
 	*x = ContainerResult{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1796,7 @@ func (x *ContainerResult) String() string {
 func (*ContainerResult) ProtoMessage() {}
 
 func (x *ContainerResult) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1809,7 @@ func (x *ContainerResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerResult.ProtoReflect.Descriptor instead.
 func (*ContainerResult) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{18}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ContainerResult) GetPlan() *ContainerPlan {
@@ -1682,7 +1871,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1883,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1896,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{19}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApplyResponse) GetHost() *HostInventory {
@@ -1738,7 +1927,7 @@ type ApplyUpdate struct {
 
 func (x *ApplyUpdate) Reset() {
 	*x = ApplyUpdate{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1939,7 @@ func (x *ApplyUpdate) String() string {
 func (*ApplyUpdate) ProtoMessage() {}
 
 func (x *ApplyUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1952,7 @@ func (x *ApplyUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyUpdate.ProtoReflect.Descriptor instead.
 func (*ApplyUpdate) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{20}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApplyUpdate) GetKind() isApplyUpdate_Kind {
@@ -1818,7 +2007,7 @@ type ExpectedDevice struct {
 
 func (x *ExpectedDevice) Reset() {
 	*x = ExpectedDevice{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2019,7 @@ func (x *ExpectedDevice) String() string {
 func (*ExpectedDevice) ProtoMessage() {}
 
 func (x *ExpectedDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2032,7 @@ func (x *ExpectedDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpectedDevice.ProtoReflect.Descriptor instead.
 func (*ExpectedDevice) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{21}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExpectedDevice) GetPath() string {
@@ -1883,7 +2072,7 @@ type Expectation struct {
 
 func (x *Expectation) Reset() {
 	*x = Expectation{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2084,7 @@ func (x *Expectation) String() string {
 func (*Expectation) ProtoMessage() {}
 
 func (x *Expectation) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2097,7 @@ func (x *Expectation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expectation.ProtoReflect.Descriptor instead.
 func (*Expectation) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{22}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Expectation) GetContainerId() string {
@@ -1973,7 +2162,7 @@ type DeviceCheck struct {
 
 func (x *DeviceCheck) Reset() {
 	*x = DeviceCheck{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2174,7 @@ func (x *DeviceCheck) String() string {
 func (*DeviceCheck) ProtoMessage() {}
 
 func (x *DeviceCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2187,7 @@ func (x *DeviceCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceCheck.ProtoReflect.Descriptor instead.
 func (*DeviceCheck) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{23}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeviceCheck) GetPath() string {
@@ -2047,7 +2236,7 @@ type DriverVersions struct {
 
 func (x *DriverVersions) Reset() {
 	*x = DriverVersions{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2248,7 @@ func (x *DriverVersions) String() string {
 func (*DriverVersions) ProtoMessage() {}
 
 func (x *DriverVersions) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2261,7 @@ func (x *DriverVersions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriverVersions.ProtoReflect.Descriptor instead.
 func (*DriverVersions) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{24}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DriverVersions) GetKernel() string {
@@ -2109,7 +2298,7 @@ type SmiGPU struct {
 
 func (x *SmiGPU) Reset() {
 	*x = SmiGPU{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2310,7 @@ func (x *SmiGPU) String() string {
 func (*SmiGPU) ProtoMessage() {}
 
 func (x *SmiGPU) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2323,7 @@ func (x *SmiGPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SmiGPU.ProtoReflect.Descriptor instead.
 func (*SmiGPU) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{25}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SmiGPU) GetIndex() uint32 {
@@ -2184,7 +2373,7 @@ type SmiResult struct {
 
 func (x *SmiResult) Reset() {
 	*x = SmiResult{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2385,7 @@ func (x *SmiResult) String() string {
 func (*SmiResult) ProtoMessage() {}
 
 func (x *SmiResult) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2398,7 @@ func (x *SmiResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SmiResult.ProtoReflect.Descriptor instead.
 func (*SmiResult) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{26}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SmiResult) GetRan() bool {
@@ -2251,7 +2440,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2452,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2465,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{27}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NetLink) GetName() string {
@@ -2312,7 +2501,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2513,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2526,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{28}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Network) GetOk() bool {
@@ -2389,7 +2578,7 @@ type GuestReport struct {
 
 func (x *GuestReport) Reset() {
 	*x = GuestReport{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2590,7 @@ func (x *GuestReport) String() string {
 func (*GuestReport) ProtoMessage() {}
 
 func (x *GuestReport) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2603,7 @@ func (x *GuestReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestReport.ProtoReflect.Descriptor instead.
 func (*GuestReport) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{29}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GuestReport) GetContainerId() string {
@@ -2530,7 +2719,7 @@ type ContainerStatus struct {
 
 func (x *ContainerStatus) Reset() {
 	*x = ContainerStatus{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2542,7 +2731,7 @@ func (x *ContainerStatus) String() string {
 func (*ContainerStatus) ProtoMessage() {}
 
 func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2555,7 +2744,7 @@ func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatus.ProtoReflect.Descriptor instead.
 func (*ContainerStatus) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{30}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ContainerStatus) GetId() string {
@@ -2665,7 +2854,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +2866,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2690,7 +2879,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{31}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatusRequest) GetContainers() []*ContainerSpec {
@@ -2710,7 +2899,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +2911,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +2924,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{32}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatusResponse) GetHost() *HostInventory {
@@ -2761,7 +2950,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +2962,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2975,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{33}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchRequest) GetContainerIds() []string {
@@ -2807,7 +2996,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2819,7 +3008,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2832,7 +3021,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{34}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchEvent) GetHost() string {
@@ -2934,10 +3123,18 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
 	"\x06OP_ADD\x10\x01\x12\r\n" +
-	"\tOP_REMOVE\x10\x02\"G\n" +
+	"\tOP_REMOVE\x10\x02\"u\n" +
 	"\x0fRestartDecision\x12\x1a\n" +
 	"\brequired\x18\x01 \x01(\bR\brequired\x12\x18\n" +
-	"\areasons\x18\x02 \x03(\tR\areasons\"\xc7\x03\n" +
+	"\areasons\x18\x02 \x03(\tR\areasons\x12,\n" +
+	"\adetails\x18\x03 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\"\x9e\x01\n" +
+	"\x06Reason\x12*\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x16.gpupass.v1.ReasonKindR\x04kind\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x12\n" +
+	"\x04want\x18\x04 \x01(\tR\x04want\x12\x10\n" +
+	"\x03got\x18\x05 \x01(\tR\x03got\x12\x16\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xc7\x03\n" +
 	"\rContainerPlan\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12\x1f\n" +
@@ -3113,7 +3310,27 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05Style\x12\x15\n" +
 	"\x11STYLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTYLE_RAW\x10\x01\x12\r\n" +
-	"\tSTYLE_DEV\x10\x02*\xd8\x01\n" +
+	"\tSTYLE_DEV\x10\x02*\xe3\x04\n" +
+	"\n" +
+	"ReasonKind\x12\x1b\n" +
+	"\x17REASON_KIND_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cREASON_KIND_NODES_UNREADABLE\x10\x01\x12\x1c\n" +
+	"\x18REASON_KIND_NODE_MISSING\x10\x02\x12\x1d\n" +
+	"\x19REASON_KIND_NODE_NOT_CHAR\x10\x03\x12\x1a\n" +
+	"\x16REASON_KIND_NODE_WRONG\x10\x04\x12\x1f\n" +
+	"\x1bREASON_KIND_NODE_UNASSIGNED\x10\x05\x12(\n" +
+	"$REASON_KIND_GUEST_SOCKET_DIR_MISSING\x10\x06\x12'\n" +
+	"#REASON_KIND_GUEST_SOCKET_UNREADABLE\x10\a\x12#\n" +
+	"\x1fREASON_KIND_GUEST_SOCKET_HIDDEN\x10\b\x12$\n" +
+	" REASON_KIND_GUEST_SOCKET_FOREIGN\x10\t\x12&\n" +
+	"\"REASON_KIND_GUEST_SOCKET_UNMOUNTED\x10\n" +
+	"\x12)\n" +
+	"%REASON_KIND_STARTED_CONFIG_UNREADABLE\x10\v\x12)\n" +
+	"%REASON_KIND_STARTED_CONFIG_UNPARSABLE\x10\f\x12!\n" +
+	"\x1dREASON_KIND_STARTED_WITH_RULE\x10\r\x12$\n" +
+	" REASON_KIND_STARTED_WITHOUT_RULE\x10\x0e\x12\x1c\n" +
+	"\x18REASON_KIND_GUEST_DENIED\x10\x0f\x12\x19\n" +
+	"\x15REASON_KIND_UNSETTLED\x10\x10*\xd8\x01\n" +
 	"\fDeviceStatus\x12\x1d\n" +
 	"\x19DEVICE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DEVICE_STATUS_OK\x10\x01\x12\x19\n" +
@@ -3135,97 +3352,101 @@ func file_gpupass_v1_gpupass_proto_rawDescGZIP() []byte {
 	return file_gpupass_v1_gpupass_proto_rawDescData
 }
 
-var file_gpupass_v1_gpupass_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_gpupass_v1_gpupass_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_gpupass_v1_gpupass_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_gpupass_v1_gpupass_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_gpupass_v1_gpupass_proto_goTypes = []any{
 	(Role)(0),                // 0: gpupass.v1.Role
 	(ErrorCode)(0),           // 1: gpupass.v1.ErrorCode
 	(Style)(0),               // 2: gpupass.v1.Style
-	(DeviceStatus)(0),        // 3: gpupass.v1.DeviceStatus
-	(ConfigChange_Op)(0),     // 4: gpupass.v1.ConfigChange.Op
-	(*Hello)(nil),            // 5: gpupass.v1.Hello
-	(*HelloReply)(nil),       // 6: gpupass.v1.HelloReply
-	(*Error)(nil),            // 7: gpupass.v1.Error
-	(*Call)(nil),             // 8: gpupass.v1.Call
-	(*Reply)(nil),            // 9: gpupass.v1.Reply
-	(*GPU)(nil),              // 10: gpupass.v1.GPU
-	(*Driver)(nil),           // 11: gpupass.v1.Driver
-	(*ContainerSummary)(nil), // 12: gpupass.v1.ContainerSummary
-	(*HostInventory)(nil),    // 13: gpupass.v1.HostInventory
-	(*InventoryRequest)(nil), // 14: gpupass.v1.InventoryRequest
-	(*ContainerSpec)(nil),    // 15: gpupass.v1.ContainerSpec
-	(*ConfigChange)(nil),     // 16: gpupass.v1.ConfigChange
-	(*RestartDecision)(nil),  // 17: gpupass.v1.RestartDecision
-	(*ContainerPlan)(nil),    // 18: gpupass.v1.ContainerPlan
-	(*PlanRequest)(nil),      // 19: gpupass.v1.PlanRequest
-	(*PlanResponse)(nil),     // 20: gpupass.v1.PlanResponse
-	(*ApplyRequest)(nil),     // 21: gpupass.v1.ApplyRequest
-	(*ApplyProgress)(nil),    // 22: gpupass.v1.ApplyProgress
-	(*ContainerResult)(nil),  // 23: gpupass.v1.ContainerResult
-	(*ApplyResponse)(nil),    // 24: gpupass.v1.ApplyResponse
-	(*ApplyUpdate)(nil),      // 25: gpupass.v1.ApplyUpdate
-	(*ExpectedDevice)(nil),   // 26: gpupass.v1.ExpectedDevice
-	(*Expectation)(nil),      // 27: gpupass.v1.Expectation
-	(*DeviceCheck)(nil),      // 28: gpupass.v1.DeviceCheck
-	(*DriverVersions)(nil),   // 29: gpupass.v1.DriverVersions
-	(*SmiGPU)(nil),           // 30: gpupass.v1.SmiGPU
-	(*SmiResult)(nil),        // 31: gpupass.v1.SmiResult
-	(*NetLink)(nil),          // 32: gpupass.v1.NetLink
-	(*Network)(nil),          // 33: gpupass.v1.Network
-	(*GuestReport)(nil),      // 34: gpupass.v1.GuestReport
-	(*ContainerStatus)(nil),  // 35: gpupass.v1.ContainerStatus
-	(*StatusRequest)(nil),    // 36: gpupass.v1.StatusRequest
-	(*StatusResponse)(nil),   // 37: gpupass.v1.StatusResponse
-	(*WatchRequest)(nil),     // 38: gpupass.v1.WatchRequest
-	(*WatchEvent)(nil),       // 39: gpupass.v1.WatchEvent
-	nil,                      // 40: gpupass.v1.Driver.MajorsEntry
-	nil,                      // 41: gpupass.v1.ApplyRequest.ExpectDigestEntry
+	(ReasonKind)(0),          // 3: gpupass.v1.ReasonKind
+	(DeviceStatus)(0),        // 4: gpupass.v1.DeviceStatus
+	(ConfigChange_Op)(0),     // 5: gpupass.v1.ConfigChange.Op
+	(*Hello)(nil),            // 6: gpupass.v1.Hello
+	(*HelloReply)(nil),       // 7: gpupass.v1.HelloReply
+	(*Error)(nil),            // 8: gpupass.v1.Error
+	(*Call)(nil),             // 9: gpupass.v1.Call
+	(*Reply)(nil),            // 10: gpupass.v1.Reply
+	(*GPU)(nil),              // 11: gpupass.v1.GPU
+	(*Driver)(nil),           // 12: gpupass.v1.Driver
+	(*ContainerSummary)(nil), // 13: gpupass.v1.ContainerSummary
+	(*HostInventory)(nil),    // 14: gpupass.v1.HostInventory
+	(*InventoryRequest)(nil), // 15: gpupass.v1.InventoryRequest
+	(*ContainerSpec)(nil),    // 16: gpupass.v1.ContainerSpec
+	(*ConfigChange)(nil),     // 17: gpupass.v1.ConfigChange
+	(*RestartDecision)(nil),  // 18: gpupass.v1.RestartDecision
+	(*Reason)(nil),           // 19: gpupass.v1.Reason
+	(*ContainerPlan)(nil),    // 20: gpupass.v1.ContainerPlan
+	(*PlanRequest)(nil),      // 21: gpupass.v1.PlanRequest
+	(*PlanResponse)(nil),     // 22: gpupass.v1.PlanResponse
+	(*ApplyRequest)(nil),     // 23: gpupass.v1.ApplyRequest
+	(*ApplyProgress)(nil),    // 24: gpupass.v1.ApplyProgress
+	(*ContainerResult)(nil),  // 25: gpupass.v1.ContainerResult
+	(*ApplyResponse)(nil),    // 26: gpupass.v1.ApplyResponse
+	(*ApplyUpdate)(nil),      // 27: gpupass.v1.ApplyUpdate
+	(*ExpectedDevice)(nil),   // 28: gpupass.v1.ExpectedDevice
+	(*Expectation)(nil),      // 29: gpupass.v1.Expectation
+	(*DeviceCheck)(nil),      // 30: gpupass.v1.DeviceCheck
+	(*DriverVersions)(nil),   // 31: gpupass.v1.DriverVersions
+	(*SmiGPU)(nil),           // 32: gpupass.v1.SmiGPU
+	(*SmiResult)(nil),        // 33: gpupass.v1.SmiResult
+	(*NetLink)(nil),          // 34: gpupass.v1.NetLink
+	(*Network)(nil),          // 35: gpupass.v1.Network
+	(*GuestReport)(nil),      // 36: gpupass.v1.GuestReport
+	(*ContainerStatus)(nil),  // 37: gpupass.v1.ContainerStatus
+	(*StatusRequest)(nil),    // 38: gpupass.v1.StatusRequest
+	(*StatusResponse)(nil),   // 39: gpupass.v1.StatusResponse
+	(*WatchRequest)(nil),     // 40: gpupass.v1.WatchRequest
+	(*WatchEvent)(nil),       // 41: gpupass.v1.WatchEvent
+	nil,                      // 42: gpupass.v1.Driver.MajorsEntry
+	nil,                      // 43: gpupass.v1.ApplyRequest.ExpectDigestEntry
 }
 var file_gpupass_v1_gpupass_proto_depIdxs = []int32{
 	0,  // 0: gpupass.v1.Hello.role:type_name -> gpupass.v1.Role
 	0,  // 1: gpupass.v1.HelloReply.role:type_name -> gpupass.v1.Role
 	1,  // 2: gpupass.v1.Error.code:type_name -> gpupass.v1.ErrorCode
-	7,  // 3: gpupass.v1.Reply.error:type_name -> gpupass.v1.Error
-	40, // 4: gpupass.v1.Driver.majors:type_name -> gpupass.v1.Driver.MajorsEntry
-	11, // 5: gpupass.v1.HostInventory.driver:type_name -> gpupass.v1.Driver
-	10, // 6: gpupass.v1.HostInventory.gpus:type_name -> gpupass.v1.GPU
-	12, // 7: gpupass.v1.HostInventory.containers:type_name -> gpupass.v1.ContainerSummary
+	8,  // 3: gpupass.v1.Reply.error:type_name -> gpupass.v1.Error
+	42, // 4: gpupass.v1.Driver.majors:type_name -> gpupass.v1.Driver.MajorsEntry
+	12, // 5: gpupass.v1.HostInventory.driver:type_name -> gpupass.v1.Driver
+	11, // 6: gpupass.v1.HostInventory.gpus:type_name -> gpupass.v1.GPU
+	13, // 7: gpupass.v1.HostInventory.containers:type_name -> gpupass.v1.ContainerSummary
 	2,  // 8: gpupass.v1.ContainerSpec.style:type_name -> gpupass.v1.Style
-	4,  // 9: gpupass.v1.ConfigChange.op:type_name -> gpupass.v1.ConfigChange.Op
-	16, // 10: gpupass.v1.ContainerPlan.changes:type_name -> gpupass.v1.ConfigChange
-	17, // 11: gpupass.v1.ContainerPlan.restart:type_name -> gpupass.v1.RestartDecision
-	15, // 12: gpupass.v1.PlanRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	13, // 13: gpupass.v1.PlanResponse.host:type_name -> gpupass.v1.HostInventory
-	18, // 14: gpupass.v1.PlanResponse.containers:type_name -> gpupass.v1.ContainerPlan
-	15, // 15: gpupass.v1.ApplyRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	41, // 16: gpupass.v1.ApplyRequest.expect_digest:type_name -> gpupass.v1.ApplyRequest.ExpectDigestEntry
-	18, // 17: gpupass.v1.ContainerResult.plan:type_name -> gpupass.v1.ContainerPlan
-	35, // 18: gpupass.v1.ContainerResult.status:type_name -> gpupass.v1.ContainerStatus
-	13, // 19: gpupass.v1.ApplyResponse.host:type_name -> gpupass.v1.HostInventory
-	23, // 20: gpupass.v1.ApplyResponse.containers:type_name -> gpupass.v1.ContainerResult
-	22, // 21: gpupass.v1.ApplyUpdate.progress:type_name -> gpupass.v1.ApplyProgress
-	24, // 22: gpupass.v1.ApplyUpdate.result:type_name -> gpupass.v1.ApplyResponse
-	26, // 23: gpupass.v1.Expectation.devices:type_name -> gpupass.v1.ExpectedDevice
-	10, // 24: gpupass.v1.Expectation.gpus:type_name -> gpupass.v1.GPU
-	3,  // 25: gpupass.v1.DeviceCheck.status:type_name -> gpupass.v1.DeviceStatus
-	30, // 26: gpupass.v1.SmiResult.gpus:type_name -> gpupass.v1.SmiGPU
-	32, // 27: gpupass.v1.Network.links:type_name -> gpupass.v1.NetLink
-	28, // 28: gpupass.v1.GuestReport.devices:type_name -> gpupass.v1.DeviceCheck
-	29, // 29: gpupass.v1.GuestReport.driver:type_name -> gpupass.v1.DriverVersions
-	31, // 30: gpupass.v1.GuestReport.smi:type_name -> gpupass.v1.SmiResult
-	33, // 31: gpupass.v1.GuestReport.network:type_name -> gpupass.v1.Network
-	28, // 32: gpupass.v1.ContainerStatus.devices:type_name -> gpupass.v1.DeviceCheck
-	29, // 33: gpupass.v1.ContainerStatus.driver:type_name -> gpupass.v1.DriverVersions
-	34, // 34: gpupass.v1.ContainerStatus.report:type_name -> gpupass.v1.GuestReport
-	15, // 35: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	13, // 36: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
-	35, // 37: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
-	35, // 38: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	5,  // 9: gpupass.v1.ConfigChange.op:type_name -> gpupass.v1.ConfigChange.Op
+	19, // 10: gpupass.v1.RestartDecision.details:type_name -> gpupass.v1.Reason
+	3,  // 11: gpupass.v1.Reason.kind:type_name -> gpupass.v1.ReasonKind
+	17, // 12: gpupass.v1.ContainerPlan.changes:type_name -> gpupass.v1.ConfigChange
+	18, // 13: gpupass.v1.ContainerPlan.restart:type_name -> gpupass.v1.RestartDecision
+	16, // 14: gpupass.v1.PlanRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	14, // 15: gpupass.v1.PlanResponse.host:type_name -> gpupass.v1.HostInventory
+	20, // 16: gpupass.v1.PlanResponse.containers:type_name -> gpupass.v1.ContainerPlan
+	16, // 17: gpupass.v1.ApplyRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	43, // 18: gpupass.v1.ApplyRequest.expect_digest:type_name -> gpupass.v1.ApplyRequest.ExpectDigestEntry
+	20, // 19: gpupass.v1.ContainerResult.plan:type_name -> gpupass.v1.ContainerPlan
+	37, // 20: gpupass.v1.ContainerResult.status:type_name -> gpupass.v1.ContainerStatus
+	14, // 21: gpupass.v1.ApplyResponse.host:type_name -> gpupass.v1.HostInventory
+	25, // 22: gpupass.v1.ApplyResponse.containers:type_name -> gpupass.v1.ContainerResult
+	24, // 23: gpupass.v1.ApplyUpdate.progress:type_name -> gpupass.v1.ApplyProgress
+	26, // 24: gpupass.v1.ApplyUpdate.result:type_name -> gpupass.v1.ApplyResponse
+	28, // 25: gpupass.v1.Expectation.devices:type_name -> gpupass.v1.ExpectedDevice
+	11, // 26: gpupass.v1.Expectation.gpus:type_name -> gpupass.v1.GPU
+	4,  // 27: gpupass.v1.DeviceCheck.status:type_name -> gpupass.v1.DeviceStatus
+	32, // 28: gpupass.v1.SmiResult.gpus:type_name -> gpupass.v1.SmiGPU
+	34, // 29: gpupass.v1.Network.links:type_name -> gpupass.v1.NetLink
+	30, // 30: gpupass.v1.GuestReport.devices:type_name -> gpupass.v1.DeviceCheck
+	31, // 31: gpupass.v1.GuestReport.driver:type_name -> gpupass.v1.DriverVersions
+	33, // 32: gpupass.v1.GuestReport.smi:type_name -> gpupass.v1.SmiResult
+	35, // 33: gpupass.v1.GuestReport.network:type_name -> gpupass.v1.Network
+	30, // 34: gpupass.v1.ContainerStatus.devices:type_name -> gpupass.v1.DeviceCheck
+	31, // 35: gpupass.v1.ContainerStatus.driver:type_name -> gpupass.v1.DriverVersions
+	36, // 36: gpupass.v1.ContainerStatus.report:type_name -> gpupass.v1.GuestReport
+	16, // 37: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	14, // 38: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
+	37, // 39: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
+	37, // 40: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_gpupass_v1_gpupass_proto_init() }
@@ -3237,7 +3458,7 @@ func file_gpupass_v1_gpupass_proto_init() {
 		(*Reply_Payload)(nil),
 		(*Reply_Error)(nil),
 	}
-	file_gpupass_v1_gpupass_proto_msgTypes[20].OneofWrappers = []any{
+	file_gpupass_v1_gpupass_proto_msgTypes[21].OneofWrappers = []any{
 		(*ApplyUpdate_Progress)(nil),
 		(*ApplyUpdate_Result)(nil),
 	}
@@ -3246,8 +3467,8 @@ func file_gpupass_v1_gpupass_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gpupass_v1_gpupass_proto_rawDesc), len(file_gpupass_v1_gpupass_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   37,
+			NumEnums:      6,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
