@@ -111,7 +111,9 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "the /dev cannot be inspected: restart to be sure",
-			edit: func(ev *Evidence) { ev.Nodes, ev.NodesErr = nil, errors.New("open /proc/4242/root: no such file or directory") },
+			edit: func(ev *Evidence) {
+				ev.Nodes, ev.NodesErr = nil, errors.New("open /proc/4242/root: no such file or directory")
+			},
 			want: want{Kinds: []string{"NodesUnreadable"}, Texts: []string{"cannot inspect the running container's /dev (open /proc/4242/root: no such file or directory); restarting to be sure"}},
 		},
 		{
@@ -154,7 +156,10 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "no start record but the guest proves the nodes open: no restart",
-			edit: func(ev *Evidence) { ev.Started = Started{None: true}; ev.Guest = report(pb.DeviceStatus_DEVICE_STATUS_OK) },
+			edit: func(ev *Evidence) {
+				ev.Started = Started{None: true}
+				ev.Guest = report(pb.DeviceStatus_DEVICE_STATUS_OK)
+			},
 		},
 		{
 			name: "no start record, a guest report of other nodes proves nothing",
