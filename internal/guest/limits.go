@@ -3,6 +3,8 @@ package guest
 import (
 	"strconv"
 	"unicode/utf8"
+
+	pb "gpupass/proto/gpupass/v1"
 )
 
 // Bounds on a report, so that a hostile or broken container cannot grow what the host
@@ -41,4 +43,20 @@ func capList(l []string, n int) []string {
 	dropped := len(l) - (n - 1)
 	out := append([]string(nil), l[:n-1]...)
 	return append(out, "... and "+strconv.Itoa(dropped)+" more")
+}
+
+// capReasons is capList for reasons as data: the texts capped and truncated as capList
+// does, the last kept one (when some are dropped) a note of how many.
+func capReasons(rs []*pb.Reason, n int) []*pb.Reason {
+	texts := capList(pb.ReasonTexts(rs), n)
+	out := make([]*pb.Reason, len(texts))
+	for i, t := range texts {
+		if i == len(texts)-1 && len(rs) > len(texts) {
+			out[i] = pb.OtherReason(t)
+			continue
+		}
+		out[i] = rs[i]
+		out[i].Text = t
+	}
+	return out
 }

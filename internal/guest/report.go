@@ -117,7 +117,8 @@ func (c *Checker) Check(ctx context.Context, exp *pb.Expectation) *pb.GuestRepor
 	Assess(exp, r, false)
 	if discovered && len(exp.GetDevices()) == 0 {
 		r.Ready = false
-		r.Reasons = append(r.Reasons, "no NVIDIA device nodes found under /dev")
+		r.Details = append(pb.DetailsOf(r.Reasons, r.Details), pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NO_DEVICES}))
+		r.Reasons = pb.ReasonTexts(r.Details)
 	}
 	return r
 }
@@ -126,45 +127,46 @@ func (c *Checker) Check(ctx context.Context, exp *pb.Expectation) *pb.GuestRepor
 // observed. smiPending says an nvidia-smi run for the current state has not finished: the
 // report is then not ready yet. Assess may run again on the same report.
 func Assess(exp *pb.Expectation, r *pb.GuestReport, smiPending bool) {
-	var reasons []string
+	var reasons []*pb.Reason
 	warnings := append([]string(nil), r.GetWarnings()...) // Observe's
 	if n := len(exp.GetDevices()); n > MaxDevices {
-		reasons = append(reasons, fmt.Sprintf("the expectation lists %d devices, more than %d: checked the first %d", n, MaxDevices, MaxDevices))
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_EXPECTATION_TRUNCATED, Want: fmt.Sprint(n), Got: fmt.Sprint(MaxDevices)}))
 	}
 	for _, d := range r.GetDevices() {
 		if d.GetStatus() != pb.DeviceStatus_DEVICE_STATUS_OK {
-			reasons = append(reasons, fmt.Sprintf("%s: %s: %s", d.GetPath(), StatusName(d.GetStatus()), d.GetDetail()))
+			reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: StatusName(d.GetStatus()), Detail: d.GetDetail()}))
 		}
 	}
 	wantsGPU := len(exp.GetDevices()) > 0 || len(exp.GetGpus()) > 0
 	drv := r.GetDriver()
 	if wantsGPU && !exp.GetDriverLoaded() {
-		reasons = append(reasons, "host kernel driver not loaded")
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_DRIVER_NOT_LOADED}))
 	}
 	if k, u := drv.GetKernel(), drv.GetUserspace(); k != "" && u != "" && k != u {
-		reasons = append(reasons, fmt.Sprintf("driver/library version mismatch: kernel %s, libnvidia-ml %s", k, u))
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, Want: k, Got: u}))
 	}
 	if smi := r.GetSmi(); smi.GetRan() {
 		if smi.GetError() != "" {
-			reasons = append(reasons, "nvidia-smi: "+smi.GetError())
+			reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_SMI_FAILED, Detail: smi.GetError()}))
 		} else {
 			reasons = append(reasons, compareGPUs(exp.GetGpus(), smi.GetGpus())...)
 		}
 	}
 	if smiPending {
-		reasons = append(reasons, "nvidia-smi check running")
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_SMI_RUNNING}))
 	}
 	if exp.GetRequireNetwork() && !r.GetNetwork().GetOk() {
-		reasons = append(reasons, "network: "+orUnknown(r.GetNetwork().GetReason()))
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: orUnknown(r.GetNetwork().GetReason())}))
 	}
-	r.Reasons = capList(reasons, MaxReasons)
+	r.Details = capReasons(reasons, MaxReasons)
+	r.Reasons = pb.ReasonTexts(r.Details)
 	r.Warnings = capList(warnings, MaxWarnings)
 	r.Ready = len(reasons) == 0
 }
 
 // compareGPUs names every difference between the assigned GPUs and those nvidia-smi sees,
 // by UUID. Without assigned UUIDs (no host expectation) there is nothing to compare.
-func compareGPUs(want []*pb.GPU, seen []*pb.SmiGPU) []string {
+func compareGPUs(want []*pb.GPU, seen []*pb.SmiGPU) []*pb.Reason {
 	wantSet := map[string]bool{}
 	for _, g := range want {
 		if g.GetUuid() != "" {
@@ -175,11 +177,11 @@ func compareGPUs(want []*pb.GPU, seen []*pb.SmiGPU) []string {
 		return nil
 	}
 	seenSet := map[string]bool{}
-	var reasons []string
+	var reasons []*pb.Reason
 	for _, g := range seen {
 		seenSet[g.GetUuid()] = true
 		if !wantSet[g.GetUuid()] {
-			reasons = append(reasons, "nvidia-smi sees GPU "+g.GetUuid()+" that is not assigned to this container")
+			reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_SMI_UNASSIGNED_GPU, Device: g.GetUuid()}))
 		}
 	}
 	var missing []string
@@ -190,7 +192,7 @@ func compareGPUs(want []*pb.GPU, seen []*pb.SmiGPU) []string {
 	}
 	sort.Strings(missing)
 	for _, u := range missing {
-		reasons = append(reasons, "nvidia-smi does not see assigned GPU "+u)
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_SMI_MISSING_GPU, Device: u}))
 	}
 	return reasons
 }

@@ -6,10 +6,11 @@ import (
 	"gpupass/internal/guestchan"
 	"gpupass/internal/observe"
 	"gpupass/internal/runtime"
+	pb "gpupass/proto/gpupass/v1"
 )
 
 // Reasons the host's own evidence gives against a guest's report (their text starts with
-// the name).
+// the name; their kinds are REASON_KIND_PREVIOUS_GENERATION and _HOST_OBSERVATION).
 const (
 	// ReasonPreviousGeneration: the report was sent from the container's previous start.
 	ReasonPreviousGeneration = "previous generation"
@@ -62,14 +63,14 @@ func fromLiveGeneration(snap guestchan.Snapshot, gen guestchan.Generation, genKn
 // must agree with the host's observation of the container's real /dev
 // (/proc/<init>/root/dev): a root process inside the container can send any report, but
 // cannot make the host see a device node that is not there.
-func (a *Agent) hostEvidence(id string, st runtime.State, snap guestchan.Snapshot) []string {
+func (a *Agent) hostEvidence(id string, st runtime.State, snap guestchan.Snapshot) []*pb.Reason {
 	rep := snap.Report
 	if rep == nil {
 		return nil
 	}
 	gen, known := a.liveGeneration(st, snap)
 	if known && !snap.Generation.IsZero() && snap.Generation != gen {
-		return []string{fmt.Sprintf("%s: the latest guest report is from the container's previous start (%v; now %v): waiting for the guest of the running container", ReasonPreviousGeneration, snap.Generation, gen)}
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_PREVIOUS_GENERATION, Got: fmt.Sprint(snap.Generation), Want: fmt.Sprint(gen)})}
 	}
 	if !rep.GetReady() || !known {
 		return nil
@@ -92,18 +93,18 @@ func (a *Agent) hostEvidence(id string, st runtime.State, snap guestchan.Snapsho
 	}
 	seen, err := observe.Devices(a.procRoot(), gen.InitPID, paths)
 	if err != nil {
-		return []string{fmt.Sprintf("%s: the guest reports ready, but the host cannot look at the container's /dev (%v)", ReasonHostObservation, err)}
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_OBSERVATION, Detail: err.Error()})}
 	}
-	var out []string
+	var out []*pb.Reason
 	for _, p := range paths {
 		n, w := seen[p], want[p]
 		switch {
 		case !n.Exists:
-			out = append(out, fmt.Sprintf("%s: the guest reports ready, but the host sees no %s in the container", ReasonHostObservation, p))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_OBSERVATION, Device: p, Want: fmt.Sprintf("%d:%d", w[0], w[1])}))
 		case !n.Char:
-			out = append(out, fmt.Sprintf("%s: the guest reports ready, but the host sees %s in the container as no character device", ReasonHostObservation, p))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_OBSERVATION, Device: p, Want: fmt.Sprintf("%d:%d", w[0], w[1]), Got: pb.NotChar}))
 		case n.Major != w[0] || n.Minor != w[1]:
-			out = append(out, fmt.Sprintf("%s: the guest reports ready, but the host sees %s in the container as %d:%d, want %d:%d", ReasonHostObservation, p, n.Major, n.Minor, w[0], w[1]))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_OBSERVATION, Device: p, Want: fmt.Sprintf("%d:%d", w[0], w[1]), Got: fmt.Sprintf("%d:%d", n.Major, n.Minor)}))
 		}
 	}
 	return out

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
 	"gpupass/internal/gpu"
@@ -414,6 +415,17 @@ func TestStatusNamesGuestSocket(t *testing.T) {
 			got := strings.Join(cs.GetReasons(), "\n")
 			if !strings.Contains(got, "guest agent has not connected") {
 				t.Errorf("reasons %q lack the not-connected reason", cs.GetReasons())
+			}
+			// The same reasons as data: one detail per text, the kinds status decided.
+			if diff := cmp.Diff(cs.GetReasons(), pb.ReasonTexts(cs.GetDetails())); diff != "" {
+				t.Errorf("details' text differs from the reasons (-reasons +details):\n%s", diff)
+			}
+			kinds := map[pb.ReasonKind]bool{}
+			for _, r := range cs.GetDetails() {
+				kinds[r.GetKind()] = true
+			}
+			if !kinds[pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED] {
+				t.Errorf("details %v lack the kind GuestNotConnected", cs.GetDetails())
 			}
 			socketReason := strings.Contains(got, "guest socket") || strings.Contains(got, "socket mount")
 			switch {

@@ -83,15 +83,15 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	st, err := a.runStateOf(ctx, id, active)
 	if err != nil {
 		cs.State = StateError
-		cs.Reasons = append(cs.Reasons, err.Error())
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STATE_UNKNOWN, Detail: err.Error()}))
 		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	cs.RunState = runState(st)
-	cs.Reasons = append(cs.Reasons, a.journalReasons(id)...)
+	addReasons(cs, a.journalReasons(id)...)
 	if !st.Running {
 		cs.State = StateStopped
-		cs.Reasons = append(cs.Reasons, "container is stopped")
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_CONTAINER_STOPPED}))
 		a.metrics.setReady(id, false)
 		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
@@ -103,12 +103,13 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	}
 	snap, _ := a.guests.Latest(id)
 	// The host's own evidence first: the report's generation, and its own look at /dev.
-	cs.Reasons = append(cs.Reasons, a.hostEvidence(id, st, snap)...)
+	addReasons(cs, a.hostEvidence(id, st, snap)...)
 	a.judge(cs, spec, snap)
 	if !snap.Connected {
 		// Say why from what the container sees: its socket hidden or never mounted.
 		if r := restartrule.SocketReason(a.guestSocket(st.InitPID, id)); r != nil {
-			cs.Reasons = dedupe(sortedAppend(cs.Reasons, r.GetText()))
+			addReasons(cs, r)
+			sortReasons(cs)
 			cs.State = StateNotReady
 		}
 	}
@@ -124,7 +125,7 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 	prepErr := a.prepErr
 	a.mu.Unlock()
 	if prepErr != nil && len(spec.GetGpus()) > 0 {
-		cs.Reasons = append(cs.Reasons, "host: "+prepErr.Error())
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_NOT_PREPARED, Detail: prepErr.Error()}))
 	}
 	rep := snap.Report
 	if !snap.Connected {
@@ -132,13 +133,13 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 	}
 	switch {
 	case !snap.Connected && snap.Refused != "":
-		cs.Reasons = append(cs.Reasons, fmt.Sprintf("guest agent connected but was refused at %s: %s", snap.RefusedAt.UTC().Format(time.RFC3339), snap.Refused))
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_REFUSED, Got: snap.RefusedAt.UTC().Format(time.RFC3339), Detail: snap.Refused}))
 	case rep == nil && !snap.Connected:
-		cs.Reasons = append(cs.Reasons, "guest agent has not connected (is gpupass-guest-agent installed and running in the container?)")
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED}))
 	case rep == nil:
-		cs.Reasons = append(cs.Reasons, "guest agent connected but has not reported yet")
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_REPORTED}))
 	case snap.Stale:
-		cs.Reasons = append(cs.Reasons, fmt.Sprintf("guest agent silent for %v (last report %s)", a.now().Sub(snap.At).Round(time.Second), snap.At.UTC().Format(time.RFC3339)))
+		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SILENT, Detail: a.now().Sub(snap.At).Round(time.Second).String(), Got: snap.At.UTC().Format(time.RFC3339)}))
 	}
 	if rep != nil {
 		cs.Report = rep
@@ -147,14 +148,13 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 		cs.Warnings = rep.GetWarnings()
 		cs.NetworkOk = rep.GetNetwork().GetOk()
 		cs.ReportAgeMs = a.now().Sub(snap.At).Milliseconds()
-		cs.Reasons = append(cs.Reasons, rep.GetReasons()...)
+		addReasons(cs, pb.DetailsOf(rep.GetReasons(), rep.GetDetails())...)
 		if spec.GetRequireNetwork() && !rep.GetNetwork().GetOk() && !containsPrefix(rep.GetReasons(), "network") {
-			cs.Reasons = append(cs.Reasons, "network: "+orDefault(rep.GetNetwork().GetReason(), "no usable network"))
+			addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: orDefault(rep.GetNetwork().GetReason(), "no usable network")}))
 		}
-		cs.Reasons = append(cs.Reasons, a.expectationDrift(spec.GetId(), rep)...)
+		addReasons(cs, a.expectationDrift(spec.GetId(), rep)...)
 	}
-	sort.Strings(cs.Reasons)
-	cs.Reasons = dedupe(cs.Reasons)
+	sortReasons(cs)
 	if len(cs.Reasons) == 0 && rep != nil && rep.GetReady() {
 		cs.State = StateReady
 	} else {
@@ -164,7 +164,7 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 
 // expectationDrift names expected devices the guest's report does not cover yet (its
 // report predates the current expectation).
-func (a *Agent) expectationDrift(id string, rep *pb.GuestReport) []string {
+func (a *Agent) expectationDrift(id string, rep *pb.GuestReport) []*pb.Reason {
 	exp, ok := a.expectationOf(id)
 	if !ok {
 		return nil
@@ -174,10 +174,10 @@ func (a *Agent) expectationDrift(id string, rep *pb.GuestReport) []string {
 		have[fmt.Sprintf("%s %d:%d", d.GetPath(), d.GetMajor(), d.GetMinor())] = true
 		have[d.GetPath()] = true
 	}
-	var out []string
+	var out []*pb.Reason
 	for _, d := range exp.GetDevices() {
 		if !have[d.GetPath()] {
-			out = append(out, fmt.Sprintf("guest has not reported on %s yet", d.GetPath()))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_UNREPORTED, Device: d.GetPath()}))
 		}
 	}
 	return out
@@ -263,20 +263,23 @@ func containsPrefix(list []string, prefix string) bool {
 	return false
 }
 
-func sortedAppend(list []string, s string) []string {
-	list = append(list, s)
-	sort.Strings(list)
-	return list
+// addReasons appends reasons to a status, as data (details) and as text (reasons).
+func addReasons(cs *pb.ContainerStatus, rs ...*pb.Reason) {
+	cs.Details = append(cs.Details, rs...)
+	cs.Reasons = append(cs.Reasons, pb.ReasonTexts(rs)...)
 }
 
-func dedupe(sorted []string) []string {
-	out := sorted[:0]
-	for i, s := range sorted {
-		if i == 0 || s != sorted[i-1] {
-			out = append(out, s)
+// sortReasons orders a status's reasons by text and drops repeats, details and text alike.
+func sortReasons(cs *pb.ContainerStatus) {
+	sort.SliceStable(cs.Details, func(i, j int) bool { return pb.ReasonText(cs.Details[i]) < pb.ReasonText(cs.Details[j]) })
+	out := cs.Details[:0]
+	for i, r := range cs.Details {
+		if i == 0 || pb.ReasonText(r) != pb.ReasonText(cs.Details[i-1]) {
+			out = append(out, r)
 		}
 	}
-	return out
+	cs.Details = out
+	cs.Reasons = append(cs.Reasons[:0], pb.ReasonTexts(out)...)
 }
 
 func orDefault(s, def string) string {

@@ -11,6 +11,7 @@ import (
 	"gpupass/internal/journal"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/revert"
+	pb "gpupass/proto/gpupass/v1"
 )
 
 // ErrConflict says the config holds neither the bytes gpupass found nor the bytes it
@@ -227,15 +228,15 @@ func (a *Agent) hasConflict(id string) bool {
 
 // journalReasons are the status reasons of container id from its journal: an unresolved
 // conflict, a quarantined journal file.
-func (a *Agent) journalReasons(id string) []string {
+func (a *Agent) journalReasons(id string) []*pb.Reason {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []string
+	var out []*pb.Reason
 	if c, ok := a.conflicts[id]; ok {
-		out = append(out, fmt.Sprintf("journal conflict: apply %s could not be undone because the config was changed by someone else meanwhile; gpupass left it as it is (%s); check the config, then apply again", c.Op, c.Detail))
+		out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_JOURNAL_CONFLICT, Want: fmt.Sprint(c.Op), Detail: c.Detail}))
 	}
 	for _, b := range a.quarantined[journal.Sanitize(id)] {
-		out = append(out, fmt.Sprintf("journal quarantined: %s could not be read (%v); it was not reconciled: check the container, then remove the file", b.Quarantined, b.Err))
+		out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_JOURNAL_QUARANTINED, Device: b.Quarantined, Detail: fmt.Sprint(b.Err)}))
 	}
 	return out
 }

@@ -95,7 +95,7 @@ func Decide(ev Evidence, want Desired) *pb.RestartDecision {
 		reasons = append(reasons, c.Judge(ev, want)...)
 	}
 	if len(reasons) == 0 && !Settled(ev, want) {
-		reasons = append(reasons, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_UNSETTLED}))
+		reasons = append(reasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_UNSETTLED}))
 	}
 	sort.SliceStable(reasons, func(i, j int) bool { return reasons[i].GetText() < reasons[j].GetText() })
 	d := &pb.RestartDecision{Required: len(reasons) > 0, Details: reasons}
@@ -119,18 +119,18 @@ func Settled(ev Evidence, want Desired) bool {
 // desired major:minor.
 func CheckNodes(ev Evidence, want Desired) []*pb.Reason {
 	if ev.NodesErr != nil {
-		return []*pb.Reason{reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODES_UNREADABLE, Detail: ev.NodesErr.Error()})}
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODES_UNREADABLE, Detail: ev.NodesErr.Error()})}
 	}
 	var out []*pb.Reason
 	for _, d := range want.Devices {
 		n, w := ev.Nodes[d.Path], majmin(d.Major, d.Minor)
 		switch {
 		case !n.Exists:
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_MISSING, Device: d.Path, Want: w}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_MISSING, Device: d.Path, Want: w}))
 		case !n.Char:
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_NOT_CHAR, Device: d.Path, Want: w}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_NOT_CHAR, Device: d.Path, Want: w}))
 		case n.Major != d.Major || n.Minor != d.Minor:
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_WRONG, Device: d.Path, Want: w, Got: majmin(n.Major, n.Minor)}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_WRONG, Device: d.Path, Want: w, Got: majmin(n.Major, n.Minor)}))
 		}
 	}
 	return out
@@ -150,7 +150,7 @@ func CheckUnassigned(ev Evidence, want Desired) []*pb.Reason {
 	var out []*pb.Reason
 	for _, p := range ev.GPUNodes {
 		if !desired[p] && (gpuNodeName.MatchString(p) || strings.HasPrefix(p, gpu.DirCaps+"/")) {
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_UNASSIGNED, Device: p}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NODE_UNASSIGNED, Device: p}))
 		}
 	}
 	return out
@@ -172,17 +172,17 @@ func SocketReason(s Socket) *pb.Reason {
 	v := s.View
 	switch {
 	case s.HostDirMissing:
-		return reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_DIR_MISSING, Detail: s.HostDir})
+		return pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_DIR_MISSING, Detail: s.HostDir})
 	case s.Err != nil:
-		return reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_UNREADABLE, Detail: s.Err.Error()})
+		return pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_UNREADABLE, Detail: s.Err.Error()})
 	case v.Visible != "":
 		return nil
 	case v.Hidden != "":
-		return reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_HIDDEN, Device: v.Hidden, Detail: v.Cover})
+		return pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_HIDDEN, Device: v.Hidden, Detail: v.Cover})
 	case v.Mounted != "":
-		return reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_FOREIGN, Device: v.Mounted, Detail: s.HostDir + "/" + guestchan.SocketName})
+		return pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_FOREIGN, Device: v.Mounted, Detail: s.HostDir + "/" + guestchan.SocketName})
 	}
-	return reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_UNMOUNTED, Device: guestchan.GuestDir})
+	return pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_UNMOUNTED, Device: guestchan.GuestDir})
 }
 
 // CheckStarted (raw style): the device cgroup rules of the config the container was
@@ -193,11 +193,11 @@ func CheckStarted(ev Evidence, want Desired) []*pb.Reason {
 		return nil
 	}
 	if ev.Started.Err != nil {
-		return []*pb.Reason{reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_CONFIG_UNREADABLE, Detail: ev.Started.Err.Error()})}
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_CONFIG_UNREADABLE, Detail: ev.Started.Err.Error()})}
 	}
 	cfg, err := pveconf.Parse(ev.Started.Config, pveconf.FormatLXC)
 	if err != nil {
-		return []*pb.Reason{reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_CONFIG_UNPARSABLE, Detail: err.Error()})}
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_CONFIG_UNPARSABLE, Detail: err.Error()})}
 	}
 	// Judge the start-time config with the host's inventory: without it, allow rules are
 	// recognised only for 195 and the dynamic ranges.
@@ -206,12 +206,12 @@ func CheckStarted(ev Evidence, want Desired) []*pb.Reason {
 	var out []*pb.Reason
 	for r := range have {
 		if !desired[r] {
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_WITH_RULE, Got: r}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_WITH_RULE, Got: r}))
 		}
 	}
 	for r := range desired {
 		if !have[r] {
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_WITHOUT_RULE, Want: r}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_WITHOUT_RULE, Want: r}))
 		}
 	}
 	return out
@@ -223,7 +223,7 @@ func CheckGuest(ev Evidence, want Desired) []*pb.Reason {
 	var out []*pb.Reason
 	for _, dc := range guestChecks(ev.Guest, want) {
 		if dc.GetStatus() == pb.DeviceStatus_DEVICE_STATUS_DENIED {
-			out = append(out, reason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_DENIED, Device: dc.GetPath()}))
+			out = append(out, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_DENIED, Device: dc.GetPath()}))
 		}
 	}
 	return out
@@ -259,12 +259,6 @@ func ruleSet(managed []string) map[string]bool {
 		}
 	}
 	return out
-}
-
-// reason fills a reason's text from its kind and fields.
-func reason(r *pb.Reason) *pb.Reason {
-	r.Text = pb.RenderReason(r)
-	return r
 }
 
 func majmin(major, minor uint32) string { return fmt.Sprintf("%d:%d", major, minor) }

@@ -227,6 +227,32 @@ const (
 	ReasonKind_REASON_KIND_STARTED_WITHOUT_RULE      ReasonKind = 14 // want: a desired device rule it started without
 	ReasonKind_REASON_KIND_GUEST_DENIED              ReasonKind = 15 // device: the guest reports it denied by the device cgroup
 	ReasonKind_REASON_KIND_UNSETTLED                 ReasonKind = 16 // no start-time record and no guest report proves the rules
+	// The host's status judge (internal/hostagent status.go, txn.go, evidence.go).
+	ReasonKind_REASON_KIND_CONTAINER_STOPPED   ReasonKind = 17
+	ReasonKind_REASON_KIND_STATE_UNKNOWN       ReasonKind = 18 // the runtime could not say; detail: the error
+	ReasonKind_REASON_KIND_JOURNAL_CONFLICT    ReasonKind = 19 // want: the apply's op; detail: what was left
+	ReasonKind_REASON_KIND_JOURNAL_QUARANTINED ReasonKind = 20 // device: the journal file; detail: the error
+	ReasonKind_REASON_KIND_PREVIOUS_GENERATION ReasonKind = 21 // got: the report's generation; want: the running one
+	ReasonKind_REASON_KIND_HOST_OBSERVATION    ReasonKind = 22 // the guest says ready, the host's look at /dev does not; device, want, got ("" absent, "not-char"), detail: the error
+	ReasonKind_REASON_KIND_HOST_NOT_PREPARED   ReasonKind = 23 // detail: the host's prepare error
+	ReasonKind_REASON_KIND_GUEST_REFUSED       ReasonKind = 24 // got: when (RFC 3339); detail: why
+	ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED ReasonKind = 25
+	ReasonKind_REASON_KIND_GUEST_NOT_REPORTED  ReasonKind = 26 // connected, no report yet
+	ReasonKind_REASON_KIND_GUEST_SILENT        ReasonKind = 27 // detail: for how long; got: the last report (RFC 3339)
+	ReasonKind_REASON_KIND_NETWORK             ReasonKind = 28 // detail: why the network is not usable
+	ReasonKind_REASON_KIND_DEVICE_UNREPORTED   ReasonKind = 29 // device: expected, not in the guest's report yet
+	// The guest's checks (internal/guest).
+	ReasonKind_REASON_KIND_NO_DEVICES             ReasonKind = 30 // no NVIDIA node under /dev (no host expectation)
+	ReasonKind_REASON_KIND_EXPECTATION_TRUNCATED  ReasonKind = 31 // want: devices listed; got: devices checked
+	ReasonKind_REASON_KIND_DEVICE_CHECK           ReasonKind = 32 // device; got: its status name (missing, denied, ...); detail
+	ReasonKind_REASON_KIND_HOST_DRIVER_NOT_LOADED ReasonKind = 33
+	ReasonKind_REASON_KIND_DRIVER_MISMATCH        ReasonKind = 34 // want: the kernel module's version; got: libnvidia-ml's
+	ReasonKind_REASON_KIND_SMI_FAILED             ReasonKind = 35 // detail: nvidia-smi's error
+	ReasonKind_REASON_KIND_SMI_RUNNING            ReasonKind = 36
+	ReasonKind_REASON_KIND_SMI_UNASSIGNED_GPU     ReasonKind = 37 // device: the UUID nvidia-smi sees but is not assigned
+	ReasonKind_REASON_KIND_SMI_MISSING_GPU        ReasonKind = 38 // device: the assigned UUID nvidia-smi does not see
+	// A reason from a peer that sent only text (older than details), or a controller's own.
+	ReasonKind_REASON_KIND_OTHER ReasonKind = 39
 )
 
 // Enum value maps for ReasonKind.
@@ -249,6 +275,29 @@ var (
 		14: "REASON_KIND_STARTED_WITHOUT_RULE",
 		15: "REASON_KIND_GUEST_DENIED",
 		16: "REASON_KIND_UNSETTLED",
+		17: "REASON_KIND_CONTAINER_STOPPED",
+		18: "REASON_KIND_STATE_UNKNOWN",
+		19: "REASON_KIND_JOURNAL_CONFLICT",
+		20: "REASON_KIND_JOURNAL_QUARANTINED",
+		21: "REASON_KIND_PREVIOUS_GENERATION",
+		22: "REASON_KIND_HOST_OBSERVATION",
+		23: "REASON_KIND_HOST_NOT_PREPARED",
+		24: "REASON_KIND_GUEST_REFUSED",
+		25: "REASON_KIND_GUEST_NOT_CONNECTED",
+		26: "REASON_KIND_GUEST_NOT_REPORTED",
+		27: "REASON_KIND_GUEST_SILENT",
+		28: "REASON_KIND_NETWORK",
+		29: "REASON_KIND_DEVICE_UNREPORTED",
+		30: "REASON_KIND_NO_DEVICES",
+		31: "REASON_KIND_EXPECTATION_TRUNCATED",
+		32: "REASON_KIND_DEVICE_CHECK",
+		33: "REASON_KIND_HOST_DRIVER_NOT_LOADED",
+		34: "REASON_KIND_DRIVER_MISMATCH",
+		35: "REASON_KIND_SMI_FAILED",
+		36: "REASON_KIND_SMI_RUNNING",
+		37: "REASON_KIND_SMI_UNASSIGNED_GPU",
+		38: "REASON_KIND_SMI_MISSING_GPU",
+		39: "REASON_KIND_OTHER",
 	}
 	ReasonKind_value = map[string]int32{
 		"REASON_KIND_UNSPECIFIED":               0,
@@ -268,6 +317,29 @@ var (
 		"REASON_KIND_STARTED_WITHOUT_RULE":      14,
 		"REASON_KIND_GUEST_DENIED":              15,
 		"REASON_KIND_UNSETTLED":                 16,
+		"REASON_KIND_CONTAINER_STOPPED":         17,
+		"REASON_KIND_STATE_UNKNOWN":             18,
+		"REASON_KIND_JOURNAL_CONFLICT":          19,
+		"REASON_KIND_JOURNAL_QUARANTINED":       20,
+		"REASON_KIND_PREVIOUS_GENERATION":       21,
+		"REASON_KIND_HOST_OBSERVATION":          22,
+		"REASON_KIND_HOST_NOT_PREPARED":         23,
+		"REASON_KIND_GUEST_REFUSED":             24,
+		"REASON_KIND_GUEST_NOT_CONNECTED":       25,
+		"REASON_KIND_GUEST_NOT_REPORTED":        26,
+		"REASON_KIND_GUEST_SILENT":              27,
+		"REASON_KIND_NETWORK":                   28,
+		"REASON_KIND_DEVICE_UNREPORTED":         29,
+		"REASON_KIND_NO_DEVICES":                30,
+		"REASON_KIND_EXPECTATION_TRUNCATED":     31,
+		"REASON_KIND_DEVICE_CHECK":              32,
+		"REASON_KIND_HOST_DRIVER_NOT_LOADED":    33,
+		"REASON_KIND_DRIVER_MISMATCH":           34,
+		"REASON_KIND_SMI_FAILED":                35,
+		"REASON_KIND_SMI_RUNNING":               36,
+		"REASON_KIND_SMI_UNASSIGNED_GPU":        37,
+		"REASON_KIND_SMI_MISSING_GPU":           38,
+		"REASON_KIND_OTHER":                     39,
 	}
 )
 
@@ -2572,6 +2644,7 @@ type GuestReport struct {
 	Reasons       []string               `protobuf:"bytes,11,rep,name=reasons,proto3" json:"reasons,omitempty"`   // why not ready; empty when ready
 	Warnings      []string               `protobuf:"bytes,12,rep,name=warnings,proto3" json:"warnings,omitempty"` // e.g. userspace driver not installed
 	Trigger       string                 `protobuf:"bytes,13,opt,name=trigger,proto3" json:"trigger,omitempty"`   // connect | change | heartbeat
+	Details       []*Reason              `protobuf:"bytes,20,rep,name=details,proto3" json:"details,omitempty"`   // the reasons as data, in the same order as reasons
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2697,6 +2770,13 @@ func (x *GuestReport) GetTrigger() string {
 	return ""
 }
 
+func (x *GuestReport) GetDetails() []*Reason {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
 type ContainerStatus struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2713,6 +2793,7 @@ type ContainerStatus struct {
 	RestartRequired bool                   `protobuf:"varint,12,opt,name=restart_required,json=restartRequired,proto3" json:"restart_required,omitempty"`
 	NetworkOk       bool                   `protobuf:"varint,13,opt,name=network_ok,json=networkOk,proto3" json:"network_ok,omitempty"`
 	GuestRefused    string                 `protobuf:"bytes,14,opt,name=guest_refused,json=guestRefused,proto3" json:"guest_refused,omitempty"` // why the latest guest to connect was refused ("" none since one was accepted)
+	Details         []*Reason              `protobuf:"bytes,20,rep,name=details,proto3" json:"details,omitempty"`                               // the reasons as data, in the same order as reasons
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2843,6 +2924,13 @@ func (x *ContainerStatus) GetGuestRefused() string {
 		return x.GuestRefused
 	}
 	return ""
+}
+
+func (x *ContainerStatus) GetDetails() []*Reason {
+	if x != nil {
+		return x.Details
+	}
+	return nil
 }
 
 type StatusRequest struct {
@@ -3238,7 +3326,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12)\n" +
 	"\x05links\x18\x02 \x03(\v2\x13.gpupass.v1.NetLinkR\x05links\x12#\n" +
 	"\rdefault_route\x18\x03 \x01(\bR\fdefaultRoute\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xc7\x03\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xf5\x03\n" +
 	"\vGuestReport\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12\x1f\n" +
@@ -3254,7 +3342,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	" \x01(\bR\x05ready\x12\x18\n" +
 	"\areasons\x18\v \x03(\tR\areasons\x12\x1a\n" +
 	"\bwarnings\x18\f \x03(\tR\bwarnings\x12\x18\n" +
-	"\atrigger\x18\r \x01(\tR\atrigger\"\xf2\x03\n" +
+	"\atrigger\x18\r \x01(\tR\atrigger\x12,\n" +
+	"\adetails\x18\x14 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\"\xa0\x04\n" +
 	"\x0fContainerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12\x14\n" +
@@ -3271,7 +3360,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x10restart_required\x18\f \x01(\bR\x0frestartRequired\x12\x1d\n" +
 	"\n" +
 	"network_ok\x18\r \x01(\bR\tnetworkOk\x12#\n" +
-	"\rguest_refused\x18\x0e \x01(\tR\fguestRefused\"J\n" +
+	"\rguest_refused\x18\x0e \x01(\tR\fguestRefused\x12,\n" +
+	"\adetails\x18\x14 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\"J\n" +
 	"\rStatusRequest\x129\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +
@@ -3310,7 +3400,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05Style\x12\x15\n" +
 	"\x11STYLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTYLE_RAW\x10\x01\x12\r\n" +
-	"\tSTYLE_DEV\x10\x02*\xe3\x04\n" +
+	"\tSTYLE_DEV\x10\x02*\xd7\n" +
+	"\n" +
 	"\n" +
 	"ReasonKind\x12\x1b\n" +
 	"\x17REASON_KIND_UNSPECIFIED\x10\x00\x12 \n" +
@@ -3330,7 +3421,30 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x1dREASON_KIND_STARTED_WITH_RULE\x10\r\x12$\n" +
 	" REASON_KIND_STARTED_WITHOUT_RULE\x10\x0e\x12\x1c\n" +
 	"\x18REASON_KIND_GUEST_DENIED\x10\x0f\x12\x19\n" +
-	"\x15REASON_KIND_UNSETTLED\x10\x10*\xd8\x01\n" +
+	"\x15REASON_KIND_UNSETTLED\x10\x10\x12!\n" +
+	"\x1dREASON_KIND_CONTAINER_STOPPED\x10\x11\x12\x1d\n" +
+	"\x19REASON_KIND_STATE_UNKNOWN\x10\x12\x12 \n" +
+	"\x1cREASON_KIND_JOURNAL_CONFLICT\x10\x13\x12#\n" +
+	"\x1fREASON_KIND_JOURNAL_QUARANTINED\x10\x14\x12#\n" +
+	"\x1fREASON_KIND_PREVIOUS_GENERATION\x10\x15\x12 \n" +
+	"\x1cREASON_KIND_HOST_OBSERVATION\x10\x16\x12!\n" +
+	"\x1dREASON_KIND_HOST_NOT_PREPARED\x10\x17\x12\x1d\n" +
+	"\x19REASON_KIND_GUEST_REFUSED\x10\x18\x12#\n" +
+	"\x1fREASON_KIND_GUEST_NOT_CONNECTED\x10\x19\x12\"\n" +
+	"\x1eREASON_KIND_GUEST_NOT_REPORTED\x10\x1a\x12\x1c\n" +
+	"\x18REASON_KIND_GUEST_SILENT\x10\x1b\x12\x17\n" +
+	"\x13REASON_KIND_NETWORK\x10\x1c\x12!\n" +
+	"\x1dREASON_KIND_DEVICE_UNREPORTED\x10\x1d\x12\x1a\n" +
+	"\x16REASON_KIND_NO_DEVICES\x10\x1e\x12%\n" +
+	"!REASON_KIND_EXPECTATION_TRUNCATED\x10\x1f\x12\x1c\n" +
+	"\x18REASON_KIND_DEVICE_CHECK\x10 \x12&\n" +
+	"\"REASON_KIND_HOST_DRIVER_NOT_LOADED\x10!\x12\x1f\n" +
+	"\x1bREASON_KIND_DRIVER_MISMATCH\x10\"\x12\x1a\n" +
+	"\x16REASON_KIND_SMI_FAILED\x10#\x12\x1b\n" +
+	"\x17REASON_KIND_SMI_RUNNING\x10$\x12\"\n" +
+	"\x1eREASON_KIND_SMI_UNASSIGNED_GPU\x10%\x12\x1f\n" +
+	"\x1bREASON_KIND_SMI_MISSING_GPU\x10&\x12\x15\n" +
+	"\x11REASON_KIND_OTHER\x10'*\xd8\x01\n" +
 	"\fDeviceStatus\x12\x1d\n" +
 	"\x19DEVICE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DEVICE_STATUS_OK\x10\x01\x12\x19\n" +
@@ -3435,18 +3549,20 @@ var file_gpupass_v1_gpupass_proto_depIdxs = []int32{
 	31, // 31: gpupass.v1.GuestReport.driver:type_name -> gpupass.v1.DriverVersions
 	33, // 32: gpupass.v1.GuestReport.smi:type_name -> gpupass.v1.SmiResult
 	35, // 33: gpupass.v1.GuestReport.network:type_name -> gpupass.v1.Network
-	30, // 34: gpupass.v1.ContainerStatus.devices:type_name -> gpupass.v1.DeviceCheck
-	31, // 35: gpupass.v1.ContainerStatus.driver:type_name -> gpupass.v1.DriverVersions
-	36, // 36: gpupass.v1.ContainerStatus.report:type_name -> gpupass.v1.GuestReport
-	16, // 37: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	14, // 38: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
-	37, // 39: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
-	37, // 40: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	19, // 34: gpupass.v1.GuestReport.details:type_name -> gpupass.v1.Reason
+	30, // 35: gpupass.v1.ContainerStatus.devices:type_name -> gpupass.v1.DeviceCheck
+	31, // 36: gpupass.v1.ContainerStatus.driver:type_name -> gpupass.v1.DriverVersions
+	36, // 37: gpupass.v1.ContainerStatus.report:type_name -> gpupass.v1.GuestReport
+	19, // 38: gpupass.v1.ContainerStatus.details:type_name -> gpupass.v1.Reason
+	16, // 39: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	14, // 40: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
+	37, // 41: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
+	37, // 42: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_gpupass_v1_gpupass_proto_init() }

@@ -66,6 +66,101 @@ func RenderReason(r *Reason) string {
 		return fmt.Sprintf("guest reports %s denied by the device cgroup: the running rules do not allow it", dev)
 	case ReasonKind_REASON_KIND_UNSETTLED:
 		return "no record of the device rules the running container was started with, and no guest report proves them; restarting to be sure"
+	case ReasonKind_REASON_KIND_CONTAINER_STOPPED:
+		return "container is stopped"
+	case ReasonKind_REASON_KIND_STATE_UNKNOWN, ReasonKind_REASON_KIND_OTHER:
+		return detail
+	case ReasonKind_REASON_KIND_JOURNAL_CONFLICT:
+		return fmt.Sprintf("journal conflict: apply %s could not be undone because the config was changed by someone else meanwhile; gpupass left it as it is (%s); check the config, then apply again", want, detail)
+	case ReasonKind_REASON_KIND_JOURNAL_QUARANTINED:
+		return fmt.Sprintf("journal quarantined: %s could not be read (%s); it was not reconciled: check the container, then remove the file", dev, detail)
+	case ReasonKind_REASON_KIND_PREVIOUS_GENERATION:
+		return fmt.Sprintf("previous generation: the latest guest report is from the container's previous start (%s; now %s): waiting for the guest of the running container", got, want)
+	case ReasonKind_REASON_KIND_HOST_OBSERVATION:
+		const head = "host observation: the guest reports ready, but the host"
+		switch {
+		case detail != "":
+			return fmt.Sprintf("%s cannot look at the container's /dev (%s)", head, detail)
+		case got == "":
+			return fmt.Sprintf("%s sees no %s in the container", head, dev)
+		case got == NotChar:
+			return fmt.Sprintf("%s sees %s in the container as no character device", head, dev)
+		}
+		return fmt.Sprintf("%s sees %s in the container as %s, want %s", head, dev, got, want)
+	case ReasonKind_REASON_KIND_HOST_NOT_PREPARED:
+		return "host: " + detail
+	case ReasonKind_REASON_KIND_GUEST_REFUSED:
+		return fmt.Sprintf("guest agent connected but was refused at %s: %s", got, detail)
+	case ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED:
+		return "guest agent has not connected (is gpupass-guest-agent installed and running in the container?)"
+	case ReasonKind_REASON_KIND_GUEST_NOT_REPORTED:
+		return "guest agent connected but has not reported yet"
+	case ReasonKind_REASON_KIND_GUEST_SILENT:
+		return fmt.Sprintf("guest agent silent for %s (last report %s)", detail, got)
+	case ReasonKind_REASON_KIND_NETWORK:
+		return "network: " + detail
+	case ReasonKind_REASON_KIND_DEVICE_UNREPORTED:
+		return fmt.Sprintf("guest has not reported on %s yet", dev)
+	case ReasonKind_REASON_KIND_NO_DEVICES:
+		return "no NVIDIA device nodes found under /dev"
+	case ReasonKind_REASON_KIND_EXPECTATION_TRUNCATED:
+		return fmt.Sprintf("the expectation lists %s devices, more than %s: checked the first %s", want, got, got)
+	case ReasonKind_REASON_KIND_DEVICE_CHECK:
+		return fmt.Sprintf("%s: %s: %s", dev, got, detail)
+	case ReasonKind_REASON_KIND_HOST_DRIVER_NOT_LOADED:
+		return "host kernel driver not loaded"
+	case ReasonKind_REASON_KIND_DRIVER_MISMATCH:
+		return fmt.Sprintf("driver/library version mismatch: kernel %s, libnvidia-ml %s", want, got)
+	case ReasonKind_REASON_KIND_SMI_FAILED:
+		return "nvidia-smi: " + detail
+	case ReasonKind_REASON_KIND_SMI_RUNNING:
+		return "nvidia-smi check running"
+	case ReasonKind_REASON_KIND_SMI_UNASSIGNED_GPU:
+		return "nvidia-smi sees GPU " + dev + " that is not assigned to this container"
+	case ReasonKind_REASON_KIND_SMI_MISSING_GPU:
+		return "nvidia-smi does not see assigned GPU " + dev
 	}
 	return strings.TrimSpace(fmt.Sprintf("reason %s %s %s %s %s", ReasonKindName(r.GetKind()), dev, want, got, detail))
+}
+
+// NotChar is a HOST_OBSERVATION's got for a node that is no character device.
+const NotChar = "not-char"
+
+// NewReason fills r's text (RenderReason) and returns it: the one way a deciding side
+// makes a reason.
+func NewReason(r *Reason) *Reason {
+	r.Text = RenderReason(r)
+	return r
+}
+
+// OtherReason is a reason known only by its text (a peer older than details, a
+// controller's own note).
+func OtherReason(text string) *Reason {
+	return &Reason{Kind: ReasonKind_REASON_KIND_OTHER, Text: text, Detail: text}
+}
+
+// ReasonTexts are the reasons' texts, in order (the `reasons` list of old readers); nil
+// for none.
+func ReasonTexts(rs []*Reason) []string {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, ReasonText(r))
+	}
+	return out
+}
+
+// DetailsOf pairs texts with their details: details when the peer sent one per text,
+// else each text as an OtherReason.
+func DetailsOf(texts []string, details []*Reason) []*Reason {
+	if len(details) == len(texts) {
+		return details
+	}
+	out := make([]*Reason, 0, len(texts))
+	for _, t := range texts {
+		out = append(out, OtherReason(t))
+	}
+	return out
 }
