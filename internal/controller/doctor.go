@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +36,10 @@ type Finding struct {
 	// Warning: worth knowing, but the container counts as fine (as status counts it): a
 	// missing userspace driver, a stopped container the fleet does not ask to run.
 	Warning bool `json:"warning,omitempty"`
+	// explains are the host's reason kinds this finding explains, devices the paths whose
+	// device checks it does (so the reasons are not repeated as findings of their own).
+	explains []pb.ReasonKind
+	devices  []string
 }
 
 // ExitCode is 1 when the host could not be asked, 0 when the container counts as fine for
@@ -180,9 +185,10 @@ func explain(d *Diagnosis) []Finding {
 			why = "no /proc/driver/nvidia/version"
 		}
 		out = append(out, Finding{
-			Problem: "the NVIDIA kernel driver is not loaded on " + d.Host.Name + ": " + why,
-			Cause:   "the module failed to load (kernel update without a rebuilt module, Secure Boot) or was never installed",
-			Fix:     fmt.Sprintf("on %s: load the driver until nvidia-smi lists the GPUs, then systemctl restart gpupass-host-agent and %s", d.Host.Name, apply),
+			Problem:  "the NVIDIA kernel driver is not loaded on " + d.Host.Name + ": " + why,
+			Cause:    "the module failed to load (kernel update without a rebuilt module, Secure Boot) or was never installed",
+			Fix:      fmt.Sprintf("on %s: load the driver until nvidia-smi lists the GPUs, then systemctl restart gpupass-host-agent and %s", d.Host.Name, apply),
+			explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_HOST_DRIVER_NOT_LOADED, pb.ReasonKind_REASON_KIND_HOST_NOT_PREPARED},
 		})
 	}
 	if p := d.Plan; p != nil && p.GetError() != "" {
@@ -230,15 +236,17 @@ func explain(d *Diagnosis) []Finding {
 	}
 	if st.GetRunState() == "running" && !st.GetGuestConnected() && st.GetGuestRefused() != "" {
 		out = append(out, Finding{
-			Problem: "guest agent connected but was refused: " + st.GetGuestRefused(),
-			Cause:   "the host agent takes a guest's container id from the kernel (its cgroup) and the socket directory; this peer did not match the container whose socket it used, or spoke the wrong role",
-			Fix:     fmt.Sprintf("on %s: journalctl -u gpupass-host-agent shows the peer's pid and cgroup; run gpupass-guest-agent inside container %s itself, on the socket the host agent mounts there", d.Host.Name, d.Entry.ID),
+			Problem:  "guest agent connected but was refused: " + st.GetGuestRefused(),
+			Cause:    "the host agent takes a guest's container id from the kernel (its cgroup) and the socket directory; this peer did not match the container whose socket it used, or spoke the wrong role",
+			Fix:      fmt.Sprintf("on %s: journalctl -u gpupass-host-agent shows the peer's pid and cgroup; run gpupass-guest-agent inside container %s itself, on the socket the host agent mounts there", d.Host.Name, d.Entry.ID),
+			explains: guestAgentKinds,
 		})
 	} else if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
 		out = append(out, Finding{
-			Problem: "no report from the guest agent",
-			Cause:   "gpupass-guest-agent is not installed in the container's template or not running, or the /dev/gpupass socket mount is missing or hidden",
-			Fix:     "install gpupass-guest-agent in the template and enable it; " + apply + " renders the socket mount",
+			Problem:  "no report from the guest agent",
+			Cause:    "gpupass-guest-agent is not installed in the container's template or not running, or the /dev/gpupass socket mount is missing or hidden",
+			Fix:      "install gpupass-guest-agent in the template and enable it; " + apply + " renders the socket mount",
+			explains: guestAgentKinds,
 		})
 	}
 	out = append(out, deviceFindings(d, st.GetDevices(), apply)...)
@@ -249,9 +257,10 @@ func explain(d *Diagnosis) []Finding {
 	switch {
 	case st.GetGuestConnected() && user != "" && kernel != "" && user != kernel:
 		out = append(out, Finding{
-			Problem: fmt.Sprintf("the container's userspace driver (libnvidia-ml %s) does not match the host's kernel module %s", user, kernel),
-			Cause:   "the template's NVIDIA libraries come from another driver release; NVML refuses with \"Driver/library version mismatch\" (even a patch level differs)",
-			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container", kernel, kernel, kernel),
+			Problem:  fmt.Sprintf("the container's userspace driver (libnvidia-ml %s) does not match the host's kernel module %s", user, kernel),
+			Cause:    "the template's NVIDIA libraries come from another driver release; NVML refuses with \"Driver/library version mismatch\" (even a patch level differs)",
+			Fix:      fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container", kernel, kernel, kernel),
+			explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH},
 		})
 	case st.GetGuestConnected() && user == "" && len(st.GetDevices()) > 0:
 		out = append(out, Finding{
@@ -263,15 +272,16 @@ func explain(d *Diagnosis) []Finding {
 	}
 	if d.Entry.RequireNetwork && st.GetGuestConnected() && !st.GetNetworkOk() {
 		out = append(out, Finding{
-			Problem: "the container has no working network (an up link with an address and a default route)",
-			Cause:   "its net0 bridge, address or gateway is wrong, or DHCP did not answer",
-			Fix:     fmt.Sprintf("%s on %s; check the network entries and the bridge", d.runtimeCmd("config"), d.Host.Name),
+			Problem:  "the container has no working network (an up link with an address and a default route)",
+			Cause:    "its net0 bridge, address or gateway is wrong, or DHCP did not answer",
+			Fix:      fmt.Sprintf("%s on %s; check the network entries and the bridge", d.runtimeCmd("config"), d.Host.Name),
+			explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_NETWORK},
 		})
 	}
 	// Whatever the host says that no finding above explains.
-	for _, r := range st.GetReasons() {
+	for _, r := range statusReasons(st) {
 		if !explained(r, out) && !evidenceExplained(r) {
-			out = append(out, Finding{Problem: r, Cause: "reported by the host agent", Fix: "gpupass status -f " + file + " -o json shows the details"})
+			out = append(out, Finding{Problem: pb.ReasonText(r), Cause: "reported by the host agent", Fix: "gpupass status -f " + file + " -o json shows the details"})
 		}
 	}
 	return out
@@ -324,7 +334,7 @@ func (d *Diagnosis) runtimeCmd(verb string) string {
 
 // deviceFindings groups the failing devices by status: one finding per kind of failure.
 func deviceFindings(d *Diagnosis, devs []*pb.DeviceCheck, apply string) []Finding {
-	groups := map[pb.DeviceStatus][]string{}
+	groups, devPaths := map[pb.DeviceStatus][]string{}, map[pb.DeviceStatus][]string{}
 	var order []pb.DeviceStatus
 	for _, dev := range devs {
 		st := dev.GetStatus()
@@ -339,6 +349,7 @@ func deviceFindings(d *Diagnosis, devs []*pb.DeviceCheck, apply string) []Findin
 			order = append(order, st)
 		}
 		groups[st] = append(groups[st], label)
+		devPaths[st] = append(devPaths[st], dev.GetPath())
 	}
 	var out []Finding
 	for _, st := range order {
@@ -373,29 +384,28 @@ func deviceFindings(d *Diagnosis, devs []*pb.DeviceCheck, apply string) []Findin
 			f = Finding{Problem: fmt.Sprintf("%s: the guest reported an unknown device status", subject),
 				Cause: "a newer guest agent than this controller", Fix: "upgrade gpupass"}
 		}
+		f.devices = devPaths[st]
 		out = append(out, f)
 	}
 	return out
 }
 
-// explained reports whether a host reason is covered by a finding (same device path, or
-// a topic a finding already names).
-func explained(reason string, fs []Finding) bool {
-	head, _, _ := strings.Cut(reason, ":")
+// guestAgentKinds are the host's reasons about the guest agent's connection.
+var guestAgentKinds = []pb.ReasonKind{
+	pb.ReasonKind_REASON_KIND_GUEST_REFUSED,
+	pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED,
+	pb.ReasonKind_REASON_KIND_GUEST_NOT_REPORTED,
+	pb.ReasonKind_REASON_KIND_GUEST_SILENT,
+}
+
+// explained reports whether a host reason is covered by a finding: a finding that
+// explains its kind, or, for a device check, one about the same device.
+func explained(reason *pb.Reason, fs []Finding) bool {
 	for _, f := range fs {
-		if strings.HasPrefix(head, "/dev/") && (strings.HasPrefix(f.Problem, head+" ") || strings.Contains(f.Problem, ", "+head+" ")) {
+		if slices.Contains(f.explains, reason.GetKind()) {
 			return true
 		}
-		if strings.Contains(reason, "userspace driver") && strings.Contains(f.Problem, "userspace driver") {
-			return true
-		}
-		if strings.Contains(reason, "guest agent") && strings.Contains(f.Problem, "guest agent") {
-			return true
-		}
-		if strings.HasPrefix(reason, "no network") && strings.Contains(f.Problem, "network") {
-			return true
-		}
-		if strings.Contains(reason, "driver") && strings.Contains(f.Problem, "kernel driver is not loaded") {
+		if reason.GetKind() == pb.ReasonKind_REASON_KIND_DEVICE_CHECK && slices.Contains(f.devices, reason.GetDevice()) {
 			return true
 		}
 	}

@@ -61,10 +61,10 @@ func TestExplain(t *testing.T) {
 			[]string{"gpupass apply", "pct unlock 901", "--apply-pending", "ha-manager set ct:901 --state stopped"}},
 		{"guest refused", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestRefused: "peer pid 7 is in container 902",
-				Reasons: []string{"guest agent connected but was refused at 2026-12-02T07:00:00Z: peer pid 7 is in container 902"}}},
+				Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_REFUSED, Got: "2026-12-02T07:00:00Z", Detail: "peer pid 7 is in container 902"})}}},
 			[]string{"guest agent connected but was refused: peer pid 7 is in container 902"}, []string{"journalctl -u gpupass-host-agent"}},
 		{"no guest", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
-			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", Reasons: []string{"no report from the guest agent"}}},
+			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED})}}},
 			[]string{"no report from the guest agent"}, []string{"install gpupass-guest-agent"}},
 		{"optional trap and wrong device", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: running(dev("/dev/nvidia-uvm", pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE, 0, 0),
@@ -73,23 +73,26 @@ func TestExplain(t *testing.T) {
 			[]string{"/dev/nvidia-uvm, /dev/nvidia-uvm-tools are not a character device", "/dev/nvidia0 (195:1) is the wrong device"},
 			[]string{"without optional", "gpupass apply"}},
 		{"journal conflict on a stopped container", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
-			Status: &pb.ContainerStatus{Id: "901", State: "stopped", RunState: "stopped", Reasons: []string{"container is stopped", "journal conflict: apply 1-901-a could not be undone because the config was changed by someone else meanwhile"}}},
+			Status: &pb.ContainerStatus{Id: "901", State: "stopped", RunState: "stopped", Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_CONTAINER_STOPPED}), pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_JOURNAL_CONFLICT, Want: "1-901-a", Detail: "config.bak"})}}},
 			[]string{"journal conflict: apply 1-901-a could not be undone", "the container is stopped"}, []string{"compare pct config 901", "pct start 901"}},
 		{"forged ready report", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
-				Reasons: []string{"host observation: the guest reports ready, but the host sees no /dev/nvidia0 in the container", "journal quarantined: /s/j/q/x.jsonl could not be read"}}},
+				Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_OBSERVATION, Device: "/dev/nvidia0", Want: "195:0"}), pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_JOURNAL_QUARANTINED, Device: "/s/j/q/x.jsonl", Detail: "unexpected EOF"})}}},
 			[]string{"host observation: the guest reports ready, but the host sees no /dev/nvidia0", "journal quarantined: /s/j/q/x.jsonl"},
 			[]string{"talks on /run/gpupass/agent.sock", "its .why says why"}},
 		{"no userspace driver, no network", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, RequireNetwork: true}, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
 				Devices: []*pb.DeviceCheck{dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_OK, 195, 0)}, Driver: &pb.DriverVersions{Kernel: "580.95.05"},
-				Reasons: []string{"no network: no default route", "something new"}}},
+				Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: "no default route"}), pb.OtherReason("something new")}}},
 			[]string{"the container has no userspace driver", "the container has no working network", "something new"},
 			[]string{"install libnvidia-ml 580.95.05 in the template", "pct config 901 on pve1", "-o json"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := tt.d
+			if st := d.Status; st != nil && len(st.Details) > 0 {
+				st.Reasons = pb.ReasonTexts(st.Details) // as the agent sends them: text beside the data
+			}
 			d.Container = newContainer(d.Entry)
 			fs := explain(&d)
 			var problems, fixes []string

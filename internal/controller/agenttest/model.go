@@ -167,7 +167,7 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	}
 	if !st.GuestConnected {
 		st.State = "not-ready"
-		st.Reasons = []string{"no report from the guest agent: it is not installed in the container or not running"}
+		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED, Text: "no report from the guest agent: it is not installed in the container or not running"})
 		return st
 	}
 	st.ReportAgeMs = 1200
@@ -195,15 +195,15 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 		case !n.present:
 			d.Status = pb.DeviceStatus_DEVICE_STATUS_MISSING
 			d.Detail = "no such file"
-			st.Reasons = append(st.Reasons, n.path+": missing")
+			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: n.path, Got: "missing", Text: n.path + ": missing"})
 		case !a.Driver.GetLoaded():
 			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, n.major, n.minor
 			d.Detail = "open: no such device or address (ENXIO)"
-			st.Reasons = append(st.Reasons, n.path+": no-driver")
+			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: n.path, Got: "no-driver", Text: n.path + ": no-driver"})
 		case c.Denied:
 			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_DENIED, n.major, n.minor
 			d.Detail = "open: operation not permitted (EPERM)"
-			st.Reasons = append(st.Reasons, fmt.Sprintf("%s: denied (the device cgroup does not allow %d:%d)", n.path, n.major, n.minor))
+			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: n.path, Got: "denied", Text: fmt.Sprintf("%s: denied (the device cgroup does not allow %d:%d)", n.path, n.major, n.minor)})
 		default:
 			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_OK, n.major, n.minor
 		}
@@ -214,16 +214,22 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 		// The guest agent's words (internal/guest/report.go).
 		st.Warnings = append(st.Warnings, "userspace driver not installed: no libnvidia-ml.so.1 in ld.so.cache or the standard library directories (passthrough works; CUDA programs need the driver libraries of version "+a.Driver.GetKernelVersion()+")")
 	case c.Lib != a.Driver.GetKernelVersion():
-		st.Reasons = append(st.Reasons, fmt.Sprintf("userspace driver %s does not match the kernel module %s (NVML: Driver/library version mismatch)", c.Lib, a.Driver.GetKernelVersion()))
+		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, Want: a.Driver.GetKernelVersion(), Got: c.Lib, Text: fmt.Sprintf("userspace driver %s does not match the kernel module %s (NVML: Driver/library version mismatch)", c.Lib, a.Driver.GetKernelVersion())})
 	}
 	if spec.GetRequireNetwork() && !c.Network {
-		st.Reasons = append(st.Reasons, "no network: no up link with an address and a default route")
+		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: "no up link with an address and a default route", Text: "no network: no up link with an address and a default route"})
 	}
 	st.State = "ready"
 	if len(st.Reasons) > 0 {
 		st.State = "not-ready"
 	}
 	return st
+}
+
+// addReason adds a reason as data and as text (the agent's status.go addReasons).
+func addReason(st *pb.ContainerStatus, r *pb.Reason) {
+	st.Details = append(st.Details, r)
+	st.Reasons = append(st.Reasons, r.GetText())
 }
 
 func (a *Agent) inventory() *pb.HostInventory {
