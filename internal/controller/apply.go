@@ -180,7 +180,7 @@ func (c *Controller) applyHost(ctx context.Context, s *conn, w *hostWork, opts A
 				cr, ok := byID[e.ID]
 				if !ok {
 					out.State = StateError
-					out.Reasons = append(out.Reasons, "the host agent's apply result does not mention this container")
+					out.Reasons = append(out.Reasons, out.note(ReasonDetail{Kind: KindNotReported, Text: "the host agent's apply result does not mention this container"}))
 					continue
 				}
 				applyResult(out, cr)

@@ -103,7 +103,7 @@ func (w *hostWork) fillStatuses(sts []*pb.ContainerStatus, warn bool) {
 		st, ok := byID[e.ID]
 		if !ok {
 			out.State = StateError
-			out.Reasons = append(out.Reasons, "the host agent did not report this container")
+			out.Reasons = append(out.Reasons, out.note(ReasonDetail{Kind: KindNotReported, Text: "the host agent did not report this container"}))
 			continue
 		}
 		applyStatus(out, st)
@@ -170,7 +170,7 @@ func (c *Controller) Plan(ctx context.Context) *Report {
 			p, ok := byID[e.ID]
 			if !ok {
 				w.out[i].State = StateError
-				w.out[i].Reasons = append(w.out[i].Reasons, "the host agent made no plan for this container")
+				w.out[i].Reasons = append(w.out[i].Reasons, w.out[i].note(ReasonDetail{Kind: KindNotReported, Text: "the host agent made no plan for this container"}))
 				continue
 			}
 			applyPlan(w.out[i], p)

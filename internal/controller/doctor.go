@@ -132,7 +132,7 @@ func (c *Controller) doctorCalls(ctx context.Context, s *conn, d *Diagnosis) err
 		markGPUsDiffer(&d.Container, d.Host.GPUs, false)
 	} else {
 		d.Container.State = StateError
-		d.Container.Reasons = append(d.Container.Reasons, fmt.Sprintf("%s does not know container %s", d.Host.Name, d.Entry.ID))
+		d.Container.Reasons = append(d.Container.Reasons, d.Container.note(ReasonDetail{Kind: KindUnknownContainer, Text: fmt.Sprintf("%s does not know container %s", d.Host.Name, d.Entry.ID)}))
 	}
 	if !d.InFleet {
 		return nil

@@ -122,6 +122,9 @@ type Container struct {
 	PendingReplacesLXC bool     `json:"pending_replaces_lxc,omitempty"`
 	HA                 string   `json:"ha,omitempty"`
 	HACommand          string   `json:"ha_command,omitempty"`
+
+	// details are the reasons as data, by text (see ReasonsDetail).
+	details map[string]ReasonDetail
 }
 
 // Key is "host/id".
@@ -199,11 +202,13 @@ func fillHost(h *Host, inv *pb.HostInventory) {
 func applyStatus(c *Container, st *pb.ContainerStatus) {
 	c.State = st.GetState()
 	if !validState(c.State) {
-		c.Reasons = append(c.Reasons, fmt.Sprintf("the host agent reported an unknown state %q", st.GetState()))
+		c.Reasons = append(c.Reasons, c.note(ReasonDetail{Kind: KindUnknownState, Got: st.GetState(), Text: fmt.Sprintf("the host agent reported an unknown state %q", st.GetState())}))
 		c.State = StateError
 	}
 	c.ConfiguredGPUs = append([]string{}, st.GetGpus()...)
-	c.Reasons = append(c.Reasons, st.GetReasons()...)
+	for _, r := range pb.DetailsOf(st.GetReasons(), st.GetDetails()) {
+		c.Reasons = append(c.Reasons, c.note(detailOf(r)))
+	}
 	c.Warnings = append(c.Warnings, st.GetWarnings()...)
 	c.Devices = c.Devices[:0]
 	for _, d := range st.GetDevices() {
@@ -242,25 +247,27 @@ func applyPlan(c *Container, p *pb.ContainerPlan) {
 	if p.GetError() != "" {
 		c.State = StateError
 		c.Error = p.GetError()
-		c.Reasons = append(c.Reasons, "plan failed: "+p.GetError())
+		c.Reasons = append(c.Reasons, c.note(ReasonDetail{Kind: KindPlanFailed, Detail: p.GetError(), Text: "plan failed: " + p.GetError()}))
 		return
 	}
 	if len(c.Changes) > 0 || c.RestartRequired || c.Start {
 		c.State = StatePending
 		var why []string
 		if n := len(c.Changes); n > 0 {
-			why = append(why, fmt.Sprintf("config differs from the fleet (%d managed line(s) to change)", n))
+			why = append(why, c.note(ReasonDetail{Kind: KindConfigDiffers, Want: fmt.Sprint(n), Text: fmt.Sprintf("config differs from the fleet (%d managed line(s) to change)", n)}))
 		}
 		if c.RestartRequired {
-			for _, r := range c.RestartReasons {
-				why = append(why, "restart: "+r)
+			for _, r := range pb.DetailsOf(c.RestartReasons, p.GetRestart().GetDetails()) {
+				d := detailOf(r)
+				d.Text = "restart: " + d.Text
+				why = append(why, c.note(d))
 			}
 			if len(c.RestartReasons) == 0 {
-				why = append(why, "restart required")
+				why = append(why, c.note(ReasonDetail{Kind: KindRestartRequired, Text: "restart required"}))
 			}
 		}
 		if c.Start {
-			why = append(why, "stopped; fleet.yaml asks for it to run")
+			why = append(why, c.note(ReasonDetail{Kind: KindStartWanted, Text: "stopped; fleet.yaml asks for it to run"}))
 		}
 		why = append(why, pveNotes(c)...)
 		c.Reasons = append(why, c.Reasons...)
@@ -296,7 +303,7 @@ func applyResult(c *Container, r *pb.ContainerResult) {
 		if c.RolledBack {
 			msg += " (rolled back: the config and the container are as they were)"
 		}
-		c.Reasons = append([]string{msg}, c.Reasons...)
+		c.Reasons = append([]string{c.note(ReasonDetail{Kind: KindApplyFailed, Detail: r.GetError(), Text: msg})}, c.Reasons...)
 	}
 	if r.GetStatus() == nil && r.GetError() == "" {
 		c.State = StatePending
@@ -307,16 +314,16 @@ func applyResult(c *Container, r *pb.ContainerResult) {
 func pveNotes(c *Container) []string {
 	var out []string
 	if c.Locked != "" {
-		out = append(out, "locked: "+c.Locked+" (apply neither writes nor restarts it until the lock is gone)")
+		out = append(out, c.note(ReasonDetail{Kind: KindLocked, Detail: c.Locked, Text: "locked: " + c.Locked + " (apply neither writes nor restarts it until the lock is gone)"}))
 	}
 	if len(c.Pending) > 0 && (c.RestartRequired || c.Start) {
-		out = append(out, fmt.Sprintf("the restart would apply %d pending change(s): %s (apply needs --apply-pending)", len(c.Pending), strings.Join(c.Pending, "; ")))
+		out = append(out, c.note(ReasonDetail{Kind: KindPendingChanges, Detail: strings.Join(c.Pending, "; "), Text: fmt.Sprintf("the restart would apply %d pending change(s): %s (apply needs --apply-pending)", len(c.Pending), strings.Join(c.Pending, "; "))}))
 	}
 	if c.PendingReplacesLXC {
-		out = append(out, "a pending lxc.* line replaces ALL raw lxc.* lines at the next start, the GPU lines included")
+		out = append(out, c.note(ReasonDetail{Kind: KindPendingReplacesLXC, Text: "a pending lxc.* line replaces ALL raw lxc.* lines at the next start, the GPU lines included"}))
 	}
 	if c.HA != "" && (c.RestartRequired || c.Start) {
-		out = append(out, "managed by HA ("+c.HA+"): apply writes the config and leaves the restart to you: "+c.HACommand)
+		out = append(out, c.note(ReasonDetail{Kind: KindHAManaged, Detail: c.HA, Text: "managed by HA (" + c.HA + "): apply writes the config and leaves the restart to you: " + c.HACommand}))
 	}
 	return out
 }
@@ -325,7 +332,7 @@ func pveNotes(c *Container) []string {
 func markHost(cs []*Container, state, reason string) {
 	for _, c := range cs {
 		c.State = state
-		c.Reasons = []string{reason}
+		c.Reasons = []string{c.note(ReasonDetail{Kind: KindHostFailed, Text: reason})}
 		c.Error = reason
 	}
 }

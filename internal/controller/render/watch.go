@@ -1,6 +1,7 @@
 package render
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -22,19 +23,22 @@ func WatchLine(w io.Writer, ev controller.Event, s Style) {
 	fmt.Fprintln(w, line)
 }
 
-// watchJSON is one JSON line of status --watch -o json: the container as in the report,
-// with the time of the change.
-type watchJSON struct {
-	Time string `json:"time"`
-	controller.Container
-}
-
-// WatchJSON writes one readiness change as a JSON line.
+// WatchJSON writes one readiness change as a JSON line of status --watch -o json: the
+// container as in the report (its own JSON, reasons_detail included), with the time of
+// the change first.
 func WatchJSON(w io.Writer, ev controller.Event) error {
-	b, err := jsonLine(watchJSON{Time: ev.Time.UTC().Format(time.RFC3339Nano), Container: ev.Container})
+	b, err := jsonLine(ev.Container)
 	if err != nil {
 		return err
 	}
-	_, err = w.Write(b)
+	t, err := json.Marshal(ev.Time.UTC().Format(time.RFC3339Nano))
+	if err != nil {
+		return err
+	}
+	line := append([]byte(`{"time":`), t...)
+	if len(b) > 2 && b[1] != '}' {
+		line = append(line, ',')
+	}
+	_, err = w.Write(append(line, b[1:]...))
 	return err
 }
