@@ -94,6 +94,7 @@ func (a *Agent) planKnown(ctx context.Context, spec *pb.ContainerSpec, known *ru
 	}
 	p.res = res
 	p.pb.Diff = res.Diff
+	p.pb.Resolved, p.pb.Configured = resolvedGPUs(inv, spec.GetGpus()), configuredGPUs(cfg, inv)
 	for _, c := range res.Changes {
 		op := pb.ConfigChange_OP_ADD
 		if c.Op == passthrough.OpRemove {
@@ -115,6 +116,34 @@ func (a *Agent) planKnown(ctx context.Context, spec *pb.ContainerSpec, known *ru
 		p.pb.Start = true
 	}
 	return p, nil
+}
+
+// resolvedGPUs is the spec's selectors as this host resolves them (nil if one does not
+// resolve: the plan says why).
+func resolvedGPUs(inv *gpu.Inventory, selectors []string) *pb.GPUSet {
+	gs, err := inv.ResolveAll(selectors)
+	if err != nil {
+		return nil
+	}
+	set := &pb.GPUSet{}
+	for _, g := range gs {
+		set.Gpus = append(set.Gpus, gpuToPB(g))
+	}
+	return set
+}
+
+// configuredGPUs is the GPUs the config passes now (passthrough.AssignedGPUs); a minor no
+// GPU of this host has is listed by its minor alone.
+func configuredGPUs(cfg *pveconf.Config, inv *gpu.Inventory) *pb.GPUSet {
+	gs, unknown := passthrough.AssignedGPUs(cfg, inv)
+	set := &pb.GPUSet{}
+	for _, g := range gs {
+		set.Gpus = append(set.Gpus, gpuToPB(g))
+	}
+	for _, m := range unknown {
+		set.Gpus = append(set.Gpus, &pb.GPU{Minor: m})
+	}
+	return set
 }
 
 // expectation is what the guest of a planned container must see.

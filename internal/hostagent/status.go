@@ -92,6 +92,9 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	if !st.Running {
 		cs.State = StateStopped
 		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_CONTAINER_STOPPED}))
+		if p, err := a.planKnown(ctx, spec, &st); err == nil {
+			cs.Resolved, cs.Configured = p.pb.GetResolved(), p.pb.GetConfigured()
+		}
 		a.metrics.setReady(id, false)
 		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
@@ -100,6 +103,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	// state (the same evidence and rule, with the state just read).
 	if p, err := a.planKnown(ctx, spec, &st); err == nil {
 		cs.RestartRequired = p.pb.GetRestart().GetRequired()
+		cs.Resolved, cs.Configured = p.pb.GetResolved(), p.pb.GetConfigured()
 	}
 	snap, _ := a.guests.Latest(id)
 	// The host's own evidence first: the report's generation, and its own look at /dev.

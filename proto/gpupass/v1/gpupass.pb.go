@@ -477,7 +477,7 @@ func (x ConfigChange_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConfigChange_Op.Descriptor instead.
 func (ConfigChange_Op) EnumDescriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{11, 0}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // Hello is the first frame on the first stream of every session, sent by the dialer.
@@ -830,6 +830,52 @@ func (*Reply_Payload) isReply_Body() {}
 
 func (*Reply_Error) isReply_Body() {}
 
+// GPUSet is GPUs as a host resolved them (index, uuid, minor, bus id), by index; a set
+// message so that "none" and "not said" differ.
+type GPUSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpus          []*GPU                 `protobuf:"bytes,1,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUSet) Reset() {
+	*x = GPUSet{}
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUSet) ProtoMessage() {}
+
+func (x *GPUSet) ProtoReflect() protoreflect.Message {
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUSet.ProtoReflect.Descriptor instead.
+func (*GPUSet) Descriptor() ([]byte, []int) {
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GPUSet) GetGpus() []*GPU {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 type GPU struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // position in PCI bus order
@@ -843,7 +889,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[5]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +901,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[5]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +914,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{5}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GPU) GetIndex() uint32 {
@@ -918,7 +964,7 @@ type Driver struct {
 
 func (x *Driver) Reset() {
 	*x = Driver{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[6]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +976,7 @@ func (x *Driver) String() string {
 func (*Driver) ProtoMessage() {}
 
 func (x *Driver) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[6]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +989,7 @@ func (x *Driver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Driver.ProtoReflect.Descriptor instead.
 func (*Driver) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{6}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Driver) GetLoaded() bool {
@@ -986,7 +1032,7 @@ type ContainerSummary struct {
 
 func (x *ContainerSummary) Reset() {
 	*x = ContainerSummary{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[7]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1044,7 @@ func (x *ContainerSummary) String() string {
 func (*ContainerSummary) ProtoMessage() {}
 
 func (x *ContainerSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[7]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1057,7 @@ func (x *ContainerSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSummary.ProtoReflect.Descriptor instead.
 func (*ContainerSummary) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{7}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ContainerSummary) GetId() string {
@@ -1057,7 +1103,7 @@ type HostInventory struct {
 
 func (x *HostInventory) Reset() {
 	*x = HostInventory{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[8]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1115,7 @@ func (x *HostInventory) String() string {
 func (*HostInventory) ProtoMessage() {}
 
 func (x *HostInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[8]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +1128,7 @@ func (x *HostInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostInventory.ProtoReflect.Descriptor instead.
 func (*HostInventory) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{8}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HostInventory) GetName() string {
@@ -1142,7 +1188,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[9]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1200,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[9]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1213,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{9}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{10}
 }
 
 type ContainerSpec struct {
@@ -1184,7 +1230,7 @@ type ContainerSpec struct {
 
 func (x *ContainerSpec) Reset() {
 	*x = ContainerSpec{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[10]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1242,7 @@ func (x *ContainerSpec) String() string {
 func (*ContainerSpec) ProtoMessage() {}
 
 func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[10]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1255,7 @@ func (x *ContainerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerSpec.ProtoReflect.Descriptor instead.
 func (*ContainerSpec) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{10}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ContainerSpec) GetId() string {
@@ -1265,7 +1311,7 @@ type ConfigChange struct {
 
 func (x *ConfigChange) Reset() {
 	*x = ConfigChange{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[11]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1323,7 @@ func (x *ConfigChange) String() string {
 func (*ConfigChange) ProtoMessage() {}
 
 func (x *ConfigChange) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[11]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1336,7 @@ func (x *ConfigChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigChange.ProtoReflect.Descriptor instead.
 func (*ConfigChange) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{11}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ConfigChange) GetOp() ConfigChange_Op {
@@ -1325,7 +1371,7 @@ type RestartDecision struct {
 
 func (x *RestartDecision) Reset() {
 	*x = RestartDecision{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[12]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1383,7 @@ func (x *RestartDecision) String() string {
 func (*RestartDecision) ProtoMessage() {}
 
 func (x *RestartDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[12]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1396,7 @@ func (x *RestartDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartDecision.ProtoReflect.Descriptor instead.
 func (*RestartDecision) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{12}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RestartDecision) GetRequired() bool {
@@ -1390,7 +1436,7 @@ type Reason struct {
 
 func (x *Reason) Reset() {
 	*x = Reason{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1448,7 @@ func (x *Reason) String() string {
 func (*Reason) ProtoMessage() {}
 
 func (x *Reason) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[13]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1461,7 @@ func (x *Reason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reason.ProtoReflect.Descriptor instead.
 func (*Reason) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{13}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Reason) GetKind() ReasonKind {
@@ -1478,13 +1524,15 @@ type ContainerPlan struct {
 	PendingReplacesLxc bool     `protobuf:"varint,13,opt,name=pending_replaces_lxc,json=pendingReplacesLxc,proto3" json:"pending_replaces_lxc,omitempty"` // a pending lxc.* line: at start PVE replaces the whole raw lxc.* list with the pending one
 	Ha                 string   `protobuf:"bytes,14,opt,name=ha,proto3" json:"ha,omitempty"`                                                              // the HA resource ("ct:901") when HA manages the container, else ""
 	HaCommand          string   `protobuf:"bytes,15,opt,name=ha_command,json=haCommand,proto3" json:"ha_command,omitempty"`                               // the command that restarts it through HA (apply refuses to bypass HA)
+	Resolved           *GPUSet  `protobuf:"bytes,20,opt,name=resolved,proto3" json:"resolved,omitempty"`                                                  // the spec's selectors as this host resolved them (unset: an older host)
+	Configured         *GPUSet  `protobuf:"bytes,21,opt,name=configured,proto3" json:"configured,omitempty"`                                              // the GPUs the container's config passes now, resolved
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ContainerPlan) Reset() {
 	*x = ContainerPlan{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1544,7 @@ func (x *ContainerPlan) String() string {
 func (*ContainerPlan) ProtoMessage() {}
 
 func (x *ContainerPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[14]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1557,7 @@ func (x *ContainerPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerPlan.ProtoReflect.Descriptor instead.
 func (*ContainerPlan) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{14}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ContainerPlan) GetId() string {
@@ -1617,6 +1665,20 @@ func (x *ContainerPlan) GetHaCommand() string {
 	return ""
 }
 
+func (x *ContainerPlan) GetResolved() *GPUSet {
+	if x != nil {
+		return x.Resolved
+	}
+	return nil
+}
+
+func (x *ContainerPlan) GetConfigured() *GPUSet {
+	if x != nil {
+		return x.Configured
+	}
+	return nil
+}
+
 type PlanRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Containers    []*ContainerSpec       `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
@@ -1626,7 +1688,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1700,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[15]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1713,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{15}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PlanRequest) GetContainers() []*ContainerSpec {
@@ -1671,7 +1733,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1745,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[16]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1758,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{16}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PlanResponse) GetHost() *HostInventory {
@@ -1725,7 +1787,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1799,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[17]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1812,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{17}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ApplyRequest) GetContainers() []*ContainerSpec {
@@ -1792,7 +1854,7 @@ type ApplyProgress struct {
 
 func (x *ApplyProgress) Reset() {
 	*x = ApplyProgress{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1866,7 @@ func (x *ApplyProgress) String() string {
 func (*ApplyProgress) ProtoMessage() {}
 
 func (x *ApplyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[18]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1879,7 @@ func (x *ApplyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyProgress.ProtoReflect.Descriptor instead.
 func (*ApplyProgress) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{18}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ApplyProgress) GetContainerId() string {
@@ -1856,7 +1918,7 @@ type ContainerResult struct {
 
 func (x *ContainerResult) Reset() {
 	*x = ContainerResult{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +1930,7 @@ func (x *ContainerResult) String() string {
 func (*ContainerResult) ProtoMessage() {}
 
 func (x *ContainerResult) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[19]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +1943,7 @@ func (x *ContainerResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerResult.ProtoReflect.Descriptor instead.
 func (*ContainerResult) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{19}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ContainerResult) GetPlan() *ContainerPlan {
@@ -1943,7 +2005,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2017,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[20]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2030,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{20}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApplyResponse) GetHost() *HostInventory {
@@ -1999,7 +2061,7 @@ type ApplyUpdate struct {
 
 func (x *ApplyUpdate) Reset() {
 	*x = ApplyUpdate{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2073,7 @@ func (x *ApplyUpdate) String() string {
 func (*ApplyUpdate) ProtoMessage() {}
 
 func (x *ApplyUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[21]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2086,7 @@ func (x *ApplyUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyUpdate.ProtoReflect.Descriptor instead.
 func (*ApplyUpdate) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{21}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApplyUpdate) GetKind() isApplyUpdate_Kind {
@@ -2079,7 +2141,7 @@ type ExpectedDevice struct {
 
 func (x *ExpectedDevice) Reset() {
 	*x = ExpectedDevice{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2153,7 @@ func (x *ExpectedDevice) String() string {
 func (*ExpectedDevice) ProtoMessage() {}
 
 func (x *ExpectedDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[22]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2166,7 @@ func (x *ExpectedDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpectedDevice.ProtoReflect.Descriptor instead.
 func (*ExpectedDevice) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{22}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExpectedDevice) GetPath() string {
@@ -2144,7 +2206,7 @@ type Expectation struct {
 
 func (x *Expectation) Reset() {
 	*x = Expectation{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2218,7 @@ func (x *Expectation) String() string {
 func (*Expectation) ProtoMessage() {}
 
 func (x *Expectation) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[23]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2231,7 @@ func (x *Expectation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expectation.ProtoReflect.Descriptor instead.
 func (*Expectation) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{23}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Expectation) GetContainerId() string {
@@ -2234,7 +2296,7 @@ type DeviceCheck struct {
 
 func (x *DeviceCheck) Reset() {
 	*x = DeviceCheck{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2308,7 @@ func (x *DeviceCheck) String() string {
 func (*DeviceCheck) ProtoMessage() {}
 
 func (x *DeviceCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[24]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2321,7 @@ func (x *DeviceCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceCheck.ProtoReflect.Descriptor instead.
 func (*DeviceCheck) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{24}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeviceCheck) GetPath() string {
@@ -2308,7 +2370,7 @@ type DriverVersions struct {
 
 func (x *DriverVersions) Reset() {
 	*x = DriverVersions{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2382,7 @@ func (x *DriverVersions) String() string {
 func (*DriverVersions) ProtoMessage() {}
 
 func (x *DriverVersions) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[25]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2395,7 @@ func (x *DriverVersions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriverVersions.ProtoReflect.Descriptor instead.
 func (*DriverVersions) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{25}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DriverVersions) GetKernel() string {
@@ -2370,7 +2432,7 @@ type SmiGPU struct {
 
 func (x *SmiGPU) Reset() {
 	*x = SmiGPU{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2444,7 @@ func (x *SmiGPU) String() string {
 func (*SmiGPU) ProtoMessage() {}
 
 func (x *SmiGPU) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[26]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2457,7 @@ func (x *SmiGPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SmiGPU.ProtoReflect.Descriptor instead.
 func (*SmiGPU) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{26}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SmiGPU) GetIndex() uint32 {
@@ -2445,7 +2507,7 @@ type SmiResult struct {
 
 func (x *SmiResult) Reset() {
 	*x = SmiResult{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2519,7 @@ func (x *SmiResult) String() string {
 func (*SmiResult) ProtoMessage() {}
 
 func (x *SmiResult) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[27]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2532,7 @@ func (x *SmiResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SmiResult.ProtoReflect.Descriptor instead.
 func (*SmiResult) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{27}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SmiResult) GetRan() bool {
@@ -2512,7 +2574,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2524,7 +2586,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[28]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2537,7 +2599,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{28}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NetLink) GetName() string {
@@ -2573,7 +2635,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2647,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[29]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2660,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{29}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Network) GetOk() bool {
@@ -2651,7 +2713,7 @@ type GuestReport struct {
 
 func (x *GuestReport) Reset() {
 	*x = GuestReport{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2663,7 +2725,7 @@ func (x *GuestReport) String() string {
 func (*GuestReport) ProtoMessage() {}
 
 func (x *GuestReport) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[30]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2676,7 +2738,7 @@ func (x *GuestReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestReport.ProtoReflect.Descriptor instead.
 func (*GuestReport) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{30}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GuestReport) GetContainerId() string {
@@ -2794,13 +2856,15 @@ type ContainerStatus struct {
 	NetworkOk       bool                   `protobuf:"varint,13,opt,name=network_ok,json=networkOk,proto3" json:"network_ok,omitempty"`
 	GuestRefused    string                 `protobuf:"bytes,14,opt,name=guest_refused,json=guestRefused,proto3" json:"guest_refused,omitempty"` // why the latest guest to connect was refused ("" none since one was accepted)
 	Details         []*Reason              `protobuf:"bytes,20,rep,name=details,proto3" json:"details,omitempty"`                               // the reasons as data, in the same order as reasons
+	Resolved        *GPUSet                `protobuf:"bytes,21,opt,name=resolved,proto3" json:"resolved,omitempty"`                             // the spec's selectors as this host resolved them (unset: an older host)
+	Configured      *GPUSet                `protobuf:"bytes,22,opt,name=configured,proto3" json:"configured,omitempty"`                         // the GPUs the container's config passes now, resolved
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ContainerStatus) Reset() {
 	*x = ContainerStatus{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2876,7 @@ func (x *ContainerStatus) String() string {
 func (*ContainerStatus) ProtoMessage() {}
 
 func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[31]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2889,7 @@ func (x *ContainerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatus.ProtoReflect.Descriptor instead.
 func (*ContainerStatus) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{31}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ContainerStatus) GetId() string {
@@ -2933,6 +2997,20 @@ func (x *ContainerStatus) GetDetails() []*Reason {
 	return nil
 }
 
+func (x *ContainerStatus) GetResolved() *GPUSet {
+	if x != nil {
+		return x.Resolved
+	}
+	return nil
+}
+
+func (x *ContainerStatus) GetConfigured() *GPUSet {
+	if x != nil {
+		return x.Configured
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Containers    []*ContainerSpec       `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"` // empty: every container the agent knows
@@ -2942,7 +3020,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3032,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[32]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3045,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{32}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatusRequest) GetContainers() []*ContainerSpec {
@@ -2987,7 +3065,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3077,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[33]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3090,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{33}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StatusResponse) GetHost() *HostInventory {
@@ -3038,7 +3116,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3050,7 +3128,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[34]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3141,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{34}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchRequest) GetContainerIds() []string {
@@ -3084,7 +3162,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[35]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3096,7 +3174,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gpupass_v1_gpupass_proto_msgTypes[35]
+	mi := &file_gpupass_v1_gpupass_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3109,7 +3187,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{35}
+	return file_gpupass_v1_gpupass_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchEvent) GetHost() string {
@@ -3162,7 +3240,9 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05Reply\x12\x1a\n" +
 	"\apayload\x18\x01 \x01(\fH\x00R\apayload\x12)\n" +
 	"\x05error\x18\x02 \x01(\v2\x11.gpupass.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04body\"r\n" +
+	"\x04body\"-\n" +
+	"\x06GPUSet\x12#\n" +
+	"\x04gpus\x18\x01 \x03(\v2\x0f.gpupass.v1.GPUR\x04gpus\"r\n" +
 	"\x03GPU\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x14\n" +
@@ -3222,7 +3302,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x06device\x18\x03 \x01(\tR\x06device\x12\x12\n" +
 	"\x04want\x18\x04 \x01(\tR\x04want\x12\x10\n" +
 	"\x03got\x18\x05 \x01(\tR\x03got\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xc7\x03\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xab\x04\n" +
 	"\rContainerPlan\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12\x1f\n" +
@@ -3241,7 +3321,11 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x14pending_replaces_lxc\x18\r \x01(\bR\x12pendingReplacesLxc\x12\x0e\n" +
 	"\x02ha\x18\x0e \x01(\tR\x02ha\x12\x1d\n" +
 	"\n" +
-	"ha_command\x18\x0f \x01(\tR\thaCommand\"H\n" +
+	"ha_command\x18\x0f \x01(\tR\thaCommand\x12.\n" +
+	"\bresolved\x18\x14 \x01(\v2\x12.gpupass.v1.GPUSetR\bresolved\x122\n" +
+	"\n" +
+	"configured\x18\x15 \x01(\v2\x12.gpupass.v1.GPUSetR\n" +
+	"configured\"H\n" +
 	"\vPlanRequest\x129\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +
@@ -3343,7 +3427,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\areasons\x18\v \x03(\tR\areasons\x12\x1a\n" +
 	"\bwarnings\x18\f \x03(\tR\bwarnings\x12\x18\n" +
 	"\atrigger\x18\r \x01(\tR\atrigger\x12,\n" +
-	"\adetails\x18\x14 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\"\xa0\x04\n" +
+	"\adetails\x18\x14 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\"\x84\x05\n" +
 	"\x0fContainerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12\x14\n" +
@@ -3361,7 +3445,11 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\n" +
 	"network_ok\x18\r \x01(\bR\tnetworkOk\x12#\n" +
 	"\rguest_refused\x18\x0e \x01(\tR\fguestRefused\x12,\n" +
-	"\adetails\x18\x14 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\"J\n" +
+	"\adetails\x18\x14 \x03(\v2\x12.gpupass.v1.ReasonR\adetails\x12.\n" +
+	"\bresolved\x18\x15 \x01(\v2\x12.gpupass.v1.GPUSetR\bresolved\x122\n" +
+	"\n" +
+	"configured\x18\x16 \x01(\v2\x12.gpupass.v1.GPUSetR\n" +
+	"configured\"J\n" +
 	"\rStatusRequest\x129\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +
@@ -3467,7 +3555,7 @@ func file_gpupass_v1_gpupass_proto_rawDescGZIP() []byte {
 }
 
 var file_gpupass_v1_gpupass_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_gpupass_v1_gpupass_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_gpupass_v1_gpupass_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_gpupass_v1_gpupass_proto_goTypes = []any{
 	(Role)(0),                // 0: gpupass.v1.Role
 	(ErrorCode)(0),           // 1: gpupass.v1.ErrorCode
@@ -3480,89 +3568,95 @@ var file_gpupass_v1_gpupass_proto_goTypes = []any{
 	(*Error)(nil),            // 8: gpupass.v1.Error
 	(*Call)(nil),             // 9: gpupass.v1.Call
 	(*Reply)(nil),            // 10: gpupass.v1.Reply
-	(*GPU)(nil),              // 11: gpupass.v1.GPU
-	(*Driver)(nil),           // 12: gpupass.v1.Driver
-	(*ContainerSummary)(nil), // 13: gpupass.v1.ContainerSummary
-	(*HostInventory)(nil),    // 14: gpupass.v1.HostInventory
-	(*InventoryRequest)(nil), // 15: gpupass.v1.InventoryRequest
-	(*ContainerSpec)(nil),    // 16: gpupass.v1.ContainerSpec
-	(*ConfigChange)(nil),     // 17: gpupass.v1.ConfigChange
-	(*RestartDecision)(nil),  // 18: gpupass.v1.RestartDecision
-	(*Reason)(nil),           // 19: gpupass.v1.Reason
-	(*ContainerPlan)(nil),    // 20: gpupass.v1.ContainerPlan
-	(*PlanRequest)(nil),      // 21: gpupass.v1.PlanRequest
-	(*PlanResponse)(nil),     // 22: gpupass.v1.PlanResponse
-	(*ApplyRequest)(nil),     // 23: gpupass.v1.ApplyRequest
-	(*ApplyProgress)(nil),    // 24: gpupass.v1.ApplyProgress
-	(*ContainerResult)(nil),  // 25: gpupass.v1.ContainerResult
-	(*ApplyResponse)(nil),    // 26: gpupass.v1.ApplyResponse
-	(*ApplyUpdate)(nil),      // 27: gpupass.v1.ApplyUpdate
-	(*ExpectedDevice)(nil),   // 28: gpupass.v1.ExpectedDevice
-	(*Expectation)(nil),      // 29: gpupass.v1.Expectation
-	(*DeviceCheck)(nil),      // 30: gpupass.v1.DeviceCheck
-	(*DriverVersions)(nil),   // 31: gpupass.v1.DriverVersions
-	(*SmiGPU)(nil),           // 32: gpupass.v1.SmiGPU
-	(*SmiResult)(nil),        // 33: gpupass.v1.SmiResult
-	(*NetLink)(nil),          // 34: gpupass.v1.NetLink
-	(*Network)(nil),          // 35: gpupass.v1.Network
-	(*GuestReport)(nil),      // 36: gpupass.v1.GuestReport
-	(*ContainerStatus)(nil),  // 37: gpupass.v1.ContainerStatus
-	(*StatusRequest)(nil),    // 38: gpupass.v1.StatusRequest
-	(*StatusResponse)(nil),   // 39: gpupass.v1.StatusResponse
-	(*WatchRequest)(nil),     // 40: gpupass.v1.WatchRequest
-	(*WatchEvent)(nil),       // 41: gpupass.v1.WatchEvent
-	nil,                      // 42: gpupass.v1.Driver.MajorsEntry
-	nil,                      // 43: gpupass.v1.ApplyRequest.ExpectDigestEntry
+	(*GPUSet)(nil),           // 11: gpupass.v1.GPUSet
+	(*GPU)(nil),              // 12: gpupass.v1.GPU
+	(*Driver)(nil),           // 13: gpupass.v1.Driver
+	(*ContainerSummary)(nil), // 14: gpupass.v1.ContainerSummary
+	(*HostInventory)(nil),    // 15: gpupass.v1.HostInventory
+	(*InventoryRequest)(nil), // 16: gpupass.v1.InventoryRequest
+	(*ContainerSpec)(nil),    // 17: gpupass.v1.ContainerSpec
+	(*ConfigChange)(nil),     // 18: gpupass.v1.ConfigChange
+	(*RestartDecision)(nil),  // 19: gpupass.v1.RestartDecision
+	(*Reason)(nil),           // 20: gpupass.v1.Reason
+	(*ContainerPlan)(nil),    // 21: gpupass.v1.ContainerPlan
+	(*PlanRequest)(nil),      // 22: gpupass.v1.PlanRequest
+	(*PlanResponse)(nil),     // 23: gpupass.v1.PlanResponse
+	(*ApplyRequest)(nil),     // 24: gpupass.v1.ApplyRequest
+	(*ApplyProgress)(nil),    // 25: gpupass.v1.ApplyProgress
+	(*ContainerResult)(nil),  // 26: gpupass.v1.ContainerResult
+	(*ApplyResponse)(nil),    // 27: gpupass.v1.ApplyResponse
+	(*ApplyUpdate)(nil),      // 28: gpupass.v1.ApplyUpdate
+	(*ExpectedDevice)(nil),   // 29: gpupass.v1.ExpectedDevice
+	(*Expectation)(nil),      // 30: gpupass.v1.Expectation
+	(*DeviceCheck)(nil),      // 31: gpupass.v1.DeviceCheck
+	(*DriverVersions)(nil),   // 32: gpupass.v1.DriverVersions
+	(*SmiGPU)(nil),           // 33: gpupass.v1.SmiGPU
+	(*SmiResult)(nil),        // 34: gpupass.v1.SmiResult
+	(*NetLink)(nil),          // 35: gpupass.v1.NetLink
+	(*Network)(nil),          // 36: gpupass.v1.Network
+	(*GuestReport)(nil),      // 37: gpupass.v1.GuestReport
+	(*ContainerStatus)(nil),  // 38: gpupass.v1.ContainerStatus
+	(*StatusRequest)(nil),    // 39: gpupass.v1.StatusRequest
+	(*StatusResponse)(nil),   // 40: gpupass.v1.StatusResponse
+	(*WatchRequest)(nil),     // 41: gpupass.v1.WatchRequest
+	(*WatchEvent)(nil),       // 42: gpupass.v1.WatchEvent
+	nil,                      // 43: gpupass.v1.Driver.MajorsEntry
+	nil,                      // 44: gpupass.v1.ApplyRequest.ExpectDigestEntry
 }
 var file_gpupass_v1_gpupass_proto_depIdxs = []int32{
 	0,  // 0: gpupass.v1.Hello.role:type_name -> gpupass.v1.Role
 	0,  // 1: gpupass.v1.HelloReply.role:type_name -> gpupass.v1.Role
 	1,  // 2: gpupass.v1.Error.code:type_name -> gpupass.v1.ErrorCode
 	8,  // 3: gpupass.v1.Reply.error:type_name -> gpupass.v1.Error
-	42, // 4: gpupass.v1.Driver.majors:type_name -> gpupass.v1.Driver.MajorsEntry
-	12, // 5: gpupass.v1.HostInventory.driver:type_name -> gpupass.v1.Driver
-	11, // 6: gpupass.v1.HostInventory.gpus:type_name -> gpupass.v1.GPU
-	13, // 7: gpupass.v1.HostInventory.containers:type_name -> gpupass.v1.ContainerSummary
-	2,  // 8: gpupass.v1.ContainerSpec.style:type_name -> gpupass.v1.Style
-	5,  // 9: gpupass.v1.ConfigChange.op:type_name -> gpupass.v1.ConfigChange.Op
-	19, // 10: gpupass.v1.RestartDecision.details:type_name -> gpupass.v1.Reason
-	3,  // 11: gpupass.v1.Reason.kind:type_name -> gpupass.v1.ReasonKind
-	17, // 12: gpupass.v1.ContainerPlan.changes:type_name -> gpupass.v1.ConfigChange
-	18, // 13: gpupass.v1.ContainerPlan.restart:type_name -> gpupass.v1.RestartDecision
-	16, // 14: gpupass.v1.PlanRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	14, // 15: gpupass.v1.PlanResponse.host:type_name -> gpupass.v1.HostInventory
-	20, // 16: gpupass.v1.PlanResponse.containers:type_name -> gpupass.v1.ContainerPlan
-	16, // 17: gpupass.v1.ApplyRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	43, // 18: gpupass.v1.ApplyRequest.expect_digest:type_name -> gpupass.v1.ApplyRequest.ExpectDigestEntry
-	20, // 19: gpupass.v1.ContainerResult.plan:type_name -> gpupass.v1.ContainerPlan
-	37, // 20: gpupass.v1.ContainerResult.status:type_name -> gpupass.v1.ContainerStatus
-	14, // 21: gpupass.v1.ApplyResponse.host:type_name -> gpupass.v1.HostInventory
-	25, // 22: gpupass.v1.ApplyResponse.containers:type_name -> gpupass.v1.ContainerResult
-	24, // 23: gpupass.v1.ApplyUpdate.progress:type_name -> gpupass.v1.ApplyProgress
-	26, // 24: gpupass.v1.ApplyUpdate.result:type_name -> gpupass.v1.ApplyResponse
-	28, // 25: gpupass.v1.Expectation.devices:type_name -> gpupass.v1.ExpectedDevice
-	11, // 26: gpupass.v1.Expectation.gpus:type_name -> gpupass.v1.GPU
-	4,  // 27: gpupass.v1.DeviceCheck.status:type_name -> gpupass.v1.DeviceStatus
-	32, // 28: gpupass.v1.SmiResult.gpus:type_name -> gpupass.v1.SmiGPU
-	34, // 29: gpupass.v1.Network.links:type_name -> gpupass.v1.NetLink
-	30, // 30: gpupass.v1.GuestReport.devices:type_name -> gpupass.v1.DeviceCheck
-	31, // 31: gpupass.v1.GuestReport.driver:type_name -> gpupass.v1.DriverVersions
-	33, // 32: gpupass.v1.GuestReport.smi:type_name -> gpupass.v1.SmiResult
-	35, // 33: gpupass.v1.GuestReport.network:type_name -> gpupass.v1.Network
-	19, // 34: gpupass.v1.GuestReport.details:type_name -> gpupass.v1.Reason
-	30, // 35: gpupass.v1.ContainerStatus.devices:type_name -> gpupass.v1.DeviceCheck
-	31, // 36: gpupass.v1.ContainerStatus.driver:type_name -> gpupass.v1.DriverVersions
-	36, // 37: gpupass.v1.ContainerStatus.report:type_name -> gpupass.v1.GuestReport
-	19, // 38: gpupass.v1.ContainerStatus.details:type_name -> gpupass.v1.Reason
-	16, // 39: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
-	14, // 40: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
-	37, // 41: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
-	37, // 42: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	12, // 4: gpupass.v1.GPUSet.gpus:type_name -> gpupass.v1.GPU
+	43, // 5: gpupass.v1.Driver.majors:type_name -> gpupass.v1.Driver.MajorsEntry
+	13, // 6: gpupass.v1.HostInventory.driver:type_name -> gpupass.v1.Driver
+	12, // 7: gpupass.v1.HostInventory.gpus:type_name -> gpupass.v1.GPU
+	14, // 8: gpupass.v1.HostInventory.containers:type_name -> gpupass.v1.ContainerSummary
+	2,  // 9: gpupass.v1.ContainerSpec.style:type_name -> gpupass.v1.Style
+	5,  // 10: gpupass.v1.ConfigChange.op:type_name -> gpupass.v1.ConfigChange.Op
+	20, // 11: gpupass.v1.RestartDecision.details:type_name -> gpupass.v1.Reason
+	3,  // 12: gpupass.v1.Reason.kind:type_name -> gpupass.v1.ReasonKind
+	18, // 13: gpupass.v1.ContainerPlan.changes:type_name -> gpupass.v1.ConfigChange
+	19, // 14: gpupass.v1.ContainerPlan.restart:type_name -> gpupass.v1.RestartDecision
+	11, // 15: gpupass.v1.ContainerPlan.resolved:type_name -> gpupass.v1.GPUSet
+	11, // 16: gpupass.v1.ContainerPlan.configured:type_name -> gpupass.v1.GPUSet
+	17, // 17: gpupass.v1.PlanRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	15, // 18: gpupass.v1.PlanResponse.host:type_name -> gpupass.v1.HostInventory
+	21, // 19: gpupass.v1.PlanResponse.containers:type_name -> gpupass.v1.ContainerPlan
+	17, // 20: gpupass.v1.ApplyRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	44, // 21: gpupass.v1.ApplyRequest.expect_digest:type_name -> gpupass.v1.ApplyRequest.ExpectDigestEntry
+	21, // 22: gpupass.v1.ContainerResult.plan:type_name -> gpupass.v1.ContainerPlan
+	38, // 23: gpupass.v1.ContainerResult.status:type_name -> gpupass.v1.ContainerStatus
+	15, // 24: gpupass.v1.ApplyResponse.host:type_name -> gpupass.v1.HostInventory
+	26, // 25: gpupass.v1.ApplyResponse.containers:type_name -> gpupass.v1.ContainerResult
+	25, // 26: gpupass.v1.ApplyUpdate.progress:type_name -> gpupass.v1.ApplyProgress
+	27, // 27: gpupass.v1.ApplyUpdate.result:type_name -> gpupass.v1.ApplyResponse
+	29, // 28: gpupass.v1.Expectation.devices:type_name -> gpupass.v1.ExpectedDevice
+	12, // 29: gpupass.v1.Expectation.gpus:type_name -> gpupass.v1.GPU
+	4,  // 30: gpupass.v1.DeviceCheck.status:type_name -> gpupass.v1.DeviceStatus
+	33, // 31: gpupass.v1.SmiResult.gpus:type_name -> gpupass.v1.SmiGPU
+	35, // 32: gpupass.v1.Network.links:type_name -> gpupass.v1.NetLink
+	31, // 33: gpupass.v1.GuestReport.devices:type_name -> gpupass.v1.DeviceCheck
+	32, // 34: gpupass.v1.GuestReport.driver:type_name -> gpupass.v1.DriverVersions
+	34, // 35: gpupass.v1.GuestReport.smi:type_name -> gpupass.v1.SmiResult
+	36, // 36: gpupass.v1.GuestReport.network:type_name -> gpupass.v1.Network
+	20, // 37: gpupass.v1.GuestReport.details:type_name -> gpupass.v1.Reason
+	31, // 38: gpupass.v1.ContainerStatus.devices:type_name -> gpupass.v1.DeviceCheck
+	32, // 39: gpupass.v1.ContainerStatus.driver:type_name -> gpupass.v1.DriverVersions
+	37, // 40: gpupass.v1.ContainerStatus.report:type_name -> gpupass.v1.GuestReport
+	20, // 41: gpupass.v1.ContainerStatus.details:type_name -> gpupass.v1.Reason
+	11, // 42: gpupass.v1.ContainerStatus.resolved:type_name -> gpupass.v1.GPUSet
+	11, // 43: gpupass.v1.ContainerStatus.configured:type_name -> gpupass.v1.GPUSet
+	17, // 44: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	15, // 45: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
+	38, // 46: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
+	38, // 47: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
+	48, // [48:48] is the sub-list for method output_type
+	48, // [48:48] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_gpupass_v1_gpupass_proto_init() }
@@ -3574,7 +3668,7 @@ func file_gpupass_v1_gpupass_proto_init() {
 		(*Reply_Payload)(nil),
 		(*Reply_Error)(nil),
 	}
-	file_gpupass_v1_gpupass_proto_msgTypes[21].OneofWrappers = []any{
+	file_gpupass_v1_gpupass_proto_msgTypes[22].OneofWrappers = []any{
 		(*ApplyUpdate_Progress)(nil),
 		(*ApplyUpdate_Result)(nil),
 	}
@@ -3584,7 +3678,7 @@ func file_gpupass_v1_gpupass_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gpupass_v1_gpupass_proto_rawDesc), len(file_gpupass_v1_gpupass_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
