@@ -107,7 +107,7 @@ func (w *hostWork) fillStatuses(sts []*pb.ContainerStatus, warn bool) {
 			continue
 		}
 		applyStatus(out, st)
-		markGPUsDiffer(out, w.report.GPUs, warn)
+		markGPUsDiffer(out, warn)
 	}
 }
 

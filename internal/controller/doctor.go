@@ -129,7 +129,7 @@ func (c *Controller) doctorCalls(ctx context.Context, s *conn, d *Diagnosis) err
 	}
 	if d.Status != nil {
 		applyStatus(&d.Container, d.Status)
-		markGPUsDiffer(&d.Container, d.Host.GPUs, false)
+		markGPUsDiffer(&d.Container, false)
 	} else {
 		d.Container.State = StateError
 		d.Container.Reasons = append(d.Container.Reasons, d.Container.note(ReasonDetail{Kind: KindUnknownContainer, Text: fmt.Sprintf("%s does not know container %s", d.Host.Name, d.Entry.ID)}))

@@ -100,9 +100,14 @@ type Container struct {
 	// ConfiguredGPUs are the GPUs the container's config passes now (GPUs is the fleet's
 	// assignment); nil when the host was not asked.
 	ConfiguredGPUs []string `json:"configured_gpus,omitempty"`
-	// GPUsDiffer: the configured GPUs are not the fleet's (compared through the host's
-	// GPU list, so an index and a UUID of the same GPU are equal).
+	// GPUsDiffer: the configured GPUs are not the fleet's (as the host resolved both, so an
+	// index and a UUID of the same GPU are equal).
 	GPUsDiffer bool `json:"-"`
+	// ResolvedGPUs are the fleet's selectors as the host resolved them; nil when the host
+	// did not say (an agent older than this field) or could not resolve them.
+	ResolvedGPUs []GPU `json:"resolved_gpus,omitempty"`
+	// resolved and configured are the host's GPU sets (the fleet's, the config's now).
+	resolved, configured *pb.GPUSet
 
 	// plan and apply
 	Changes        []Change `json:"changes,omitempty"`
@@ -206,6 +211,7 @@ func applyStatus(c *Container, st *pb.ContainerStatus) {
 		c.State = StateError
 	}
 	c.ConfiguredGPUs = append([]string{}, st.GetGpus()...)
+	hostGPUs(c, st.GetResolved(), st.GetConfigured())
 	for _, r := range pb.DetailsOf(st.GetReasons(), st.GetDetails()) {
 		c.Reasons = append(c.Reasons, c.note(detailOf(r)))
 	}
@@ -236,6 +242,7 @@ func applyPlan(c *Container, p *pb.ContainerPlan) {
 		}
 		c.Changes = append(c.Changes, Change{Op: op, Line: ch.GetLine(), LineNumber: ch.GetLineNumber()})
 	}
+	hostGPUs(c, p.GetResolved(), p.GetConfigured())
 	c.RestartRequired = p.GetRestart().GetRequired()
 	c.RestartReasons = append([]string{}, p.GetRestart().GetReasons()...)
 	c.Start = p.GetStart()
@@ -389,33 +396,45 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// sameGPUs reports whether two selector lists name the same GPUs of a host.
-func sameGPUs(a, b []string, gpus []GPU) bool {
-	norm := func(list []string) []string {
-		out := make([]string, 0, len(list))
-		for _, s := range list {
-			key := strings.ToLower(s)
-			for _, g := range gpus {
-				if s == fmt.Sprint(g.Index) || strings.EqualFold(s, g.UUID) || strings.EqualFold(s, g.Bus) ||
-					strings.EqualFold("0000:"+s, g.Bus) {
-					key = g.UUID
-					if key == "" {
-						key = fmt.Sprint(g.Index)
-					}
-				}
-			}
-			out = append(out, key)
+// hostGPUs takes the GPU sets the host resolved (each nil when the host did not say): the
+// fleet's selectors and what the config passes now, shown by index (a minor no GPU of the
+// host has as "minor N").
+func hostGPUs(c *Container, resolved, configured *pb.GPUSet) {
+	if resolved != nil {
+		c.resolved = resolved
+		c.ResolvedGPUs = []GPU{}
+		for _, g := range resolved.GetGpus() {
+			c.ResolvedGPUs = append(c.ResolvedGPUs, GPU{Index: g.GetIndex(), UUID: g.GetUuid(), Minor: g.GetMinor(), Bus: g.GetBusId(), Model: g.GetModel()})
 		}
-		slices.Sort(out)
-		return slices.Compact(out)
 	}
-	return slices.Equal(norm(a), norm(b))
+	if configured != nil {
+		c.configured = configured
+		c.ConfiguredGPUs = []string{}
+		for _, g := range configured.GetGpus() {
+			if g.GetUuid() == "" && g.GetBusId() == "" {
+				c.ConfiguredGPUs = append(c.ConfiguredGPUs, fmt.Sprintf("minor %d", g.GetMinor()))
+				continue
+			}
+			c.ConfiguredGPUs = append(c.ConfiguredGPUs, fmt.Sprint(g.GetIndex()))
+		}
+	}
 }
 
-// markGPUsDiffer compares the configured GPUs with the fleet's through the host's GPU list
-// and, when they differ, says so in a warning (readiness is the host's call).
-func markGPUsDiffer(c *Container, gpus []GPU, warn bool) {
-	c.GPUsDiffer = c.ConfiguredGPUs != nil && !sameGPUs(c.GPUs, c.ConfiguredGPUs, gpus)
+// minorSet is a GPU set's minors (one per GPU on a host), sorted.
+func minorSet(set *pb.GPUSet) []uint32 {
+	var out []uint32
+	for _, g := range set.GetGpus() {
+		out = append(out, g.GetMinor())
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// markGPUsDiffer compares the configured GPUs with the fleet's, both as the host resolved
+// them, and, when they differ, says so in a warning (readiness is the host's call). A host
+// that did not say (an older agent) differs in nothing.
+func markGPUsDiffer(c *Container, warn bool) {
+	c.GPUsDiffer = c.resolved != nil && c.configured != nil && !slices.Equal(minorSet(c.resolved), minorSet(c.configured))
 	if c.GPUsDiffer && warn {
 		now := "none"
 		if len(c.ConfiguredGPUs) > 0 {

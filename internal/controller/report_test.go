@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -47,25 +49,36 @@ func TestExitCode(t *testing.T) {
 	}
 }
 
-func TestSameGPUs(t *testing.T) {
-	gpus := []GPU{{Index: 0, UUID: "GPU-aaaa", Bus: "0000:41:00.0"}, {Index: 1, UUID: "GPU-bbbb", Bus: "0000:61:00.0"}}
+// TestMarkGPUsDiffer: the controller compares the GPU sets the host resolved (the fleet's
+// selectors, the config's GPUs now), never selectors itself.
+func TestMarkGPUsDiffer(t *testing.T) {
+	g0 := &pb.GPU{Index: 0, Uuid: "GPU-aaaa", Minor: 1, BusId: "0000:41:00.0"}
+	g1 := &pb.GPU{Index: 1, Uuid: "GPU-bbbb", Minor: 0, BusId: "0000:61:00.0"}
+	set := func(gs ...*pb.GPU) *pb.GPUSet { return &pb.GPUSet{Gpus: gs} }
 	tests := []struct {
-		name string
-		a, b []string
-		want bool
+		name                 string
+		resolved, configured *pb.GPUSet
+		differ               bool
+		shown                []string // configured_gpus
 	}{
-		{"same order", []string{"0", "1"}, []string{"0", "1"}, true},
-		{"other order", []string{"1", "0"}, []string{"0", "1"}, true},
-		{"index and uuid", []string{"0"}, []string{"gpu-aaaa"}, true},
-		{"bus id, short form", []string{"61:00.0"}, []string{"1"}, true},
-		{"different", []string{"0"}, []string{"1"}, false},
-		{"none and one", nil, []string{"0"}, false},
-		{"unknown selectors compare as text", []string{"7"}, []string{"7"}, true},
+		{"same GPUs, another order", set(g0, g1), set(g1, g0), false, []string{"1", "0"}},
+		{"different", set(g0), set(g1), true, []string{"1"}},
+		{"none configured, one wanted", set(g0), set(), true, []string{}},
+		{"a minor the host has no GPU for", set(g0), set(g0, &pb.GPU{Minor: 7}), true, []string{"0", "minor 7"}},
+		{"an older host says neither", nil, nil, false, []string{"0"}},
 	}
 	for _, tt := range tests {
-		if got := sameGPUs(tt.a, tt.b, gpus); got != tt.want {
-			t.Errorf("%s: sameGPUs(%v, %v) = %v", tt.name, tt.a, tt.b, got)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			c := Container{GPUs: []string{"0"}}
+			applyStatus(&c, &pb.ContainerStatus{State: StateReady, Gpus: []string{"0"}, Resolved: tt.resolved, Configured: tt.configured})
+			markGPUsDiffer(&c, true)
+			if c.GPUsDiffer != tt.differ || (len(c.Warnings) > 0) != tt.differ {
+				t.Errorf("GPUsDiffer = %v, warnings %q; want differ %v", c.GPUsDiffer, c.Warnings, tt.differ)
+			}
+			if diff := cmp.Diff(tt.shown, c.ConfiguredGPUs); diff != "" {
+				t.Errorf("configured GPUs (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 

@@ -157,7 +157,7 @@ func (c *Controller) watchOnce(ctx context.Context, h fleet.Host, entries []flee
 		ct := newContainer(entries[i])
 		ct.Simulated = w.report.Simulated
 		applyStatus(&ct, ev.GetStatus())
-		markGPUsDiffer(&ct, w.report.GPUs, true)
+		markGPUsDiffer(&ct, true)
 		emit(ct)
 	}
 }

@@ -155,6 +155,10 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 		st.State, st.Reasons = "error", []string{err.Error()}
 		return st
 	}
+	st.Configured = &pb.GPUSet{Gpus: want}
+	if fleet, err := a.resolve(spec.GetGpus()); err == nil {
+		st.Resolved = &pb.GPUSet{Gpus: fleet}
+	}
 	wantMinors := minors(want)
 	if c.RunState != "running" {
 		st.State = "stopped"
