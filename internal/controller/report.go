@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"gpupass/internal/fleet"
+	"gpupass/internal/readiness"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -347,7 +348,7 @@ func markHost(cs []*Container, state, reason string) {
 // Ready reports whether the container counts as fine for the exit code: ready, or stopped
 // while the fleet does not ask for it to run.
 func (c Container) Ready() bool {
-	return c.State == StateReady || (c.State == StateStopped && c.WantState != fleet.StateRunning)
+	return readiness.Counts(c.State, c.WantState == fleet.StateRunning)
 }
 
 // ExitCode is the CLI exit status for the report (DESIGN.md): 1 if any host could not be

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"time"
 
+	"gpupass/internal/readiness"
 	"gpupass/internal/runner"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -116,9 +117,9 @@ func (c *Checker) Check(ctx context.Context, exp *pb.Expectation) *pb.GuestRepor
 	}
 	Assess(exp, r, false)
 	if discovered && len(exp.GetDevices()) == 0 {
-		r.Ready = false
 		r.Details = append(pb.DetailsOf(r.Reasons, r.Details), pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NO_DEVICES}))
 		r.Reasons = pb.ReasonTexts(r.Details)
+		r.Ready = readiness.Guest(r.Details)
 	}
 	return r
 }
@@ -161,7 +162,7 @@ func Assess(exp *pb.Expectation, r *pb.GuestReport, smiPending bool) {
 	r.Details = capReasons(reasons, MaxReasons)
 	r.Reasons = pb.ReasonTexts(r.Details)
 	r.Warnings = capList(warnings, MaxWarnings)
-	r.Ready = len(reasons) == 0
+	r.Ready = readiness.Guest(reasons)
 }
 
 // compareGPUs names every difference between the assigned GPUs and those nvidia-smi sees,

@@ -18,6 +18,7 @@ import (
 	"gpupass/internal/hostconfig"
 	"gpupass/internal/log"
 	"gpupass/internal/pki"
+	"gpupass/internal/readiness"
 	"gpupass/internal/runner"
 	"gpupass/internal/runtime"
 )
@@ -199,7 +200,7 @@ func (a *Agent) trackGuests(ctx context.Context, m *Metrics) error {
 			}
 			countConnected()
 			snap := ev.Snapshot
-			m.setReady(ev.ID, snap.Connected && !snap.Stale && snap.Report.GetReady())
+			m.setReady(ev.ID, readiness.Reported(snap.Connected, snap.Stale, snap.Report))
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gpupass/internal/guestchan"
+	"gpupass/internal/readiness"
 	"gpupass/internal/restartrule"
 	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
@@ -114,7 +115,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 		if r := restartrule.SocketReason(a.guestSocket(st.InitPID, id)); r != nil {
 			addReasons(cs, r)
 			sortReasons(cs)
-			cs.State = StateNotReady
+			cs.State = readiness.State(cs.Details, snap.Report)
 		}
 	}
 	a.metrics.setReady(id, cs.State == StateReady)
@@ -159,11 +160,7 @@ func (a *Agent) judge(cs *pb.ContainerStatus, spec *pb.ContainerSpec, snap guest
 		addReasons(cs, a.expectationDrift(spec.GetId(), rep)...)
 	}
 	sortReasons(cs)
-	if len(cs.Reasons) == 0 && rep != nil && rep.GetReady() {
-		cs.State = StateReady
-	} else {
-		cs.State = StateNotReady
-	}
+	cs.State = readiness.State(cs.Details, rep)
 }
 
 // expectationDrift names expected devices the guest's report does not cover yet (its
