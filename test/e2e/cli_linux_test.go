@@ -71,6 +71,13 @@ type reportCt struct {
 	PendingReplacesLXC bool     `json:"pending_replaces_lxc"`
 	HA                 string   `json:"ha"`
 	HACommand          string   `json:"ha_command"`
+	// The reasons as data, one per reason in the same order.
+	ReasonsDetail []struct {
+		Kind   string `json:"kind"`
+		Text   string `json:"text"`
+		Device string `json:"device"`
+		Got    string `json:"got"`
+	} `json:"reasons_detail"`
 }
 
 // ct finds a container of the report; it fails the test when it is absent.

@@ -25,23 +25,24 @@ func testEveryNotReadyHasReason(t *testing.T, f *fabric) {
 		network bool
 		device  string // the expected status of /dev/nvidia1, "" to skip
 		reason  string // a reason must contain this
+		kind    string // ... and be of this kind in reasons_detail (of /dev/nvidia1 where device is set)
 	}{
-		{short: "missing", device: "missing", reason: "missing",
+		{short: "missing", device: "missing", reason: "missing", kind: "DeviceCheck",
 			edit: func(ct *container) { ct.replaceConfig(t, mount1+"\n", "") }},
-		{short: "denied", device: "denied", reason: "denied",
+		{short: "denied", device: "denied", reason: "denied", kind: "DeviceCheck",
 			edit: func(ct *container) {
 				ct.replaceConfig(t, fmt.Sprintf("lxc.cgroup2.devices.allow = c %d:1 rwm\n", nv), "")
 			}},
-		{short: "notchar", device: "not-char-device", reason: "not-char-device",
+		{short: "notchar", device: "not-char-device", reason: "not-char-device", kind: "DeviceCheck",
 			edit: func(ct *container) {
 				ct.replaceConfig(t, mount1, fmt.Sprintf("lxc.mount.entry = %s dev/nvidia1 none bind,optional,create=file 0 0", node("absent")))
 			}},
-		{short: "wrong", device: "wrong-device", reason: "wrong-device",
+		{short: "wrong", device: "wrong-device", reason: "wrong-device", kind: "DeviceCheck",
 			edit: func(ct *container) {
 				ct.replaceConfig(t, mount1, fmt.Sprintf("lxc.mount.entry = %s dev/nvidia1 none bind,create=file 0 0", node("nvidia0")))
 			}},
-		{short: "nonet", network: true, reason: "network"},
-		{short: "mismatch", reason: "version mismatch",
+		{short: "nonet", network: true, reason: "network", kind: "Network"},
+		{short: "mismatch", reason: "version mismatch", kind: "DriverMismatch",
 			files: map[string]string{"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.575.51.02": "not a real library\n"}},
 	}
 	var entries []fleetCt
@@ -77,6 +78,20 @@ func testEveryNotReadyHasReason(t *testing.T, f *fabric) {
 					t.Errorf("an empty reason in %q", c.Reasons)
 				}
 			}
+			// The same reasons as data (reasons_detail): one per reason, the kind decided
+			// where the reason was (the guest's checks, the host's judge).
+			kinds := map[string]bool{}
+			for j, d := range c.ReasonsDetail {
+				if j >= len(c.Reasons) || d.Text != c.Reasons[j] {
+					t.Errorf("reasons_detail[%d] %q is not reasons[%d] (reasons %q)", j, d.Text, j, c.Reasons)
+				}
+				if tc.device == "" || (d.Device == "/dev/nvidia1" && d.Got == tc.device) {
+					kinds[d.Kind] = true
+				}
+			}
+			if len(c.ReasonsDetail) != len(c.Reasons) || !kinds[tc.kind] {
+				t.Errorf("reasons_detail %+v, want one per reason with kind %s", c.ReasonsDetail, tc.kind)
+			}
 			t.Logf("not-ready: %s", c.reasons())
 		})
 	}
@@ -85,8 +100,17 @@ func testEveryNotReadyHasReason(t *testing.T, f *fabric) {
 		if tc.edit == nil {
 			continue
 		}
-		if c := plan.Report.ct(t, cts[i].name); !c.RestartRequired || len(c.RestartReasons) == 0 {
+		c := plan.Report.ct(t, cts[i].name)
+		if !c.RestartRequired || len(c.RestartReasons) == 0 {
 			t.Errorf("%s: plan after the hand edit: restart %v reasons %q, want a restart with a reason", tc.short, c.RestartRequired, c.RestartReasons)
+		}
+		// The restart rule's reasons keep their kinds (NodeMissing, StartedWithoutRule, ...).
+		typed := false
+		for _, d := range c.ReasonsDetail {
+			typed = typed || (strings.HasPrefix(d.Text, "restart: ") && d.Kind != "Other" && d.Kind != "Unknown")
+		}
+		if !typed {
+			t.Errorf("%s: plan's reasons_detail %+v has no restart reason of the rule's kinds", tc.short, c.ReasonsDetail)
 		}
 	}
 	again := f.ctl(t, "apply", fl, "--timeout", "20s")
