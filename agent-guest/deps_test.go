@@ -17,6 +17,7 @@ var allowedDeps = []string{
 	"gpupass/internal/buildinfo",
 	"gpupass/internal/guest",
 	"gpupass/internal/log",
+	"gpupass/internal/readiness", // the one definition of ready; imports only the protocol
 	"gpupass/internal/runner",
 	"gpupass/internal/wire",
 	"gpupass/proto/gpupass/v1",
