@@ -84,7 +84,7 @@ func TestForgedReadyReport(t *testing.T) {
 	forge := func() *pb.ContainerStatus {
 		t.Helper()
 		before, _ := reg.Latest(c.Name())
-		if out, code := c.Attach(t, "/usr/local/bin/guestclient", "/run/gpupass/agent.sock", c.Name(), "forge"); code != 0 {
+		if out, code := c.Attach(t, "/usr/local/bin/guestclient", guestchan.GuestDir+"/"+guestchan.SocketName, c.Name(), "forge"); code != 0 {
 			t.Fatalf("forger: exit %d: %s", code, out)
 		}
 		wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -110,6 +110,14 @@ func TestForgedReadyReport(t *testing.T) {
 	found := false
 	for _, r := range st.GetReasons() {
 		found = found || strings.HasPrefix(r, want)
+	}
+	// The same reason as data: its kind and the node, which doctor branches on.
+	typed := false
+	for _, r := range st.GetDetails() {
+		typed = typed || (r.GetKind() == pb.ReasonKind_REASON_KIND_HOST_OBSERVATION && r.GetDevice() == "/dev/nvidia0" && r.GetGot() == pb.NotChar)
+	}
+	if !typed {
+		t.Errorf("node gone: details %v lack HostObservation of /dev/nvidia0 (not a char device)", st.GetDetails())
 	}
 	if st.GetState() == hostagent.StateReady || !found {
 		t.Errorf("node gone, forged ready report: state %s reasons %q, want not ready with %q", st.GetState(), st.GetReasons(), want)
