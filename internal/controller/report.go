@@ -1,7 +1,9 @@
 // Package controller is the fleet side of gpupass: it talks to every host agent of a
 // fleet at once (one mTLS + yamux session per host, bounded concurrency, per-host
 // deadlines) for plan, apply, status, watch and doctor, and turns the answers into a
-// Report whose JSON form is the contract in DESIGN.md ("Formats").
+// Report whose JSON form is the contract in DESIGN.md ("Formats"). It takes the GPUs as
+// the hosts resolved them and the reasons as data (reasons.go), and never re-judges
+// either.
 package controller
 
 import (

@@ -6,7 +6,9 @@
 // Every check names its reason: a device node is ok, missing, denied (the device cgroup),
 // no-driver, not-char-device (the empty file an `optional` bind leaves) or wrong-device; the
 // container's libnvidia-ml must match the kernel module's version; nvidia-smi, where
-// installed, must see exactly the assigned GPUs; the network is reported beside it.
+// installed, must see exactly the assigned GPUs; the network is reported beside it. Each
+// reason is sent as data too (its kind and fields, the report's details), and the verdict
+// is internal/readiness's.
 //
 // Everything the checks read lives under Paths, so tests run over fixture trees. This
 // package is linked into the small static guest agent binary: it must not import host-agent

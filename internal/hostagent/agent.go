@@ -1,7 +1,8 @@
 // Package hostagent is the host agent service: it plans and applies GPU assignments to the
-// containers of this node by the restart rule, journals every apply and reconciles
-// interrupted ones on start, serves the controller over mutual TLS, and turns guest reports
-// into container readiness.
+// containers of this node, gathering the evidence the restart rule (internal/restartrule)
+// judges, journals every apply and reconciles interrupted ones on start, serves the
+// controller over mutual TLS, and turns guest reports and its own evidence into container
+// readiness (internal/readiness), every reason typed (proto ReasonKind).
 package hostagent
 
 import (
