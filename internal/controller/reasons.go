@@ -10,14 +10,7 @@ import (
 // `reasons` (which stays a list of strings for older readers), in the same order. Kind is
 // a stable CamelCase identifier: a host's or guest's reason kind (pb.ReasonKindName), or
 // one of the controller's own below; a text nothing recorded as data is "Other".
-type ReasonDetail struct {
-	Kind   string `json:"kind"`
-	Text   string `json:"text"`
-	Device string `json:"device,omitempty"`
-	Want   string `json:"want,omitempty"`
-	Got    string `json:"got,omitempty"`
-	Detail string `json:"detail,omitempty"`
-}
+type ReasonDetail = pb.ReasonJSON
 
 // The controller's own reason kinds.
 const (
@@ -37,9 +30,7 @@ const (
 )
 
 // detailOf is a host's or guest's reason as JSON data.
-func detailOf(r *pb.Reason) ReasonDetail {
-	return ReasonDetail{Kind: pb.ReasonKindName(r.GetKind()), Text: pb.ReasonText(r), Device: r.GetDevice(), Want: r.GetWant(), Got: r.GetGot(), Detail: r.GetDetail()}
-}
+func detailOf(r *pb.Reason) ReasonDetail { return pb.ReasonToJSON(r) }
 
 // note records a reason's data under its text and returns the text (for c.Reasons).
 func (c *Container) note(d ReasonDetail) string {

@@ -32,17 +32,7 @@ type JSONReport struct {
 
 	// ReasonsDetail gives each reason as data, one per reason in the same order (the
 	// controller's reasons_detail: a stable CamelCase kind beside the text).
-	ReasonsDetail []JSONReason `json:"reasons_detail"`
-}
-
-// JSONReason is one reason as data.
-type JSONReason struct {
-	Kind   string `json:"kind"`
-	Text   string `json:"text"`
-	Device string `json:"device,omitempty"`
-	Want   string `json:"want,omitempty"`
-	Got    string `json:"got,omitempty"`
-	Detail string `json:"detail,omitempty"`
+	ReasonsDetail []pb.ReasonJSON `json:"reasons_detail"`
 }
 
 // JSONDevice is one device check.
@@ -105,9 +95,9 @@ func ToJSON(r *pb.GuestReport) JSONReport {
 	if r.GetReady() {
 		j.State = "ready"
 	}
-	j.ReasonsDetail = []JSONReason{}
+	j.ReasonsDetail = []pb.ReasonJSON{}
 	for _, d := range pb.DetailsOf(r.GetReasons(), r.GetDetails()) {
-		j.ReasonsDetail = append(j.ReasonsDetail, JSONReason{Kind: pb.ReasonKindName(d.GetKind()), Text: pb.ReasonText(d), Device: d.GetDevice(), Want: d.GetWant(), Got: d.GetGot(), Detail: d.GetDetail()})
+		j.ReasonsDetail = append(j.ReasonsDetail, pb.ReasonToJSON(d))
 	}
 	if ns := r.GetTimeUnixNano(); ns != 0 {
 		j.Time = time.Unix(0, ns).UTC().Format(time.RFC3339Nano)

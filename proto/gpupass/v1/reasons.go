@@ -123,6 +123,23 @@ func RenderReason(r *Reason) string {
 	return strings.TrimSpace(fmt.Sprintf("reason %s %s %s %s %s", ReasonKindName(r.GetKind()), dev, want, got, detail))
 }
 
+// ReasonJSON is a reason in the JSON outputs (`reasons_detail` of gpupass and of
+// gpupass-guest-agent --once -o json): the kind's CamelCase name, the text, and the
+// fields the reason has.
+type ReasonJSON struct {
+	Kind   string `json:"kind"`
+	Text   string `json:"text"`
+	Device string `json:"device,omitempty"`
+	Want   string `json:"want,omitempty"`
+	Got    string `json:"got,omitempty"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// ReasonToJSON is r's JSON form.
+func ReasonToJSON(r *Reason) ReasonJSON {
+	return ReasonJSON{Kind: ReasonKindName(r.GetKind()), Text: ReasonText(r), Device: r.GetDevice(), Want: r.GetWant(), Got: r.GetGot(), Detail: r.GetDetail()}
+}
+
 // NotChar is a HOST_OBSERVATION's got for a node that is no character device.
 const NotChar = "not-char"
 
