@@ -79,7 +79,7 @@ func TestExplain(t *testing.T) {
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
 				Reasons: []string{"host observation: the guest reports ready, but the host sees no /dev/nvidia0 in the container", "journal quarantined: /s/j/q/x.jsonl could not be read"}}},
 			[]string{"host observation: the guest reports ready, but the host sees no /dev/nvidia0", "journal quarantined: /s/j/q/x.jsonl"},
-			[]string{"talks on /run/gpupass/agent.sock", "its .why says why"}},
+			[]string{"talks on /dev/gpupass/agent.sock", "its .why says why"}},
 		{"no userspace driver, no network", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, RequireNetwork: true}, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
 				Devices: []*pb.DeviceCheck{dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_OK, 195, 0)}, Driver: &pb.DriverVersions{Kernel: "580.95.05"},

@@ -84,7 +84,7 @@ func TestForgedReadyReport(t *testing.T) {
 	forge := func() *pb.ContainerStatus {
 		t.Helper()
 		before, _ := reg.Latest(c.Name())
-		if out, code := c.Attach(t, "/usr/local/bin/guestclient", "/run/gpupass/agent.sock", c.Name(), "forge"); code != 0 {
+		if out, code := c.Attach(t, "/usr/local/bin/guestclient", "/dev/gpupass/agent.sock", c.Name(), "forge"); code != 0 {
 			t.Fatalf("forger: exit %d: %s", code, out)
 		}
 		wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
