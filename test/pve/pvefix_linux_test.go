@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostagent"
@@ -384,4 +386,40 @@ func TestLabConftoolGoldens(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d written configs parsed by PVE (strict), the others refused exactly as their inputs", accepted, len(files))
+}
+
+// TestLabPctTimeoutWaitsForTask: pct start is killed at its (3s) deadline while the PVE task
+// it started runs on (a pre-start hook that takes 12s), holding the config lock. The runtime
+// returns only once the task released the lock, so whatever comes next never races it.
+func TestLabPctTimeoutWaitsForTask(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hook := filepath.Join(dir, "slow-hook")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\nsleep 12\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{"lxc.hook.pre-start: " + hook}})
+	id := fmt.Sprint(ct.ID)
+	rt := &runtime.PCT{Runner: runner.Exec{}, HostRoot: "/", ProcRoot: "/proc", StartTimeout: 3 * time.Second, TaskWait: time.Minute}
+	start := time.Now()
+	err := rt.Start(context.Background(), id)
+	took := time.Since(start)
+	t.Logf("Start returned after %v: %v", took.Round(time.Millisecond), err)
+	if err == nil || !strings.Contains(err.Error(), "the PVE task ran on after pct was killed") {
+		t.Fatalf("error %v, want the timeout and the wait for the task", err)
+	}
+	if took < 10*time.Second {
+		t.Errorf("returned after %v, before the 12s task could have ended", took)
+	}
+	f, err := os.OpenFile(rt.LockPath(id), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Errorf("config lock still held when Start returned: %v", err)
+	}
+	t.Logf("after the task: pct status says %s", ct.Status(t))
 }
