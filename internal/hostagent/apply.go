@@ -247,7 +247,8 @@ func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string,
 	l := a.log.WithField("container", id)
 	if errors.Is(cause, runtime.ErrTaskRunning) {
 		// A PVE task still holds the container: a rollback now would race it. Leave both
-		// as they are and say so; the journal keeps the backup for the reconcile.
+		// as they are and say so; the journal records the apply as failed, its written
+		// step naming the backup.
 		_ = op.Done(OutcomeFailed, cause.Error()+"; not rolled back while the PVE task runs")
 		result.Error = cause.Error() + "; not rolled back: the PVE task still runs on the container (see its task log, then apply again)"
 		if result.Status == nil {
