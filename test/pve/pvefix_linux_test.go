@@ -50,19 +50,20 @@ func (c *countingRunner) take(prog string) []string {
 	return out
 }
 
-// labAgent is a host agent with the real pct runtime (host_root "/": the real /etc/pve,
-// the simulated GPU host laid over the machine by pvelab.SimulateGPUHost).
+// labAgent is a host agent with the real pct runtime on the simulated GPU host's root
+// (pvelab.SimulateGPUHost: its proc/ is the GPU fixture, its etc/pve, var/lib/lxc, dev and
+// run lead to the real ones).
 type labAgent struct {
 	agent    *hostagent.Agent
 	run      *countingRunner
 	stateDir string
 }
 
-func newLabAgent(t *testing.T) *labAgent {
+func newLabAgent(t *testing.T, hostRoot string) *labAgent {
 	t.Helper()
 	base := t.TempDir()
 	cfg := hostconfig.Default()
-	cfg.HostRoot = "/"
+	cfg.HostRoot = hostRoot
 	cfg.StateDir = filepath.Join(base, "state")
 	cfg.GuestSocketDir = filepath.Join(base, "g")
 	cfg.Heartbeat = time.Second
@@ -74,7 +75,7 @@ func newLabAgent(t *testing.T) *labAgent {
 	go func() { defer wg.Done(); _ = guests.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	cr := &countingRunner{}
-	rt := &runtime.PCT{Runner: cr, HostRoot: "/", ProcRoot: "/proc", StateDir: filepath.Join(cfg.StateDir, "pct")}
+	rt := &runtime.PCT{Runner: cr, HostRoot: hostRoot, ProcRoot: hostagent.ProcRoot(hostRoot), StateDir: filepath.Join(cfg.StateDir, "pct")}
 	a, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: guests, Log: log.ForTest(t, "hostagent"), Name: "pvelab"})
 	if err != nil {
 		t.Fatal(err)
@@ -157,8 +158,8 @@ func mustContain(t *testing.T, what, got string, parts ...string) {
 // `pct set --tags` rewrote /var/lib/lxc/<id>/config of the running container, a new plan
 // still finds nothing to restart. A status of them runs no pct.
 func TestLabPVEGuards(t *testing.T) {
-	pvelab.SimulateGPUHost(t, gpu.SimOptions{GPUs: 1})
-	lab := newLabAgent(t)
+	sim := pvelab.SimulateGPUHost(t, gpu.SimOptions{GPUs: 1})
+	lab := newLabAgent(t, sim.Root)
 
 	t.Run("locked", func(t *testing.T) {
 		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
@@ -244,26 +245,28 @@ func TestLabPVEGuards(t *testing.T) {
 		pvelab.ParseStrict(t, ct.ConfPath())
 	})
 
-	t.Run("guest identity from the kernel, hostname differs", func(t *testing.T) {
-		bin := buildGuestAgent(t)
-		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{
-			"lxc.mount.entry: " + bin + " usr/local/bin/gpupass-guest-agent none bind,ro,create=file 0 0"}})
-		ct.Start(t)
-		if r := lab.apply(t, ct, false); !r.GetRestarted() {
-			t.Fatalf("apply did not restart with the guest socket mount: %q", r.GetError())
-		}
-		// The guest agent claims its hostname, ai-<id>: the host takes the id from the kernel.
-		out, code := ct.Exec(t, "/usr/local/bin/gpupass-guest-agent", "--once", "-o", "json")
-		t.Logf("guest agent --once in %s (hostname %s): exit %d\n%s", fmt.Sprint(ct.ID), ct.Hostname, code, out)
-		if code != 0 && code != 2 {
-			t.Fatalf("guest agent --once: exit %d", code)
-		}
-		st := lab.agent.Status(context.Background(), &pb.StatusRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
-		cs := st.GetContainers()[0]
-		if cs.GetGuestRefused() != "" || cs.GetReport().GetContainerId() != fmt.Sprint(ct.ID) {
-			t.Errorf("guest refused %q, report of container %q; want accepted as %d", cs.GetGuestRefused(), cs.GetReport().GetContainerId(), ct.ID)
-		}
-	})
+	for _, privileged := range []bool{true, false} {
+		t.Run(fmt.Sprintf("guest identity from the kernel, hostname differs, privileged %v", privileged), func(t *testing.T) {
+			bin := buildGuestAgent(t)
+			ct := pvelab.NewCT(t, pvelab.Spec{Privileged: privileged, Conf: []string{
+				"lxc.mount.entry: " + bin + " usr/local/bin/gpupass-guest-agent none bind,ro,create=file 0 0"}})
+			ct.Start(t)
+			if r := lab.apply(t, ct, false); !r.GetRestarted() {
+				t.Fatalf("apply did not restart with the guest socket mount: %q", r.GetError())
+			}
+			// The guest agent claims its hostname, ai-<id>: the host takes the id from the kernel.
+			out, code := ct.Exec(t, "/usr/local/bin/gpupass-guest-agent", "--once", "-o", "json")
+			t.Logf("guest agent --once in %d (hostname %s): exit %d\n%s", ct.ID, ct.Hostname, code, out)
+			if code != 0 && code != 2 {
+				t.Fatalf("guest agent --once: exit %d", code)
+			}
+			st := lab.agent.Status(context.Background(), &pb.StatusRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
+			cs := st.GetContainers()[0]
+			if cs.GetGuestRefused() != "" || cs.GetReport().GetContainerId() != fmt.Sprint(ct.ID) {
+				t.Errorf("guest refused %q, report of container %q; want accepted as %d", cs.GetGuestRefused(), cs.GetReport().GetContainerId(), ct.ID)
+			}
+		})
+	}
 
 	t.Run("dev style after PVE rewrote the config", func(t *testing.T) {
 		// A devN written by hand with its path key last, and a managed one with deny-write.
