@@ -220,6 +220,22 @@ func TestLabPVEGuards(t *testing.T) {
 		pvelab.ParseStrict(t, ct.ConfPath())
 	})
 
+	// What the plan warns of, as PVE does it: a pending lxc.* line replaces ALL raw lxc.*
+	// lines of the main section at the next start.
+	t.Run("pending lxc line replaces the raw lxc lines", func(t *testing.T) {
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{"lxc.cgroup2.devices.allow: c 10:200 rwm"}})
+		ct.WriteConf(t, ct.Conf(t)+"\n[pve:pending]\nlxc.cgroup2.devices.allow: c 10:229 rwm\n")
+		if p := lab.plan(t, ct); !p.GetPendingReplacesLxc() {
+			t.Errorf("plan does not flag the pending lxc line")
+		}
+		ct.Start(t)
+		conf := ct.Conf(t)
+		t.Logf("config after the start:\n%s", conf)
+		if strings.Contains(conf, "c 10:200 rwm") || !strings.Contains(conf, "lxc.cgroup2.devices.allow: c 10:229 rwm") {
+			t.Errorf("PVE's start did not replace the raw lxc lines with the pending one")
+		}
+	})
+
 	t.Run("ha", func(t *testing.T) {
 		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
 		ct.Start(t)
