@@ -176,7 +176,10 @@ func TestStartFailureStreams(t *testing.T) {
 	start := ct.Start(t)
 	stop := ct.Stop(t)
 	for _, r := range []pvelab.Result{start, stop} {
-		if r.Stdout != "" || r.Stderr != "" {
+		// PVE's "trying to acquire lock... OK" (the config lock was busy for a moment, on a
+		// loaded machine) is the only stderr a successful call may print.
+		rest := strings.TrimSpace(strings.NewReplacer("trying to acquire lock...", "", " OK", "").Replace(r.Stderr))
+		if r.Stdout != "" || rest != "" {
 			t.Errorf("successful %s printed something: %s", r.Argv[1], r)
 		}
 	}
