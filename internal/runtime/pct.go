@@ -84,9 +84,10 @@ func (p *PCT) pct(ctx context.Context, timeout time.Duration, id string, args ..
 
 // action runs a pct command that changes the container (start, stop, reboot). Killing pct
 // at its deadline does not end the PVE task: pct forks a worker that runs on and holds the
-// config lock for the whole start/stop (pve-container:src/PVE/API2/LXC/Status.pm: the
-// worker runs under PVE::LXC::Config->lock_config; pve-common:src/PVE/RESTEnvironment.pm:520
-// fork_worker). So after a timeout it waits, bounded by TaskWait, until that lock is free:
+// config lock for the whole start/stop (the workers run under PVE::LXC::Config->lock_config:
+// pve-container:src/PVE/API2/LXC/Status.pm:184 start, :295 stop; reboot under
+// src/PVE/LXC.pm:3276; forked by pve-common:src/PVE/RESTEnvironment.pm:520 fork_worker;
+// seen on the lab: TestLabPctTimeoutWaitsForTask). So after a timeout it waits, bounded by TaskWait, until that lock is free:
 // whatever comes next (a rollback, a second start) never races the task. When the lock is
 // still held at the bound, the error wraps ErrTaskRunning.
 func (p *PCT) action(ctx context.Context, timeout time.Duration, id string, args ...string) ([]byte, error) {

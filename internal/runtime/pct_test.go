@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,9 +26,9 @@ func idOf(cmds []string) string {
 // TestPCTTranscripts replays the real pct's output, recorded on the PVE lab
 // (testdata/pve-lab, TestLabPctOutputs in test/pve; Proxmox sources as pinned in
 // ../shared/pve/SOURCES.md, pve-container 94f55852), through the runtime: each case's
-// commands must be exactly the transcript's, its result what the output says. Three
-// cases stay hand-written (testdata/pct): an empty pct list prints nothing
-// (pve-container:src/PVE/CLI/pct.pm:1064), a failed start and a reboot timeout.
+// commands must be exactly the transcript's, its result what the output says. Two cases
+// stay hand-written (testdata/pct): an empty pct list prints nothing
+// (pve-container:src/PVE/CLI/pct.pm:1064), and a reboot timeout.
 func TestPCTTranscripts(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
@@ -58,9 +59,17 @@ func TestPCTTranscripts(t *testing.T) {
 		{name: "start with a missing device node", file: "pve-lab/start-missing-dev.txt",
 			op:      func(p *PCT, id string) (any, error) { return nil, p.Start(ctx, id) },
 			errText: "Device /dev/gpupass-no-such-node does not exist"},
-		{name: "start failure names the cause", file: "pct/start-failed.txt",
-			op:      func(p *PCT, id string) (any, error) { return nil, p.Start(ctx, id) },
-			errText: "start CT 102: run pct start 102: exit 255: run_buffer: 322 Script exited with status 1"},
+		// A failed start: lxc's messages on stdout, one line on stderr; the error has both.
+		// Then it starts and stops (the transcript goes on).
+		{name: "start failure names the cause", file: "pve-lab/start-failed.txt",
+			op: func(p *PCT, id string) (any, error) {
+				err := p.Start(ctx, id)
+				if err2, err3 := p.Start(ctx, id), p.Stop(ctx, id); err2 != nil || err3 != nil {
+					return nil, fmt.Errorf("start, stop after the failure: %v, %v", err2, err3)
+				}
+				return nil, err
+			},
+			errText: `start CT $ID: run pct start $ID: exit 255: startup for container '$ID' failed (output: safe_mount: 1220 No such file or directory - Failed to mount "/nonexistent-gpupass"`},
 		{name: "stop", file: "pve-lab/stop.txt",
 			op: func(p *PCT, id string) (any, error) { return nil, p.Stop(ctx, id) }},
 		{name: "stop when not running is fine", file: "pve-lab/stop-not-running.txt",
