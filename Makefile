@@ -7,8 +7,9 @@ LDFLAGS := -s -w -X gpupass/internal/buildinfo.Version=$(VERSION)
 PROTOC_GEN_GO_VERSION := v1.36.12
 STATICCHECK_VERSION := v0.8.2
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
+PREFIX ?= /usr/local
 
-.PHONY: help build test lint proto proto-check bench e2e demo demo-clean fuzz soak clean
+.PHONY: help build install uninstall test lint proto proto-check bench e2e demo demo-clean fuzz soak clean
 
 help: ## list the documented targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -18,6 +19,13 @@ build: ## build bin/gpupass, bin/gpupass-host-agent and the static bin/gpupass-g
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpupass ./controller
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpupass-host-agent ./agent-host
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpupass-guest-agent ./agent-guest
+
+install: build ## copy the three binaries to $(DESTDIR)$(PREFIX)/bin (default /usr/local/bin), so that gpupass is on PATH
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN)/gpupass $(BIN)/gpupass-host-agent $(BIN)/gpupass-guest-agent $(DESTDIR)$(PREFIX)/bin/
+
+uninstall: ## remove what make install copied
+	rm -f $(DESTDIR)$(PREFIX)/bin/gpupass $(DESTDIR)$(PREFIX)/bin/gpupass-host-agent $(DESTDIR)$(PREFIX)/bin/gpupass-guest-agent
 
 test: build ## run unit and integration tests (root + LXC parts skip locally without them, never with CI=true)
 	$(GO) test -count=1 -timeout 20m ./...
@@ -52,7 +60,7 @@ soak: build ## 60 s of 200 reporting guests and 50 concurrent status queries
 demo: build ## local demo: host agent + real LXC container on a simulated GPU host, plan/apply/status
 	./scripts/demo.sh
 
-demo-clean: ## remove everything the demo made
+demo-clean: ## remove what the demo made (it says what stays: bin/, packages, Go caches)
 	./scripts/demo.sh clean
 
 clean: ## remove build outputs

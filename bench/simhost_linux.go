@@ -113,6 +113,7 @@ func (f *SimFleet) startHost(ctx context.Context, dir, name, hostRoot string, ip
 		PeerCgroup: func(pid int32) (string, error) {
 			return "0::/lxc.payload." + simContainers[pid-1] + "\n", nil
 		},
+		PeerRoot: func(*net.UnixConn, int32, time.Time) error { return nil }, // simulated guests are root
 	})
 	a, err := hostagent.New(cfg, hostagent.Options{Runtime: allRunning{}, Guests: reg, Log: log.Discard(), Name: name})
 	if err != nil {

@@ -5,7 +5,10 @@
 #                                 PKI, one host agent (lxc runtime, 127.0.0.1), one busybox
 #                                 container with the guest agent baked in, and
 #                                 gpupass plan / apply / status, with a transcript
-#   bash scripts/demo.sh clean    remove everything the demo made
+#   bash scripts/demo.sh clean    remove what the demo made: the container, the host agent,
+#                                 everything under $GPUPASS_DEMO_DIR; it leaves bin/ (the build,
+#                                 make clean), the Debian packages deps.sh installed and Go's
+#                                 caches, and says so
 #
 # Run it as root on Debian 12 with Go 1.26 at /usr/local/go. It is idempotent: a second run
 # reuses the host agent and the container, and plan then has nothing to change and apply
@@ -19,6 +22,7 @@ export PATH=/usr/local/go/bin:${HOME:-/root}/go/bin:/usr/sbin:/sbin:$PATH
 export LC_ALL=C
 
 DEMO=${GPUPASS_DEMO_DIR:-/var/lib/gpupass-demo}
+DEMO_PKGS="lxc busybox-static make git ca-certificates" # scripts/deps.sh demo
 PORT=${GPUPASS_DEMO_PORT:-7420}
 CT=gpupass-demo
 HOSTNAME_=demo-host
@@ -31,6 +35,8 @@ AGENT_LOG=$DEMO/host-agent.log
 AGENT_PID=$DEMO/host-agent.pid
 TRANSCRIPT=$DEMO/transcript.txt
 BIN=$REPO/bin
+# The controller's TLS session tickets live with the demo, so that clean removes them.
+export GPUPASS_TLS_SESSION_CACHE=$DEMO/tls-sessions.json
 
 die() { echo "demo: $*" >&2; exit 1; }
 
@@ -62,7 +68,14 @@ clean() {
     [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -rf "$DEMO"
-  echo "demo: clean"
+  # LXC's lock directory for the container path (lxc-start makes it).
+  case $DEMO in /?*) rm -rf "/run/lxc/lock$DEMO" ;; esac
+  echo "demo: clean: removed $DEMO (container, host agent state, PKI, TLS tickets, transcript)"
+  echo "      and LXC's lock directory /run/lxc/lock$DEMO"
+  echo "demo: left in place:"
+  echo "  $BIN: the build (make clean removes it; make uninstall what make install copied)"
+  echo "  the Debian packages scripts/deps.sh demo installed: $DEMO_PKGS"
+  echo "  Go's build and module caches (go clean -cache -modcache)"
 }
 
 if [ "${1:-}" = clean ]; then
@@ -94,10 +107,10 @@ header() {
 show() { echo "\$ $*"; }
 
 header "Install what the demo needs, and build" \
-  "scripts/deps.sh installs LXC, busybox-static and the pinned Go tools (idempotent);" \
+  "scripts/deps.sh demo installs only what the demo needs ($DEMO_PKGS; idempotent);" \
   "make build builds bin/gpupass, bin/gpupass-host-agent and the static bin/gpupass-guest-agent."
-show "scripts/deps.sh && make build"
-./scripts/deps.sh </dev/null
+show "scripts/deps.sh demo && make build"
+./scripts/deps.sh demo </dev/null
 make --no-print-directory build </dev/null
 go build -o "$DEMO/simhost" ./test/simhost </dev/null
 
@@ -122,10 +135,10 @@ if [ -f "$PKI/ca.crt" ]; then
 else
   show "gpupass pki init --dir $PKI"
   "$BIN/gpupass" pki init --dir "$PKI"
-  show "gpupass pki issue --dir $PKI --name $HOSTNAME_ --ip 127.0.0.1"
-  "$BIN/gpupass" pki issue --dir "$PKI" --name "$HOSTNAME_" --ip 127.0.0.1
-  show "gpupass pki issue --dir $PKI --name controller"
-  "$BIN/gpupass" pki issue --dir "$PKI" --name controller
+  show "gpupass pki issue --dir $PKI --role host --name $HOSTNAME_ --ip 127.0.0.1"
+  "$BIN/gpupass" pki issue --dir "$PKI" --role host --name "$HOSTNAME_" --ip 127.0.0.1
+  show "gpupass pki issue --dir $PKI --role controller --name controller"
+  "$BIN/gpupass" pki issue --dir "$PKI" --role controller --name controller
 fi
 
 header "The host agent (runtime lxc) on 127.0.0.1:$PORT" \
@@ -235,7 +248,8 @@ show "cat $FLEET"
 cat "$FLEET"
 
 header "gpupass plan: what would change, and would the container restart? (changes nothing)" \
-  "Exit 0: nothing to change; 2: changes pending."
+  "Exit 0: nothing to change; 2: changes pending. Expect the warning \"userspace driver not" \
+  "installed\" on every container here: a simulated host has no NVIDIA libraries to give it."
 show "gpupass plan -f $FLEET"
 code=0
 "$BIN/gpupass" plan -f "$FLEET" </dev/null || code=$?
@@ -256,6 +270,15 @@ show "gpupass status -f $FLEET"
 code=0
 "$BIN/gpupass" status -f "$FLEET" </dev/null || code=$?
 echo "(exit $code)"
+status_code=$code
+
+header "gpupass doctor: the same container explained (host, config, guest), with what to do" \
+  "Its exit code agrees with status: 0 when ready with nothing to change (warnings only)."
+show "gpupass doctor -f $FLEET $HOSTNAME_/$CT"
+code=0
+"$BIN/gpupass" doctor -f "$FLEET" "$HOSTNAME_/$CT" </dev/null || code=$?
+echo "(exit $code)"
+code=$status_code
 
 header "What the container really has (looked at from the host, without exec)"
 if pid=$(lxc-info -P "$LXCPATH" -n "$CT" -p -H 2>/dev/null) && [ -n "$pid" ]; then
@@ -273,8 +296,9 @@ else
   echo "demo: container $CT is not ready (status exit $code)."
 fi
 echo "  run it again:        bash scripts/demo.sh   (idempotent: nothing to change, no restart)"
+echo "  the binaries:        $BIN (export PATH=$BIN:\$PATH, or make install: /usr/local/bin)"
 echo "  look inside:         lxc-attach -P $LXCPATH -n $CT -- ls -l /dev"
-echo "  remove everything:   bash scripts/demo.sh clean   (or make demo-clean)"
+echo "  remove it:           bash scripts/demo.sh clean   (or make demo-clean; it says what stays)"
 echo "  transcript:          $TRANSCRIPT"
 echo "================================================================================"
 exit "$code"

@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# Installs what building, testing and the demo need, idempotently: Debian packages (LXC,
-# busybox, protoc, iproute2, systemd's unit verifier) and pinned Go tools. Safe to re-run.
+# Installs what the demo or the tests need, idempotently. Safe to re-run.
+#
+#   scripts/deps.sh demo    what scripts/demo.sh needs: LXC, busybox-static, make, git
+#                           (no Go tools, no protoc, no subordinate ids: the demo container
+#                           is privileged)
+#   scripts/deps.sh [test]  all of the above, and what lint, the protobuf drift check and
+#                           the tests need: protoc, iproute2, rsync, systemd's unit verifier,
+#                           uidmap, the pinned Go tools (protoc-gen-go, staticcheck), and
+#                           root:100000:65536 in /etc/subuid and /etc/subgid (unprivileged
+#                           test containers)
 set -euo pipefail
 
 PROTOC_GEN_GO_VERSION=v1.36.12
 STATICCHECK_VERSION=v0.8.2
-PKGS=(lxc lxc-templates busybox-static uidmap protobuf-compiler iproute2 rsync systemd make git ca-certificates)
+DEMO_PKGS=(lxc busybox-static make git ca-certificates)
+TEST_PKGS=(lxc-templates uidmap protobuf-compiler iproute2 rsync systemd)
+
+what=${1:-test}
+case $what in
+  demo) PKGS=("${DEMO_PKGS[@]}") ;;
+  test) PKGS=("${DEMO_PKGS[@]}" "${TEST_PKGS[@]}") ;;
+  *) echo "usage: scripts/deps.sh [demo|test]" >&2; exit 2 ;;
+esac
 
 export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
 if ! command -v go >/dev/null 2>&1; then
@@ -27,6 +43,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq </dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
+[ "$what" = test ] || exit 0
 
 GOBIN=$(go env GOPATH)/bin
 if [ "$("$GOBIN/protoc-gen-go" --version 2>/dev/null)" != "protoc-gen-go $PROTOC_GEN_GO_VERSION" ]; then
@@ -38,7 +55,7 @@ if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#
   go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 fi
 
-# Unprivileged containers need subordinate ids for root.
+# Unprivileged test containers need subordinate ids for root.
 for f in /etc/subuid /etc/subgid; do
   if [ "$(id -u)" -eq 0 ] && ! grep -q '^root:100000:65536$' "$f" 2>/dev/null; then
     echo 'root:100000:65536' >> "$f"

@@ -24,7 +24,7 @@ NGPU=$(ls -d /proc/driver/nvidia/gpus/* | wc -l)
 note "GPUs: $NGPU; uvm major $(awk '$2=="nvidia-uvm"{print $1}' /proc/devices)"
 
 S=/var/lib/gpupass-real; rm -rf $S; mkdir -p $S/lxc $OUT/fixtures
-gpupass pki init --dir $S/pki >/dev/null; gpupass pki issue --dir $S/pki --name gpuhost --ip 127.0.0.1 >/dev/null; gpupass pki issue --dir $S/pki --name controller >/dev/null
+gpupass pki init --dir $S/pki >/dev/null; gpupass pki issue --dir $S/pki --role host --name gpuhost --ip 127.0.0.1 >/dev/null; gpupass pki issue --dir $S/pki --role controller --name controller >/dev/null
 cat > $S/host-agent.yaml <<EOT
 version: 1
 listen: "127.0.0.1:7420"

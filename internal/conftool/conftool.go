@@ -66,6 +66,7 @@ const DefaultStateDir = "/var/lib/gpupass"
 type options struct {
 	conf, gpus, style, hostRoot, stateDir, format, guestDir string
 	lockTimeout                                             time.Duration
+	migCaps                                                 bool
 }
 
 // seams for tests.
@@ -131,6 +132,7 @@ func newSub(e env, apply bool) *cobra.Command {
 	f.StringVar(&o.style, "style", "raw", "raw (lxc.cgroup2.devices.allow + lxc.mount.entry) or dev (PVE 8.1+ devN entries)")
 	f.StringVar(&o.hostRoot, "host-root", "/", "prefix for /proc, /dev and /run (test and simulated hosts)")
 	f.StringVar(&o.format, "format", "auto", "config syntax: auto, pve (key: value) or lxc (key = value)")
+	f.BoolVar(&o.migCaps, "mig-caps", false, "also pass /dev/nvidia-caps/* (MIG config and monitor capabilities); whole GPUs get none without it")
 	f.StringVar(&o.guestDir, "guest-socket-dir", "", "host directory bind-mounted at /dev/gpupass in the container for the guest agent (an entry at the old run/gpupass is moved there); empty: no guest mount (an existing one is removed)")
 	if apply {
 		f.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "state directory; the previous config is kept under <state-dir>/backups")
@@ -224,7 +226,7 @@ func desiredFrom(o options) (passthrough.Desired, error) {
 	if err != nil {
 		return d, fmt.Errorf("--style: %w", err)
 	}
-	d.Style, d.GuestSocketDir, d.Label = style, o.guestDir, o.conf
+	d.Style, d.GuestSocketDir, d.Label, d.MIGCaps = style, o.guestDir, o.conf, o.migCaps
 	switch strings.TrimSpace(o.gpus) {
 	case "":
 		return d, errors.New(`--gpus is empty: list GPUs (index, UUID or bus id, comma separated) or say "none"`)

@@ -115,6 +115,51 @@ var cliCases = []cliCase{
 		args: []string{"plan", "--conf", "$CONF", "--gpus", ""}, wantCode: 1},
 	{name: "bad_style", fixture: "pve-2gpu", in: "12-cloned.conf",
 		args: []string{"plan", "--conf", "$CONF", "--gpus", "0", "--style", "fancy"}, wantCode: 1},
+	{name: "mig_caps_removed_for_whole_gpu", fixture: "mig", in: "11-privileged-gpu-raw.conf",
+		args: []string{"plan", "--conf", "$CONF", "--gpus", "0"}, wantCode: 2,
+		check: func(t *testing.T, in, out []byte, root string) {
+			untouched(t, in, out, root)
+			if !bytes.Contains(in, []byte("/dev/nvidia-caps")) {
+				t.Error("the input has no caps entry: the case proves nothing")
+			}
+		}},
+	{name: "mig_caps_flag", fixture: "mig", in: "12-cloned.conf",
+		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--mig-caps", "--state-dir", "$ROOT/state"}, wantCode: 0,
+		check: func(t *testing.T, _, out []byte, _ string) {
+			if !bytes.Contains(out, []byte("/dev/nvidia-caps/nvidia-cap1 dev/nvidia-caps/nvidia-cap1")) {
+				t.Error("--mig-caps did not pass the caps nodes")
+			}
+		}},
+	{name: "nul_byte_refused", fixture: "pve-2gpu", in: "12-cloned.conf",
+		setup: func(t *testing.T, root, conf string) func() {
+			b, _ := os.ReadFile(conf)
+			os.WriteFile(conf, append([]byte("arch: amd64\ncores: 4\x00# hidden\n"), b...), 0o640)
+			return nil
+		},
+		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--state-dir", "$ROOT/state"}, wantCode: 1, check: untouched},
+	{name: "symlink_out_of_config_dir_refused", fixture: "pve-2gpu", in: "12-cloned.conf",
+		setup: func(t *testing.T, root, conf string) func() {
+			// An administrator's (or an attacker's) link to a file outside /etc/pve/lxc.
+			outside := filepath.Join(root, "outside.conf")
+			b, _ := os.ReadFile(conf)
+			if err := os.WriteFile(outside, b, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(conf)
+			if err := os.Symlink(outside, conf); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		},
+		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--state-dir", "$ROOT/state"}, wantCode: 1,
+		check: func(t *testing.T, _, _ []byte, root string) {
+			b, _ := os.ReadFile(filepath.Join(root, "outside.conf"))
+			if !bytes.Equal(b, corpusFile(t, "12-cloned.conf")) {
+				t.Error("the file outside the config directory was changed")
+			}
+		}},
+	{name: "dev_style_on_lxc_config_refused", fixture: "pve-2gpu", in: "25-lxc-format.config",
+		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--style", "dev", "--state-dir", "$ROOT/state"}, wantCode: 1, check: untouched},
 	{name: "missing_config", fixture: "pve-2gpu", in: "",
 		args: []string{"plan", "--conf", "$CONF", "--gpus", "0"}, wantCode: 1},
 }

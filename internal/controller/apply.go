@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"strings"
 	"time"
 
 	"gpupass/internal/fleet"
+	"gpupass/internal/inputlimit"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -192,13 +193,28 @@ func (c *Controller) applyHost(ctx context.Context, s *conn, w *hostWork, opts A
 // LoadPlanDigests reads a saved plan (the JSON of gpupass plan -o json) and returns the
 // config digest of each container, keyed "host/id".
 func LoadPlanDigests(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := inputlimit.ReadFile(path, inputlimit.PlanJSON)
 	if err != nil {
 		return nil, fmt.Errorf("read plan: %w", err)
 	}
 	var r Report
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("read plan %s: %w (save it with gpupass plan -f fleet.yaml -o json > %s)", path, err, path)
+	}
+	// A host that did not answer the plan has no digests in it: what apply would do there
+	// was never shown, so the plan cannot vouch for it (issue 19).
+	var missing []string
+	for _, h := range r.Hosts {
+		if !h.Reachable || h.Error != "" {
+			why := h.Error
+			if why == "" {
+				why = "unreachable"
+			}
+			missing = append(missing, fmt.Sprintf("%s (%s)", h.Name, why))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("read plan %s: it has no answer from host %s, so it never showed what apply would do there; run gpupass plan again when every host answers (or take the host out of the fleet file)", path, strings.Join(missing, ", host "))
 	}
 	out := map[string]string{}
 	for _, c := range r.Containers {
@@ -207,6 +223,9 @@ func LoadPlanDigests(path string) (map[string]string, error) {
 		}
 	}
 	if len(out) == 0 {
+		if r.Kind != "" && r.Kind != KindPlan {
+			return nil, fmt.Errorf("read plan %s: it is the JSON of gpupass %s, not of gpupass plan -o json", path, r.Kind)
+		}
 		return nil, fmt.Errorf("read plan %s: no container digests in it (is it the JSON of gpupass plan -o json?)", path)
 	}
 	return out, nil

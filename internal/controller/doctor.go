@@ -32,20 +32,33 @@ type Finding struct {
 	Problem string `json:"problem"`
 	Cause   string `json:"cause"`
 	Fix     string `json:"fix"`
+	// Warning: worth knowing, but the container counts as fine (as status counts it): a
+	// missing userspace driver, a stopped container the fleet does not ask to run.
+	Warning bool `json:"warning,omitempty"`
 }
 
-// ExitCode is 0 when the container is ready with nothing to change, 1 when its host could
-// not be asked, 2 otherwise.
+// ExitCode is 1 when the host could not be asked, 0 when the container counts as fine for
+// status (ready, or stopped while the fleet does not ask for it to run) with nothing to
+// change and no finding but warnings, 2 otherwise (docs/controller.md, "Exit codes").
 func (d *Diagnosis) ExitCode() int {
 	switch {
 	case !d.Host.Reachable || d.Host.Error != "" || d.Container.State == StateError:
 		return ExitError
-	case d.Container.State == StateReady && len(d.Findings) == 0:
-		return ExitOK
-	case d.Container.Ready() && d.Container.State != StateReady && len(d.Findings) == 0:
+	case d.Container.Ready() && len(d.Problems()) == 0:
 		return ExitOK
 	}
 	return ExitPending
+}
+
+// Problems are the findings that are not warnings.
+func (d *Diagnosis) Problems() []Finding {
+	var out []Finding
+	for _, f := range d.Findings {
+		if !f.Warning {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Doctor asks the container's host for its inventory, the container's status and what
@@ -208,8 +221,9 @@ func explain(d *Diagnosis) []Finding {
 	}
 	if st.GetRunState() != "running" && st.GetState() == StateStopped && d.Entry.State != fleet.StateRunning {
 		out = append(out, Finding{Problem: "the container is stopped",
-			Cause: "nothing in " + file + " asks for it to run",
-			Fix:   fmt.Sprintf("%s on %s, or set state: running for it in %s and run %s", d.runtimeCmd("start"), d.Host.Name, file, apply)})
+			Cause:   "nothing in " + file + " asks for it to run",
+			Fix:     fmt.Sprintf("%s on %s, or set state: running for it in %s and run %s", d.runtimeCmd("start"), d.Host.Name, file, apply),
+			Warning: true})
 		return out
 	}
 	if st.GetRunState() == "running" && !st.GetGuestConnected() && st.GetGuestRefused() != "" {
@@ -242,6 +256,7 @@ func explain(d *Diagnosis) []Finding {
 			Problem: "the container has no userspace driver (libnvidia-ml); passthrough works but CUDA and nvidia-smi will not",
 			Cause:   "the template lacks the NVIDIA userspace libraries",
 			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module)", kernel, kernel),
+			Warning: true,
 		})
 	}
 	if d.Entry.RequireNetwork && st.GetGuestConnected() && !st.GetNetworkOk() {

@@ -135,3 +135,47 @@ func TestDoctorAgainstHosts(t *testing.T) {
 		t.Errorf("unknown host: %v", err)
 	}
 }
+
+// TestDoctorExitAgreesWithStatus: doctor's exit code says what its verdict shows, and
+// agrees with status about readiness: a warning (no userspace driver, a stopped container
+// nobody asks to run) leaves both at 0; doctor adds 2 for changes pending
+// (docs/controller.md, "Exit codes").
+func TestDoctorExitAgreesWithStatus(t *testing.T) {
+	host := Host{Name: "pve1", Address: "10.0.0.11:7420", Reachable: true, Driver: HostDriver{Loaded: true, Kernel: "580.95.05"}}
+	inv := &pb.HostInventory{Driver: &pb.Driver{Loaded: true, KernelVersion: "580.95.05"}}
+	entry := fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, Style: "raw"}
+	wantRunning := entry
+	wantRunning.State = fleet.StateRunning
+	ok := []*pb.DeviceCheck{{Path: "/dev/nvidia0", Status: pb.DeviceStatus_DEVICE_STATUS_OK, Major: 195}}
+	noLibs := &pb.ContainerStatus{Id: "901", State: StateReady, RunState: "running", GuestConnected: true, NetworkOk: true, Devices: ok,
+		Driver: &pb.DriverVersions{Kernel: "580.95.05"}, Warnings: []string{"userspace driver not installed: no libnvidia-ml.so.1"}}
+	stopped := &pb.ContainerStatus{Id: "901", State: StateStopped, RunState: "stopped", Reasons: []string{"container is stopped"}}
+	mismatch := &pb.ContainerStatus{Id: "901", State: StateNotReady, RunState: "running", GuestConnected: true, NetworkOk: true, Devices: ok,
+		Driver: &pb.DriverVersions{Kernel: "580.95.05", Userspace: "550.54.14"}, Reasons: []string{"userspace driver 550.54.14 does not match"}}
+	tests := []struct {
+		name                   string
+		entry                  fleet.Container
+		status                 *pb.ContainerStatus
+		plan                   *pb.ContainerPlan
+		wantDoctor, wantStatus int
+	}{
+		{"ready without userspace driver", entry, noLibs, &pb.ContainerPlan{}, ExitOK, ExitOK},
+		{"stopped, not asked to run", entry, stopped, &pb.ContainerPlan{}, ExitOK, ExitOK},
+		{"stopped, asked to run", wantRunning, stopped, &pb.ContainerPlan{Start: true}, ExitPending, ExitPending},
+		{"ready with changes pending", entry, noLibs, &pb.ContainerPlan{Changes: []*pb.ConfigChange{{Line: "x"}}}, ExitPending, ExitOK},
+		{"version mismatch", entry, mismatch, &pb.ContainerPlan{}, ExitPending, ExitPending},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Diagnosis{Host: host, Inventory: inv, Entry: tt.entry, InFleet: true, Status: tt.status, Plan: tt.plan, Container: newContainer(tt.entry)}
+			applyStatus(&d.Container, tt.status)
+			st := &Report{Kind: KindStatus, Hosts: []Host{host}, Containers: []Container{d.Container}}
+			applyPlan(&d.Container, tt.plan)
+			d.Findings = explain(&d)
+			got := []int{d.ExitCode(), st.ExitCode()}
+			if diff := cmp.Diff(got, []int{tt.wantDoctor, tt.wantStatus}); diff != "" {
+				t.Errorf("exit codes [doctor status] (-got +want)\n%s\nfindings %+v", diff, d.Findings)
+			}
+		})
+	}
+}

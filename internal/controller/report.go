@@ -83,8 +83,8 @@ type Container struct {
 	GPUs            []string `json:"gpus"`
 	State           string   `json:"state"`
 	RestartRequired bool     `json:"restart_required"`
-	Restarted       bool     `json:"restarted"`
-	Started         bool     `json:"started"` // apply started it from stopped (restarted is set too)
+	Restarted       bool     `json:"restarted"` // apply stopped a running container and started it again
+	Started         bool     `json:"started"`   // apply started a stopped container (not a restart)
 	Reasons         []string `json:"reasons"`
 	Devices         []Device `json:"devices"`
 	Driver          Driver   `json:"driver"`
@@ -282,8 +282,12 @@ func applyResult(c *Container, r *pb.ContainerResult) {
 		c.RestartRequired = r.GetPlan().GetRestart().GetRequired()
 	}
 	c.Written = r.GetWritten()
-	c.Restarted = r.GetRestarted()
-	c.Started = r.GetStarted()
+	c.Restarted, c.Started = r.GetRestarted(), r.GetStarted()
+	if c.Restarted && !c.Started && r.GetPlan().GetStart() && !r.GetPlan().GetRestart().GetRequired() {
+		// An agent older than the started field calls the start of a stopped container
+		// a restart; its plan says it was a start.
+		c.Restarted, c.Started = false, true
+	}
 	c.RolledBack = r.GetRolledBack()
 	if r.GetError() != "" {
 		c.State = StateError

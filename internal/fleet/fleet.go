@@ -5,11 +5,11 @@ package fleet
 import (
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/strictyaml"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -62,6 +62,9 @@ type Container struct {
 	Style          string   `yaml:"style"` // raw (default) | dev
 	RequireNetwork bool     `yaml:"require_network"`
 	State          string   `yaml:"state"` // "" (leave as is) | running
+	// MIGCaps passes the MIG capability nodes (/dev/nvidia-caps/*: MIG config and monitor)
+	// too. Whole GPUs get none unless asked: they let a container reconfigure or watch MIG.
+	MIGCaps bool `yaml:"mig_caps"`
 }
 
 // Key is "host/id", how the CLI names a container.
@@ -75,12 +78,12 @@ func (c Container) Spec() *pb.ContainerSpec {
 	}
 	gpus := make([]string, len(c.GPUs))
 	copy(gpus, c.GPUs)
-	return &pb.ContainerSpec{Id: c.ID, Gpus: gpus, Style: style, RequireNetwork: c.RequireNetwork, WantState: c.State}
+	return &pb.ContainerSpec{Id: c.ID, Gpus: gpus, Style: style, RequireNetwork: c.RequireNetwork, WantState: c.State, MigCaps: c.MIGCaps}
 }
 
 // Load reads and validates a fleet file.
 func Load(path string) (*Fleet, error) {
-	b, err := os.ReadFile(path)
+	b, err := inputlimit.ReadFile(path, inputlimit.FleetFile)
 	if err != nil {
 		return nil, fmt.Errorf("load fleet: %w", err)
 	}

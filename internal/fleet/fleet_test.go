@@ -4,12 +4,16 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"google.golang.org/protobuf/testing/protocmp"
+
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/strictyaml"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -24,6 +28,7 @@ containers:
   - {host: pve1, id: 902, gpus: [1], style: dev, require_network: true, state: running}
   - {host: pve2, id: ct-build, gpus: [GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f, "0000:41:00.0"]}
   - {host: pve2, id: "950", gpus: []}
+  - {host: pve2, id: "951", gpus: ["0"], mig_caps: true}
 `
 
 func TestParseGood(t *testing.T) {
@@ -43,6 +48,7 @@ func TestParseGood(t *testing.T) {
 			{Host: "pve1", ID: "902", GPUs: []string{"1"}, Style: "dev", RequireNetwork: true, State: "running"},
 			{Host: "pve2", ID: "ct-build", GPUs: []string{"GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f", "0000:41:00.0"}, Style: "raw"},
 			{Host: "pve2", ID: "950", GPUs: []string{}, Style: "raw"},
+			{Host: "pve2", ID: "951", GPUs: []string{"0"}, Style: "raw", MIGCaps: true},
 		},
 		File: "fleet.yaml",
 	}
@@ -53,7 +59,11 @@ func TestParseGood(t *testing.T) {
 	if diff := cmp.Diff(f.Containers[1].Spec(), wantSpec, protocmp.Transform()); diff != "" {
 		t.Errorf("Spec (-got +want)\n%s", diff)
 	}
-	if got := f.ByHost(); len(got["pve1"]) != 2 || len(got["pve2"]) != 2 {
+	// mig_caps travels to the host agent; without it whole GPUs get no caps nodes.
+	if !f.Containers[4].Spec().GetMigCaps() || f.Containers[0].Spec().GetMigCaps() {
+		t.Errorf("mig_caps in Spec: %v, %v; want true, false", f.Containers[4].Spec().GetMigCaps(), f.Containers[0].Spec().GetMigCaps())
+	}
+	if got := f.ByHost(); len(got["pve1"]) != 2 || len(got["pve2"]) != 3 {
 		t.Errorf("ByHost = %v", got)
 	}
 }
@@ -89,7 +99,7 @@ func TestParseErrors(t *testing.T) {
 		{"syntax", "version: 1\nhosts: [\n", "f.yaml:2: invalid YAML: did not find expected node content", false},
 		{"trailing document", head + "---\nversion: 1\n", "f.yaml:5: a second YAML document ('---') follows; keep one document per file", false},
 		{"unknown top key", head + "containerz: []\n", "f.yaml:5: containerz: unknown field; known fields here: version, tls, hosts, containers", false},
-		{"unknown nested key", head + "containers:\n  - {host: pve1, id: \"1\", gpu: [0]}\n", "f.yaml:6: containers[0].gpu: unknown field; known fields here: host, id, gpus, style, require_network, state", false},
+		{"unknown nested key", head + "containers:\n  - {host: pve1, id: \"1\", gpu: [0]}\n", "f.yaml:6: containers[0].gpu: unknown field; known fields here: host, id, gpus, style, require_network, state, mig_caps", false},
 		{"duplicate key", head + "containers:\n  - {host: pve1, id: \"1\", id: \"2\"}\n", "f.yaml:6: containers[0].id: set twice", false},
 		{"bad gpu deep", head + "containers:\n  - {host: pve1, id: \"1\"}\n  - {host: pve1, id: \"2\"}\n  - {host: pve1, id: \"3\"}\n  - {host: pve1, id: \"4\", gpus: [\"0\", \"nvidia1\"]}\n",
 			`f.yaml:9: containers[3].gpus[1]: "nvidia1" is not a GPU index (0), UUID (GPU-xxxxxxxx-...) or PCI bus id (0000:01:00.0)`, false},
@@ -149,4 +159,40 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A 50 MiB fleet.yaml is refused before it is parsed: fast, and without reading it all.
+func TestLoadRefusesHugeFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "fleet.yaml")
+	fh, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteString(good); err != nil {
+		t.Fatal(err)
+	}
+	line := []byte("  - {host: pve1, id: \"999\", gpus: [\"0\"]}  # padding padding padding padding\n")
+	for written := len(good); written < 50<<20; written += len(line) {
+		if _, err := fh.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fh.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	_, err = Load(p)
+	took := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, inputlimit.ErrTooLarge) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("err = %v, want ErrTooLarge naming the file", err)
+	}
+	t.Logf("refused after %v, %d KiB allocated: %v", took, (after.TotalAlloc-before.TotalAlloc)>>10, err)
+	if took > time.Second {
+		t.Errorf("refusal took %v, want well under a second", took)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Errorf("refusal allocated %d bytes, want under 1 MiB", alloc)
+	}
 }

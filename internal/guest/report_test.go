@@ -54,6 +54,12 @@ func TestCheck(t *testing.T) {
 			driver:   &pb.DriverVersions{Kernel: "580.159.04"},
 		},
 		{
+			// A container with no GPU assigned needs no CUDA libraries: no warning.
+			name:  "no GPUs assigned, userspace not installed: no warning",
+			exp:   func() *pb.Expectation { return &pb.Expectation{DriverLoaded: true, KernelDriverVersion: "580.159.04"} },
+			ready: true, driver: &pb.DriverVersions{Kernel: "580.159.04"},
+		},
+		{
 			name: "host kernel driver not loaded", setup: []func(*tree){installNVML("580.159.04")},
 			exp: func() *pb.Expectation {
 				e := base()

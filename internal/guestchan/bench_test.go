@@ -45,7 +45,7 @@ func BenchmarkReportFanIn(b *testing.B) {
 		ReportRate: 1e9, ReportBurst: 1e9,
 		Heartbeat: time.Hour,
 		Log:       log.Discard(),
-		PeerPID:   procs.peerPID, PeerCgroup: procs.cgroup,
+		PeerPID:   procs.peerPID, PeerCgroup: procs.cgroup, PeerRoot: procs.root,
 	}
 	r := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envBenchClient) != "" {
 		os.Exit(benchClientMain())
 	}
+	if sock := os.Getenv(envPeerDial); sock != "" {
+		os.Exit(peerDialMain(sock))
+	}
 	lxctest.Cgroup2Main(m)
 }
 
@@ -43,6 +46,7 @@ func noLeaks(t *testing.T) {
 type fakeProcs struct {
 	mu      sync.Mutex
 	cgroups map[int32]string
+	users   map[int32]error // PeerRoot's verdict for a pid; nil = the container's root
 }
 
 var (
@@ -50,7 +54,24 @@ var (
 	dialSeq  atomic.Int64
 )
 
-func newFakeProcs() *fakeProcs { return &fakeProcs{cgroups: map[int32]string{}} }
+func newFakeProcs() *fakeProcs {
+	return &fakeProcs{cgroups: map[int32]string{}, users: map[int32]error{}}
+}
+
+// notRoot registers a process like proc whose user is not its container's root.
+func (f *fakeProcs) notRoot(content string) int32 {
+	pid := f.proc(content)
+	f.mu.Lock()
+	f.users[pid] = fmt.Errorf("%w: peer pid %d runs as host uid 101000 (test)", ErrNotContainerRoot, pid)
+	f.mu.Unlock()
+	return pid
+}
+
+func (f *fakeProcs) root(_ *net.UnixConn, pid int32, _ time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.users[pid]
+}
 
 // proc registers a process whose /proc/<pid>/cgroup is content and returns its pid.
 func (f *fakeProcs) proc(content string) int32 {
@@ -122,6 +143,9 @@ func start(t *testing.T, cfg Config) *fixture {
 	}
 	if cfg.PeerCgroup == nil {
 		cfg.PeerCgroup = f.procs.cgroup
+	}
+	if cfg.PeerRoot == nil {
+		cfg.PeerRoot = f.procs.root
 	}
 	f.cfg = cfg
 	f.r = New(cfg)

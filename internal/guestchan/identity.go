@@ -3,6 +3,7 @@ package guestchan
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	pb "gpupass/proto/gpupass/v1"
@@ -124,4 +125,25 @@ func checkKernelIdentity(id string, hello *pb.Hello, peer peerIdentity) *refusal
 		return &refusal{"identity", fmt.Errorf("peer pid %d is in container %s (cgroup %q): this socket belongs to container %s", peer.pid, in, peer.cgroup, id)}
 	}
 	return nil
+}
+
+// parseRootMapping returns the outside id that a uid_map (lines "inside outside count")
+// maps inside id 0 to.
+func parseRootMapping(uidMap string) (uint32, bool) {
+	for line := range strings.SplitSeq(uidMap, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		in, err1 := strconv.ParseUint(f[0], 10, 32)
+		out, err2 := strconv.ParseUint(f[1], 10, 32)
+		n, err3 := strconv.ParseUint(f[2], 10, 32)
+		if err1 != nil || err2 != nil || err3 != nil || n == 0 {
+			continue
+		}
+		if in == 0 {
+			return uint32(out), true
+		}
+	}
+	return 0, false
 }

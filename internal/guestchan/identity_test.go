@@ -188,9 +188,11 @@ func TestRefusals(t *testing.T) {
 	tests := []struct {
 		name   string
 		cgroup string // /proc/<pid>/cgroup; "" for a process that is gone
+		user   bool   // a user other than the container's root
 		o      guestOpts
 		refuse string // "" to accept
 	}{
+		{name: "non-root user of 901", cgroup: "0::/lxc.payload.901\n", user: true, o: guestOpts{claim: "901"}, refuse: "not the container's root user"},
 		{name: "plain lxc guest of 901", cgroup: "0::/lxc.payload.901\n", o: guestOpts{claim: "901"}},
 		{name: "proxmox guest of 901", cgroup: "0::/lxc/901/ns/system.slice/gpupass-guest-agent.service\n", o: guestOpts{claim: "901"}},
 		{name: "no claim", cgroup: "0::/lxc/901/ns\n"},
@@ -211,7 +213,10 @@ func TestRefusals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pid := int32(99)
-			if tt.cgroup != "" {
+			switch {
+			case tt.user:
+				pid = f.procs.notRoot(tt.cgroup)
+			case tt.cgroup != "":
 				pid = f.procs.proc(tt.cgroup)
 			}
 			g, err := connectGuest(t, sock, pid, tt.o)

@@ -39,9 +39,11 @@ func randomName(prefix string) string {
 }
 
 // TestLXCIdentity runs the identity check for real: a guest in container A dials A's
-// socket from inside (SO_PEERCRED and /proc/<pid>/cgroup as the kernel gives them) and is
-// accepted; a process of container B, which has A's socket directory mounted too, is
-// refused whatever it claims.
+// socket from inside (SO_PEERPIDFD, SO_PEERCRED, /proc/<pid>/cgroup and uid_map as the
+// kernel gives them) as A's root and is accepted; a process of container B, which has A's
+// socket directory mounted too, is refused whatever it claims; a non-root user of A is
+// refused whatever its process is called, and so is that user as root of a user namespace
+// of its own.
 func TestLXCIdentity(t *testing.T) {
 	testenv.RequireLXC(t)
 	lxctest.RequireCgroup2(t)
@@ -62,17 +64,19 @@ func TestLXCIdentity(t *testing.T) {
 			if err := os.Chmod(cfg.Dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			spec := func(id string) lxctest.Spec {
+			spec := func(id string, extra ...string) lxctest.Spec {
 				return lxctest.Spec{
 					Name:         id,
 					Unprivileged: unpriv,
-					Binds:        [][2]string{{client, "/usr/local/bin/guestclient"}},
+					// The second name spoofs the real guest agent's: names prove nothing.
+					Binds: [][2]string{{client, "/usr/local/bin/guestclient"}, {client, "/usr/local/bin/gpupass-guest-agent"}},
 					// As the managed mount entry does: the directory, not the socket file.
-					ExtraConfig: []string{"lxc.mount.entry = " + dirA + " " + strings.TrimPrefix(GuestDir, "/") + " none bind,create=dir 0 0"},
+					ExtraConfig: append([]string{"lxc.mount.entry = " + dirA + " " + strings.TrimPrefix(GuestDir, "/") + " none bind,create=dir 0 0"}, extra...),
 				}
 			}
 			a := lxctest.NewContainer(t, spec(idA))
-			b := lxctest.NewContainer(t, spec(idB))
+			// B may write its cgroup tree, to nest a cgroup named after A.
+			b := lxctest.NewContainer(t, spec(idB, "lxc.mount.auto = cgroup:rw:force"))
 			a.Start(t)
 			b.Start(t)
 			r.SetExpectation(idA, gpuExpectation(0))
@@ -101,6 +105,25 @@ func TestLXCIdentity(t *testing.T) {
 				out, code := b.Attach(t, "/usr/local/bin/guestclient", sock, claim)
 				if code != 3 || !strings.Contains(out, "is in container "+idB) {
 					t.Errorf("process of %s claiming %q on %s's socket: exit %d, output %q; want refused as in container %s", idB, claim, idA, code, out, idB)
+				}
+			}
+			// B's root makes a cgroup named lxc.payload.<A> inside its own tree, moves itself
+			// there and dials: the host sees /lxc.payload.<B>/lxc.payload.<A>, and the first
+			// container segment decides.
+			nest := "mkdir -p /sys/fs/cgroup/lxc.payload." + idA + " && echo $$ > /sys/fs/cgroup/lxc.payload." + idA + "/cgroup.procs && cat /proc/self/cgroup && exec /usr/local/bin/gpupass-guest-agent " + sock + " " + idA
+			if out, code := b.Attach(t, "sh", "-c", nest); code != 3 || !strings.Contains(out, "lxc.payload."+idA) || !strings.Contains(out, "is in container "+idB) {
+				t.Errorf("process of %s in a nested cgroup named after %s: exit %d, output %q; want refused as in container %s", idB, idA, code, out, idB)
+			}
+			// Inside A, only A's root user passes: another user (even running a binary named
+			// like the guest agent), or that user as "root" of a user namespace of its own
+			// (busybox unshare -U -r), is refused.
+			for _, argv := range [][]string{
+				{"/usr/local/bin/gpupass-guest-agent", sock, idA},
+				{"unshare", "-U", "-r", "/usr/local/bin/guestclient", sock, idA},
+			} {
+				out, code := a.AttachAs(t, 1000, argv...)
+				if code != 3 || !strings.Contains(out, "not the container's root user") {
+					t.Errorf("uid 1000 of %s running %v: exit %d, output %q; want refused as not the container's root user", idA, argv, code, out)
 				}
 			}
 			// The host process itself is outside every container.

@@ -79,6 +79,11 @@ type Config struct {
 	// PeerCgroup returns the contents of /proc/<pid>/cgroup for pid (default: read it
 	// under ProcRoot).
 	PeerCgroup func(pid int32) (string, error)
+	// PeerRoot checks, after PeerCgroup, that the peer is its container's root user and
+	// still the process pid names (default RootPeer(ProcRoot): SO_PEERPIDFD, SO_PEERCRED,
+	// the peer's uid_map and namespaces); accepted is when the connection was accepted.
+	// Tests that simulate pids replace it.
+	PeerRoot func(conn *net.UnixConn, pid int32, accepted time.Time) error
 }
 
 func (c Config) withDefaults() Config {
@@ -121,6 +126,9 @@ func (c Config) withDefaults() Config {
 	if c.PeerCgroup == nil {
 		root := c.ProcRoot
 		c.PeerCgroup = func(pid int32) (string, error) { return readProcCgroup(root, pid) }
+	}
+	if c.PeerRoot == nil {
+		c.PeerRoot = RootPeer(c.ProcRoot)
 	}
 	return c
 }

@@ -327,7 +327,7 @@ func TestRunLifecycle(t *testing.T) {
 	noLeaks(t)
 	cfg := testConfig(t)
 	procs := newFakeProcs()
-	cfg.PeerPID, cfg.PeerCgroup = procs.peerPID, procs.cgroup
+	cfg.PeerPID, cfg.PeerCgroup, cfg.PeerRoot = procs.peerPID, procs.cgroup, procs.root
 	r := New(cfg)
 	dir, err := r.Ensure("901") // before Run: listening, served once Run starts
 	if err != nil {

@@ -38,7 +38,7 @@ type guestSession struct {
 
 // identify reads the peer's PID and cgroup right after the accept, before the handshake,
 // so that the PID cannot have been reused by the time it is checked.
-func (r *Registry) identify(conn *net.UnixConn) peerIdentity {
+func (r *Registry) identify(conn *net.UnixConn, accepted time.Time) peerIdentity {
 	pid, err := r.cfg.PeerPID(conn)
 	if err != nil {
 		return peerIdentity{err: err}
@@ -51,11 +51,16 @@ func (r *Registry) identify(conn *net.UnixConn) peerIdentity {
 	if !ok {
 		return peerIdentity{pid: pid, err: fmt.Errorf("cgroup of pid %d has no cgroup v2 (0::) line", pid)}
 	}
+	// Last: the user check also proves (through the pidfd) that the process read above is
+	// still the peer.
+	if err := r.cfg.PeerRoot(conn, pid, accepted); err != nil {
+		return peerIdentity{pid: pid, cgroup: path, err: err}
+	}
 	return peerIdentity{pid: pid, cgroup: path}
 }
 
 // handleConn runs one connection: identity, Hello, then the session until it ends.
-func (r *Registry) handleConn(ctx context.Context, c *container, conn *net.UnixConn) {
+func (r *Registry) handleConn(ctx context.Context, c *container, conn *net.UnixConn, accepted time.Time) {
 	ctx, cancelIdle := context.WithCancelCause(ctx)
 	cancel := func() { cancelIdle(context.Canceled) }
 	defer cancel()
@@ -63,7 +68,7 @@ func (r *Registry) handleConn(ctx context.Context, c *container, conn *net.UnixC
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	peer := r.identify(conn)
+	peer := r.identify(conn, accepted)
 	lg := r.log.WithField("container", c.id).WithField("pid", peer.pid)
 	reserved, established := false, false
 	defer func() { r.connDone(c, reserved, established) }()

@@ -134,6 +134,7 @@ func (r *Registry) acceptLoop(ctx context.Context, c *container, ln *net.UnixLis
 	backoff := 5 * time.Millisecond
 	for {
 		conn, err := ln.AcceptUnix()
+		accepted := time.Now() // the wall clock: compared with a peer's start time
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
@@ -161,7 +162,7 @@ func (r *Registry) acceptLoop(ctx context.Context, c *container, ln *net.UnixLis
 		go func() {
 			defer r.wg.Done()
 			defer done.Done()
-			r.handleConn(ctx, c, conn)
+			r.handleConn(ctx, c, conn, accepted)
 		}()
 	}
 }

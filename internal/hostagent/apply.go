@@ -150,7 +150,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		return fail(errors.New(refusal))
 	}
 
-	restarted := false
+	restarted, started := false, false
 	since := a.now()
 	switch {
 	case p.state.Running && p.pb.Restart.GetRequired():
@@ -168,11 +168,12 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		if err := a.rt.Start(ctx, id); err != nil {
 			return a.rollback(ctx, op, p, backup, result, fmt.Errorf("start container %s: %w", id, err), progress)
 		}
-		restarted, result.Started = true, true
+		started = true
 	}
-	result.Restarted = restarted
+	// A start is not a restart: the answer says which one happened (issue 19).
+	result.Restarted, result.Started = restarted, started
 
-	running := (p.state.Running || restarted)
+	running := p.state.Running || started
 	if !running {
 		result.Status = a.status(ctx, spec)
 		_ = op.Done(OutcomeDesired, "stopped container written and left stopped")
@@ -180,7 +181,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	}
 
 	progress(id, "wait-ready", fmt.Sprintf("waiting up to %v for the guest's report", timeout))
-	snap, werr := a.waitReady(ctx, id, since, restarted, timeout)
+	snap, werr := a.waitReady(ctx, id, since, restarted || started, timeout)
 	status := a.status(ctx, spec)
 	result.Status = status
 	if status.GetState() == StateReady {
@@ -190,7 +191,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	}
 	detail := strings.Join(status.GetReasons(), "; ")
 	_ = op.Step(StepNotReady, Entry{Detail: detail})
-	if passthroughBroken(snap) && (result.Written || restarted) {
+	if passthroughBroken(snap) && (result.Written || restarted || started) {
 		return a.rollback(ctx, op, p, backup, result, fmt.Errorf("container %s is not ready after apply: %s", id, detail), progress)
 	}
 	if werr != nil && snap.Report == nil {

@@ -214,8 +214,8 @@ func (h *faultHost) apply(wantRunning bool, wait time.Duration) (*pb.ContainerRe
 		h.t.Fatalf("apply answered %d results", len(resp.GetContainers()))
 	}
 	res := resp.GetContainers()[0]
-	h.t.Logf("apply after %v: error=%q state=%s reasons=%q written=%v restarted=%v rolled_back=%v",
-		d.Round(time.Millisecond), res.GetError(), res.GetStatus().GetState(), res.GetStatus().GetReasons(), res.GetWritten(), res.GetRestarted(), res.GetRolledBack())
+	h.t.Logf("apply after %v: error=%q state=%s reasons=%q written=%v restarted=%v started=%v rolled_back=%v",
+		d.Round(time.Millisecond), res.GetError(), res.GetStatus().GetState(), res.GetStatus().GetReasons(), res.GetWritten(), res.GetRestarted(), res.GetStarted(), res.GetRolledBack())
 	return res, d
 }
 
@@ -321,8 +321,8 @@ func TestFaultDiskFull(t *testing.T) {
 
 	res, _ := h.apply(false, 2*time.Second)
 	wantContains(t, "error", res.GetError(), "write "+h.conf, "no space left on device", "the container and its config are as they were")
-	if res.GetWritten() || res.GetRestarted() {
-		t.Errorf("written=%v restarted=%v, want neither", res.GetWritten(), res.GetRestarted())
+	if res.GetWritten() || res.GetRestarted() || res.GetStarted() {
+		t.Errorf("written=%v restarted=%v started=%v, want none", res.GetWritten(), res.GetRestarted(), res.GetStarted())
 	}
 	h.assertConfAsWas()
 	if a := h.pctActions(); len(a) != 0 {
@@ -494,8 +494,9 @@ func TestFaultGuestNeverConnects(t *testing.T) {
 	if d < wait || d > wait+3*time.Second {
 		t.Errorf("returned after %v, want just after the %v deadline", d, wait)
 	}
-	if !res.GetWritten() || !res.GetRestarted() || !res.GetStarted() || res.GetRolledBack() {
-		t.Errorf("written=%v restarted=%v started=%v rolled_back=%v, want written and started, not rolled back", res.GetWritten(), res.GetRestarted(), res.GetStarted(), res.GetRolledBack())
+	if !res.GetWritten() || !res.GetStarted() || res.GetRestarted() || res.GetRolledBack() {
+		t.Errorf("written=%v started=%v restarted=%v rolled_back=%v, want written and started (a stopped container: not a restart), not rolled back",
+			res.GetWritten(), res.GetStarted(), res.GetRestarted(), res.GetRolledBack())
 	}
 	h.assertConfDesired()
 	if h.file("state-901") != "running" {

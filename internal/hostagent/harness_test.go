@@ -81,8 +81,9 @@ func (p testPKI) files(dir, name string) (c, k string) {
 	return filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
 }
 
-// newTestPKI makes the fleet CA with "host" (127.0.0.1), "controller" and "expired"
-// (valid for an hour two days ago), and another CA with "intruder".
+// newTestPKI makes the fleet CA with "host" (127.0.0.1), the controllers "controller",
+// "ci" and "expired" (valid for an hour two days ago), and another CA with the controller
+// "intruder".
 func newTestPKI(t testing.TB) testPKI {
 	t.Helper()
 	p := testPKI{dir: t.TempDir(), other: t.TempDir()}
@@ -95,15 +96,17 @@ func newTestPKI(t testing.TB) testPKI {
 	for _, req := range []struct {
 		dir  string
 		name string
+		role pki.Role
 		ips  []net.IP
 		opts pki.Options
 	}{
-		{p.dir, "host", []net.IP{net.IPv4(127, 0, 0, 1)}, pki.Options{}},
-		{p.dir, "controller", nil, pki.Options{}},
-		{p.dir, "expired", nil, pki.Options{Now: past, Validity: time.Hour}},
-		{p.other, "intruder", nil, pki.Options{}},
+		{p.dir, "host", pki.RoleHost, []net.IP{net.IPv4(127, 0, 0, 1)}, pki.Options{}},
+		{p.dir, "controller", pki.RoleController, nil, pki.Options{}},
+		{p.dir, "ci", pki.RoleController, nil, pki.Options{}},
+		{p.dir, "expired", pki.RoleController, nil, pki.Options{Now: past, Validity: time.Hour}},
+		{p.other, "intruder", pki.RoleController, nil, pki.Options{}},
 	} {
-		if _, _, err := pki.IssueFiles(req.dir, pki.IssueRequest{Name: req.name, IPs: req.ips}, req.opts); err != nil {
+		if _, _, err := pki.IssueFiles(req.dir, pki.IssueRequest{Name: req.name, Role: req.role, IPs: req.ips}, req.opts); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -171,6 +174,12 @@ type serviceFixture struct {
 // startService runs the daemon with the host certificate of p.
 func startService(t *testing.T, p testPKI) *serviceFixture {
 	t.Helper()
+	return startServiceWith(t, p, nil)
+}
+
+// startServiceWith is startService with a change to the host-agent.yaml it runs with.
+func startServiceWith(t *testing.T, p testPKI, edit func(*hostconfig.Config)) *serviceFixture {
+	t.Helper()
 	base := t.TempDir()
 	cfg := hostconfig.Default()
 	cfg.Listen = "127.0.0.1:0"
@@ -180,6 +189,9 @@ func startService(t *testing.T, p testPKI) *serviceFixture {
 	cfg.GuestSocketDir = filepath.Join(base, "g")
 	cfg.HostRoot = filepath.Join(base, "root")
 	cfg.Runtime = hostconfig.RuntimeLXC
+	if edit != nil {
+		edit(cfg)
+	}
 	if err := os.MkdirAll(cfg.HostRoot, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,11 @@ func styleOf(s pb.Style) passthrough.Style {
 // plan computes the config change and the restart decision for one container. It never
 // writes anything.
 func (a *Agent) plan(ctx context.Context, spec *pb.ContainerSpec) (*planned, error) {
+	return a.planKnown(ctx, spec, nil)
+}
+
+// planKnown is plan with the runtime state already known (nil: ask the runtime).
+func (a *Agent) planKnown(ctx context.Context, spec *pb.ContainerSpec, known *runtime.State) (*planned, error) {
 	id := spec.GetId()
 	p := &planned{spec: spec, pb: &pb.ContainerPlan{Id: id, Gpus: spec.GetGpus(), Restart: &pb.RestartDecision{}}}
 	p.file = a.configFile(id)
@@ -83,7 +88,7 @@ func (a *Agent) plan(ctx context.Context, spec *pb.ContainerSpec) (*planned, err
 		inv = &gpu.Inventory{Root: a.cfg.HostRoot, Majors: map[string]uint32{}, Nodes: map[string]gpu.Node{}}
 	}
 	p.inv = inv
-	res, err := passthrough.Plan(cfg, inv, passthrough.Desired{GPUs: spec.GetGpus(), Style: styleOf(spec.GetStyle()), GuestSocketDir: a.guestDir(id)})
+	res, err := passthrough.Plan(cfg, inv, passthrough.Desired{GPUs: spec.GetGpus(), Style: styleOf(spec.GetStyle()), GuestSocketDir: a.guestDir(id), MIGCaps: spec.GetMigCaps()})
 	if err != nil {
 		return p, fmt.Errorf("plan container %s: %w", id, err)
 	}
@@ -96,8 +101,10 @@ func (a *Agent) plan(ctx context.Context, spec *pb.ContainerSpec) (*planned, err
 		}
 		p.pb.Changes = append(p.pb.Changes, &pb.ConfigChange{Op: op, Line: c.Line, LineNumber: uint32(c.LineNumber)})
 	}
-	st, err := a.rt.State(ctx, id)
-	if err != nil {
+	var st runtime.State
+	if known != nil {
+		st = *known
+	} else if st, err = a.rt.State(ctx, id); err != nil {
 		return p, fmt.Errorf("state of container %s: %w", id, err)
 	}
 	p.state = st

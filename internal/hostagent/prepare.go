@@ -55,13 +55,13 @@ func (a *Agent) prepare(ctx context.Context, r runner.Runner) error {
 		path  string
 		minor uint32
 	}{{gpu.PathUVM, 0}, {gpu.PathUVMTools, 1}} {
-		if err := ensureNode(inv, n.path, uvm, n.minor); err != nil {
+		if err := ensureNode(inv, n.path, uvm, n.minor, 0o666); err != nil {
 			return err
 		}
 	}
 	if caps, ok := inv.Majors[gpu.MajorCaps]; ok {
-		for name, minor := range migCapMinors(root) {
-			if err := ensureNode(inv, filepath.Join(gpu.DirCaps, name), caps, minor); err != nil {
+		for name, c := range migCaps(root) {
+			if err := ensureNode(inv, filepath.Join(gpu.DirCaps, name), caps, c.minor, c.mode); err != nil {
 				return err
 			}
 		}
@@ -69,8 +69,9 @@ func (a *Agent) prepare(ctx context.Context, r runner.Runner) error {
 	return nil
 }
 
-// ensureNode creates the node when it is missing, or replaces one whose major is stale.
-func ensureNode(inv *gpu.Inventory, path string, major, minor uint32) error {
+// ensureNode creates the node (with mode) when it is missing, or replaces one whose major
+// is stale.
+func ensureNode(inv *gpu.Inventory, path string, major, minor uint32, mode os.FileMode) error {
 	// An existing char node whose major is current is kept whatever its minor (a
 	// simulated host's stand-ins are 10:229 and 10:200); missing or stale-major nodes are
 	// (re)created with the driver's minors.
@@ -82,33 +83,65 @@ func ensureNode(inv *gpu.Inventory, path string, major, minor uint32) error {
 		return fmt.Errorf("create %s: %w", filepath.Dir(host), err)
 	}
 	_ = os.Remove(host)
-	if err := gpu.Mknod(host, major, minor, 0o666); err != nil {
+	if err := gpu.Mknod(host, major, minor, mode); err != nil {
 		return fmt.Errorf("create node %s (%d:%d): %w", host, major, minor, err)
 	}
 	return nil
 }
 
-// migCapMinors reads the MIG capability files (/proc/driver/nvidia/capabilities/mig/*:
-// "DeviceFileMinor: N") and names their nodes nvidia-cap<N>.
-func migCapMinors(root string) map[string]uint32 {
+// migCap is one MIG capability node as the driver describes it.
+type migCap struct {
+	minor uint32
+	mode  os.FileMode
+}
+
+// defaultCapMode is used when a capability file names no mode: the strictest the driver
+// uses (its MIG config capability), never 0666.
+const defaultCapMode os.FileMode = 0o400
+
+// migCaps reads the MIG capability files (/proc/driver/nvidia/capabilities/mig/*:
+// "DeviceFileMinor: N" and "DeviceFileMode: M", M in decimal: 256 = 0400 for config, 292 =
+// 0444 for monitor on the GPU test hosts) and names their nodes nvidia-cap<N>. The node
+// gets the mode the driver asks for, as nvidia-modprobe -c would make it: a caps node
+// lets whoever opens it reconfigure or watch MIG.
+func migCaps(root string) map[string]migCap {
 	dir := filepath.Join(root, "proc/driver/nvidia/capabilities/mig")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil
 	}
-	out := map[string]uint32{}
+	out := map[string]migCap{}
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			continue
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "DeviceFileMinor:"); ok {
-				if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
-					out[fmt.Sprintf("nvidia-cap%d", n)] = uint32(n)
-				}
-			}
+		c, ok := parseCapFile(string(b))
+		if ok {
+			out[fmt.Sprintf("nvidia-cap%d", c.minor)] = c
 		}
 	}
 	return out
+}
+
+// parseCapFile reads one capability file; ok is false without a DeviceFileMinor.
+func parseCapFile(s string) (c migCap, ok bool) {
+	c.mode = defaultCapMode
+	for _, line := range strings.Split(s, "\n") {
+		k, v, found := strings.Cut(line, ":")
+		if !found {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "DeviceFileMinor":
+			c.minor, ok = uint32(n), true
+		case "DeviceFileMode":
+			c.mode = os.FileMode(n).Perm()
+		}
+	}
+	return c, ok
 }

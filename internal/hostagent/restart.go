@@ -100,10 +100,12 @@ func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, 
 	return &pb.RestartDecision{Required: len(reasons) > 0, Reasons: reasons}
 }
 
-// extraGPUNodes lists /dev/nvidia<N> nodes inside the running container that are not
-// desired (a shrunk assignment, GPUs a clone inherited).
+// extraGPUNodes lists /dev/nvidia<N> and /dev/nvidia-caps/* nodes inside the running
+// container that are not desired (a shrunk assignment, GPUs a clone inherited, MIG
+// capabilities a whole GPU no longer gets).
 func (a *Agent) extraGPUNodes(pid int, want map[string]passthrough.ExpectedDevice) []string {
-	ents, err := os.ReadDir(filepath.Join(a.procRoot(), fmt.Sprint(pid), "root", "dev"))
+	dev := filepath.Join(a.procRoot(), fmt.Sprint(pid), "root", "dev")
+	ents, err := os.ReadDir(dev)
 	if err != nil {
 		return nil
 	}
@@ -114,6 +116,13 @@ func (a *Agent) extraGPUNodes(pid int, want map[string]passthrough.ExpectedDevic
 			if _, ok := want[p]; !ok {
 				out = append(out, p)
 			}
+		}
+	}
+	caps, _ := os.ReadDir(filepath.Join(dev, "nvidia-caps"))
+	for _, e := range caps {
+		p := gpu.DirCaps + "/" + e.Name()
+		if _, ok := want[p]; !ok && e.Type()&os.ModeCharDevice != 0 {
+			out = append(out, p)
 		}
 	}
 	return out

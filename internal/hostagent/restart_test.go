@@ -102,6 +102,7 @@ func newRestartFixture(t *testing.T) *restartFixture {
 	reg := guestchan.New(guestchan.Config{
 		Dir: cfg.GuestSocketDir, Log: log.ForTest(t, "guests"),
 		PeerCgroup: func(int32) (string, error) { return "0::/lxc.payload.901\n", nil },
+		PeerRoot:   func(*net.UnixConn, int32, time.Time) error { return nil }, // this process stands for the guest
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -260,6 +261,15 @@ func TestRestartRule(t *testing.T) {
 			wantReason: "running container still has /dev/nvidia0, which is not assigned",
 		},
 		{
+			name: "still has MIG capability nodes a whole GPU no longer gets",
+			setup: func(f *restartFixture, desired []byte) {
+				f.liveContainer()
+				f.node("nvidia-caps/nvidia-cap1", 1, 3)
+				f.rt.started = desired
+			},
+			wantReason: "running container still has /dev/nvidia-caps/nvidia-cap1, which is not assigned",
+		},
+		{
 			name: "started with a stale rule",
 			setup: func(f *restartFixture, desired []byte) {
 				f.liveContainer()
@@ -367,8 +377,8 @@ func TestApplyIdempotent(t *testing.T) {
 	f.guestReport(pb.DeviceStatus_DEVICE_STATUS_OK)
 	resp := f.agent.Apply(context.Background(), &pb.ApplyRequest{Containers: []*pb.ContainerSpec{{Id: "901", Gpus: []string{"1"}}}, TimeoutMs: 2000}, nil)
 	res := resp.GetContainers()[0]
-	if res.GetWritten() || res.GetRestarted() || res.GetError() != "" {
-		t.Errorf("apply: written=%v restarted=%v err=%q", res.GetWritten(), res.GetRestarted(), res.GetError())
+	if res.GetWritten() || res.GetRestarted() || res.GetStarted() || res.GetError() != "" {
+		t.Errorf("apply: written=%v restarted=%v started=%v err=%q", res.GetWritten(), res.GetRestarted(), res.GetStarted(), res.GetError())
 	}
 	if len(f.rt.calls) != 0 {
 		t.Errorf("runtime calls %v, want none", f.rt.calls)

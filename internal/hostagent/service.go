@@ -84,7 +84,7 @@ func (s *Service) Run(ctx context.Context) error {
 
 	ln := s.Listener
 	if ln == nil {
-		tc, err := pki.ServerTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+		tc, err := pki.ServerTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key, cfg.AllowedControllers)
 		if err != nil {
 			return fmt.Errorf("controller listener TLS (%s): %w", cfg.File, err)
 		}

@@ -205,6 +205,7 @@ func runSoak(t *testing.T, o soakOptions) *soakResult {
 	reg := guestchan.New(guestchan.Config{
 		Dir: cfg.GuestSocketDir, Heartbeat: cfg.Heartbeat, StaleAfter: cfg.GuestStaleAfter,
 		Log: l.WithField("part", "guests"), Build: "soak", PeerPID: procs.peerPID, PeerCgroup: procs.cgroup,
+		PeerRoot: func(*net.UnixConn, int32, time.Time) error { return nil }, // simulated pids are all root
 	})
 	ids := make([]string, o.guests)
 	for i := range ids {
@@ -231,7 +232,7 @@ func runSoak(t *testing.T, o soakOptions) *soakResult {
 		agent.setExpectation(id, exp)
 	}
 
-	tc, err := pki.ServerTLS(p.ca(), filepath.Join(p.dir, "host.crt"), filepath.Join(p.dir, "host.key"))
+	tc, err := pki.ServerTLS(p.ca(), filepath.Join(p.dir, "host.crt"), filepath.Join(p.dir, "host.key"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

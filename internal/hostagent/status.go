@@ -67,10 +67,17 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 		a.metrics.setReady(id, false)
 		return cs
 	}
+	// As plan says it: whether what the container runs with differs from the desired
+	// state (the same evidence and rule, with the state just read).
+	if p, err := a.planKnown(ctx, spec, &st); err == nil {
+		cs.RestartRequired = p.pb.GetRestart().GetRequired()
+	}
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
-	if !snap.Connected {
-		// Say why from what the container sees: its socket hidden or never mounted.
+	if !snap.Connected && st.InitPID > 0 {
+		// Say why from what the container sees: its socket hidden or never mounted (where
+		// the runtime state gave the init's pid without a command: plain LXC; pct's status
+		// path reads only /proc/net/unix).
 		if ok, why := a.guestMountLive(st.InitPID, id); !ok {
 			cs.Reasons = dedupe(sortedAppend(cs.Reasons, why))
 			cs.State = StateNotReady

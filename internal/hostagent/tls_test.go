@@ -4,14 +4,17 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
+	"gpupass/internal/hostconfig"
 	"gpupass/internal/wire"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -160,4 +163,46 @@ func TestTLSRefusesGuestRole(t *testing.T) {
 			assertControllerServed(t, f)
 		})
 	}
+}
+
+// rawClientTLS presents any certificate of dir, whatever its role: what a host's key (or an
+// old certificate) would do if someone pointed a controller at it. pki.ClientTLS refuses
+// such certificates itself.
+func rawClientTLS(t *testing.T, p testPKI, name string) *tls.Config {
+	t.Helper()
+	c, k := p.pair(name)
+	cert, err := tls.LoadX509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(p.ca())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "127.0.0.1"}
+}
+
+// A host's certificate (signed by the fleet CA, valid) is not a controller: the agent
+// refuses it, so one compromised host cannot drive every other host.
+func TestTLSRefusesHostCertificateAsController(t *testing.T) {
+	p := newTestPKI(t)
+	refusedTLS(t, p, rawClientTLS(t, p, "host"), "certificate specifies an incompatible key usage")
+}
+
+// allowed_controllers pins the controller names: another controller certificate of the
+// fleet CA is refused, the pinned one is served.
+func TestTLSAllowedControllers(t *testing.T) {
+	p := newTestPKI(t)
+	f := startServiceWith(t, p, func(c *hostconfig.Config) { c.AllowedControllers = []string{"controller"} })
+	sess, err := dialController(f.addr, p.clientTLS(t, p.dir, "ci"), pb.Role_ROLE_CONTROLLER)
+	if err == nil {
+		sess.Close()
+		t.Fatal("a controller not in allowed_controllers was served")
+	}
+	if _, ok := f.logs.waitLog(5*time.Second, "controller TLS handshake refused", `check client certificate \"ci\": wrong certificate role: not in allowed_controllers`); !ok {
+		t.Fatal("no refusal naming allowed_controllers in the host agent's log")
+	}
+	assertControllerServed(t, f)
 }

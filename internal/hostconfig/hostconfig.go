@@ -5,10 +5,11 @@ package hostconfig
 import (
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/strictyaml"
 )
 
@@ -38,8 +39,11 @@ type Config struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	// GuestStaleAfter: a guest whose last report is older counts as not reporting.
 	GuestStaleAfter time.Duration `yaml:"guest_stale_after"`
-	LXCPath         string        `yaml:"lxc_path"`  // the lxc runtime's container directory
+	LXCPath         string        `yaml:"lxc_path"`  // the lxc runtime's container directory; default <host_root>/var/lib/lxc
 	Simulated       bool          `yaml:"simulated"` // label the host as a simulated GPU host
+	// AllowedControllers, when not empty, pins the controller certificates served (by common
+	// name); every one must also have the controller role.
+	AllowedControllers []string `yaml:"allowed_controllers"`
 
 	File string `yaml:"-"` // the file it was read from ("" for defaults)
 }
@@ -71,7 +75,7 @@ func Default() *Config {
 
 // Load reads and validates the configuration file at path.
 func Load(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := inputlimit.ReadFile(path, inputlimit.HostConfigFile)
 	if err != nil {
 		return nil, fmt.Errorf("load host agent config: %w", err)
 	}
@@ -82,9 +86,13 @@ func Load(path string) (*Config, error) {
 // the file leaves out keep their Default values.
 func Parse(file string, data []byte) (*Config, error) {
 	c := Default()
+	c.LXCPath = "" // set below from host_root unless the file names it
 	doc, err := strictyaml.Decode(file, data, Version, c)
 	if err != nil {
 		return nil, err
+	}
+	if c.LXCPath == "" {
+		c.LXCPath = filepath.Join(c.HostRoot, "var/lib/lxc")
 	}
 	c.File = file
 	if err := c.validate(doc); err != nil {
@@ -119,6 +127,11 @@ func (c *Config) validate(doc *strictyaml.Doc) error {
 			return doc.Errorf(f.path, "%q: use an absolute path", f.val)
 		}
 	}
+	for i, n := range c.AllowedControllers {
+		if !controllerNameRE.MatchString(n) {
+			return doc.Errorf(fmt.Sprintf("allowed_controllers[%d]", i), "%q is not a certificate name (the --name given to gpupass pki issue --role controller)", n)
+		}
+	}
 	if c.Heartbeat < 100*time.Millisecond || c.Heartbeat > time.Hour {
 		return doc.Errorf("heartbeat", "%s: use a duration between 100ms and 1h", c.Heartbeat)
 	}
@@ -127,6 +140,9 @@ func (c *Config) validate(doc *strictyaml.Doc) error {
 	}
 	return nil
 }
+
+// controllerNameRE is pki's certificate name rule.
+var controllerNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 func checkHostPort(s string) error {
 	_, port, err := net.SplitHostPort(s)

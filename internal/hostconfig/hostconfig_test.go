@@ -4,11 +4,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/strictyaml"
 )
 
@@ -57,7 +59,7 @@ func TestParseErrors(t *testing.T) {
 	tests := []struct{ name, in, want string }{
 		{"no version", "listen: \":1\"\n", "h.yaml:1: version: missing; add version: 1 as the first line"},
 		{"version 2", "version: 2\n", "h.yaml:1: version: unsupported version 2: this gpupass reads version 1 (upgrade gpupass or convert the file)"},
-		{"unknown key", "version: 1\nlisten_addr: x\n", "h.yaml:2: listen_addr: unknown field; known fields here: version, listen, runtime, tls, state_dir, guest_socket_dir, host_root, metrics_listen, heartbeat, guest_stale_after, lxc_path, simulated"},
+		{"unknown key", "version: 1\nlisten_addr: x\n", "h.yaml:2: listen_addr: unknown field; known fields here: version, listen, runtime, tls, state_dir, guest_socket_dir, host_root, metrics_listen, heartbeat, guest_stale_after, lxc_path, simulated, allowed_controllers"},
 		{"unknown tls key", "version: 1\ntls: {ca: /a, crt: /b}\n", "h.yaml:2: tls.crt: unknown field; known fields here: ca, cert, key"},
 		{"bad runtime", "version: 1\nruntime: docker\n", `h.yaml:2: runtime: "docker": use pct (Proxmox) or lxc (plain LXC)`},
 		{"bad listen", "version: 1\nlisten: 7420\n", `h.yaml:2: listen: "7420" is not host:port (e.g. "0.0.0.0:7420")`},
@@ -65,6 +67,7 @@ func TestParseErrors(t *testing.T) {
 		{"empty state dir", "version: 1\nstate_dir: \"\"\n", `h.yaml:2: state_dir: must not be empty`},
 		{"bad duration", "version: 1\nheartbeat: 10\n", `h.yaml:2: heartbeat: must be a duration such as "10s", got int "10"`},
 		{"stale before heartbeat", "version: 1\nheartbeat: 30s\n", `h.yaml:1: guest_stale_after: 30s must be longer than heartbeat (30s), e.g. three heartbeats`},
+		{"bad controller name", "version: 1\nallowed_controllers: [controller, \"a b\"]\n", `h.yaml:2: allowed_controllers[1]: "a b" is not a certificate name (the --name given to gpupass pki issue --role controller)`},
 		{"simulated string", "version: 1\nsimulated: \"yes\"\n", `h.yaml:2: simulated: must be true or false, got str "yes"`},
 		{"trailing document", "version: 1\n---\nversion: 1\n", `h.yaml:2: a second YAML document ('---') follows; keep one document per file`},
 	}
@@ -93,4 +96,47 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("invalid config accepted: %+v", c)
 		}
 	})
+}
+
+// lxc_path follows host_root unless the file names it (host_root documents itself as the
+// prefix of /var/lib/lxc).
+func TestLXCPathDefaultsUnderHostRoot(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"no host_root", "version: 1\n", "/var/lib/lxc"},
+		{"host_root", "version: 1\nhost_root: /tmp/sim\n", "/tmp/sim/var/lib/lxc"},
+		{"explicit lxc_path wins", "version: 1\nhost_root: /tmp/sim\nlxc_path: /srv/lxc\n", "/srv/lxc"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("h.yaml", []byte(tt.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(c.LXCPath, tt.want); diff != "" {
+				t.Errorf("(-got +want)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestAllowedControllers(t *testing.T) {
+	c, err := Parse("h.yaml", []byte("version: 1\nallowed_controllers: [controller, ci-controller]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c.AllowedControllers, []string{"controller", "ci-controller"}); diff != "" {
+		t.Errorf("(-got +want)\n%s", diff)
+	}
+}
+
+// An oversized host-agent.yaml is refused before it is parsed.
+func TestLoadRefusesOversizedFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "host-agent.yaml")
+	if err := os.WriteFile(p, append([]byte("version: 1\n#"), make([]byte, 2<<20)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p)
+	if !errors.Is(err, inputlimit.ErrTooLarge) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("err = %v, want ErrTooLarge naming the file", err)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,7 +231,7 @@ func (c *Container) Start(t testing.TB) {
 	_ = os.Remove(c.LogPath())
 	if _, _, err := c.lxc("lxc-start", "-l", "DEBUG", "-o", c.LogPath()); err != nil {
 		log, _ := os.ReadFile(c.LogPath())
-		t.Fatalf("lxctest: start %s: %v\nlog (end):\n%s", c.name, err, tail(log, 3000))
+		t.Fatal(startFailure(c.name, err, log, c.LogPath()))
 	}
 	if _, _, err := c.lxc("lxc-wait", "-s", "RUNNING", "-t", "10"); err != nil {
 		t.Fatalf("lxctest: wait for %s to run: %v", c.name, err)
@@ -304,10 +305,27 @@ func (c *Container) Attach(t testing.TB, argv ...string) (stdout string, exitCod
 	return stdout, code
 }
 
+// AttachAs is Attach as the container's user uid (and group uid).
+func (c *Container) AttachAs(t testing.TB, uid int, argv ...string) (stdout string, exitCode int) {
+	t.Helper()
+	id := strconv.Itoa(uid)
+	stdout, stderr, code := c.attach(t, []string{"-u", id, "-g", id}, argv...)
+	if stderr != "" {
+		t.Logf("lxctest: %s: uid %d: %v: stderr: %s", c.name, uid, argv, strings.TrimSpace(stderr))
+	}
+	return stdout, code
+}
+
 // AttachFull is Attach returning standard error too.
 func (c *Container) AttachFull(t testing.TB, argv ...string) (stdout, stderr string, exitCode int) {
 	t.Helper()
-	args := append([]string{"lxc-attach", "--clear-env", "-v", "PATH=/bin:/usr/bin:/sbin:/usr/sbin", "--"}, argv...)
+	return c.attach(t, nil, argv...)
+}
+
+func (c *Container) attach(t testing.TB, opts []string, argv ...string) (stdout, stderr string, exitCode int) {
+	t.Helper()
+	args := append(append([]string{"lxc-attach"}, opts...), "--clear-env", "-v", "PATH=/bin:/usr/bin:/sbin:/usr/sbin", "--")
+	args = append(args, argv...)
 	stdout, stderr, err := c.lxc(args...)
 	var ee *exec.ExitError
 	switch {
@@ -384,6 +402,29 @@ func nameFor(testName string) string {
 	var rnd [3]byte
 	_, _ = rand.Read(rnd[:])
 	return "lt" + b.String() + "-" + hex.EncodeToString(rnd[:])
+}
+
+// NamespacesRefused is what a test says when the kernel refuses LXC a new set of
+// namespaces: the usual cause is a chroot (the kernel refuses user namespaces to a chrooted
+// caller), or user namespaces switched off.
+const NamespacesRefused = "LXC cannot create namespaces here (\"Failed to clone a new set of namespaces\"): " +
+	"the LXC tests need root on a real root filesystem (not a chroot) with user namespaces allowed " +
+	"(kernel.unprivileged_userns_clone / user.max_user_namespaces); see README.md, Requirements"
+
+// namespacesSaid is set once a test has said NamespacesRefused with the log.
+var namespacesSaid atomic.Bool
+
+// startFailure explains a failed lxc-start. When the kernel refused the namespaces, every
+// such test says NamespacesRefused, and only the first adds the end of its log; otherwise
+// it is the error and the end of the log (the full log stays at logPath).
+func startFailure(name string, err error, log []byte, logPath string) string {
+	if bytes.Contains(log, []byte("Failed to clone a new set of namespaces")) {
+		if namespacesSaid.CompareAndSwap(false, true) {
+			return fmt.Sprintf("lxctest: start %s: %s\nlog (end; all of it in %s):\n%s", name, NamespacesRefused, logPath, tail(log, 1000))
+		}
+		return fmt.Sprintf("lxctest: start %s: %s", name, NamespacesRefused)
+	}
+	return fmt.Sprintf("lxctest: start %s: %v\nlog (end; all of it in %s):\n%s", name, err, logPath, tail(log, 3000))
 }
 
 func tail(b []byte, n int) string {

@@ -2,6 +2,7 @@ package lxctest
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -226,5 +227,41 @@ func TestRenderSystemdConfig(t *testing.T) {
 		if strings.Contains(got, bad) {
 			t.Errorf("config has %q:\n%s", bad, got)
 		}
+	}
+}
+
+// TestStartFailureSaysWhy: when the kernel refuses LXC its namespaces (a chroot), the first
+// failing start says so in one sentence with the end of its log, later ones say only the
+// sentence; any other failure keeps the error and the log's end.
+func TestStartFailureSaysWhy(t *testing.T) {
+	namespacesSaid.Store(false)
+	t.Cleanup(func() { namespacesSaid.Store(false) })
+	refused := []byte("lxc-start lt 20261202 ERROR start - ../src/lxc/start.c:lxc_spawn:1773 - Failed to clone a new set of namespaces\n")
+	other := []byte("lxc-start lt ERROR conf - no such file\n")
+	errStart := errors.New("lxc-start: exit 1")
+	tests := []struct {
+		name     string
+		log      []byte
+		want     []string
+		wantNone []string
+	}{
+		{"first refused", refused, []string{NamespacesRefused, "log (end; all of it in /l/x.log)", "Failed to clone"}, nil},
+		{"second refused", refused, []string{"lxctest: start c: " + NamespacesRefused}, []string{"log (end"}},
+		{"other failure", other, []string{"lxc-start: exit 1", "no such file"}, []string{NamespacesRefused}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := startFailure("c", errStart, tt.log, "/l/x.log")
+			for _, s := range tt.want {
+				if !strings.Contains(got, s) {
+					t.Errorf("%q lacks %q", got, s)
+				}
+			}
+			for _, s := range tt.wantNone {
+				if strings.Contains(got, s) {
+					t.Errorf("%q has %q", got, s)
+				}
+			}
+		})
 	}
 }

@@ -77,6 +77,11 @@ type Desired struct {
 	GuestSocketDir string
 	// Label names the config in the diff (default "config").
 	Label string
+	// MIGCaps passes the host's /dev/nvidia-caps/* nodes (MIG config and monitor) too.
+	// Without it whole GPUs get none, whether or not they exist on the host (as NVIDIA's
+	// container toolkit does): they let a container reconfigure or watch MIG. A plan
+	// without it removes caps entries a config already has.
+	MIGCaps bool
 }
 
 // Op is the kind of a Change.
@@ -143,6 +148,11 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 	if d.GuestSocketDir != "" && (!strings.HasPrefix(d.GuestSocketDir, "/") || strings.ContainsAny(d.GuestSocketDir, " \t\n\\")) {
 		return nil, fmt.Errorf("guest socket dir %q must be an absolute path without whitespace or backslashes: %w", d.GuestSocketDir, ErrInvalid)
 	}
+	if d.Style == Dev && cfg.Format == pveconf.LXC && len(d.GPUs) > 0 {
+		// Only PVE turns devN keys into device nodes and cgroup rules; plain LXC ignores
+		// them, and the container would start without its GPUs.
+		return nil, fmt.Errorf("style dev writes PVE devN entries, which plain LXC ignores (the container would start without its GPUs): use style raw for an LXC config: %w", ErrInvalid)
+	}
 	if len(d.GPUs) > 0 && inv == nil {
 		return nil, fmt.Errorf("GPUs %s desired but no driver inventory: %w", strings.Join(d.GPUs, ","), gpu.ErrNoDriver)
 	}
@@ -155,6 +165,9 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 		}
 		if nodes, err = inv.RequiredNodes(gpus); err != nil {
 			return nil, err
+		}
+		if !d.MIGCaps {
+			nodes = withoutCaps(nodes)
 		}
 		res.GPUs = gpus
 	}
@@ -214,6 +227,17 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 	}
 	res.Warnings = warnings(cfg, m)
 	return res, nil
+}
+
+// withoutCaps drops the /dev/nvidia-caps/* nodes.
+func withoutCaps(nodes []gpu.Node) []gpu.Node {
+	out := nodes[:0:0]
+	for _, n := range nodes {
+		if !strings.HasPrefix(n.Path, gpu.DirCaps+"/") {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // sameLines reports whether the main section's managed lines are, as a multiset of key

@@ -134,7 +134,8 @@ var goldenCases = []goldenCase{
 	},
 	{
 		name: "row05_dynamic_uvm_major_h100", fixture: "h100", in: "03-snapshots.conf",
-		desired: Desired{GPUs: []string{"0000:00:06.0"}},
+		// mig_caps asked, so that the caps major (241 here) is rendered too.
+		desired: Desired{GPUs: []string{"0000:00:06.0"}, MIGCaps: true},
 		check: func(t *testing.T, r *Result) {
 			if !hasLine(r, "lxc.cgroup2.devices.allow: c 238:0 rwm\n") || !hasLine(r, "lxc.cgroup2.devices.allow: c 241:1 rwm\n") {
 				t.Error("uvm/caps rules not rendered with the majors of /proc/devices (238, 241)")
@@ -193,6 +194,30 @@ var goldenCases = []goldenCase{
 		check: func(t *testing.T, r *Result) {
 			if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "pve:pending") {
 				t.Errorf("warnings = %q, want one about [pve:pending]", r.Warnings)
+			}
+		}},
+	{name: "mig_caps_not_passed_for_whole_gpus", fixture: "mig", in: "11-privileged-gpu-raw.conf",
+		desired: Desired{GPUs: []string{"0"}},
+		check: func(t *testing.T, r *Result) {
+			if bytes.Contains(r.New, []byte("nvidia-caps")) || bytes.Contains(r.New, []byte("c 508:")) {
+				t.Error("caps entries left for a whole GPU without mig_caps")
+			}
+			if !bytes.Contains(r.Old, []byte("nvidia-caps")) {
+				t.Error("the input has no caps entries to remove: the case proves nothing")
+			}
+			for _, d := range r.Devices {
+				if strings.HasPrefix(d.Path, gpu.DirCaps) {
+					t.Errorf("expected device %s", d.Path)
+				}
+			}
+		}},
+	{name: "mig_caps_passed_when_asked", fixture: "mig", in: "12-cloned.conf",
+		desired: Desired{GPUs: []string{"0"}, MIGCaps: true},
+		check: func(t *testing.T, r *Result) {
+			for _, want := range []string{"lxc.cgroup2.devices.allow: c 508:1 rwm\n", "lxc.mount.entry: /dev/nvidia-caps/nvidia-cap2 dev/nvidia-caps/nvidia-cap2 none bind,create=file 0 0\n"} {
+				if !hasLine(r, want) {
+					t.Errorf("missing %q", want)
+				}
 			}
 		}},
 	{name: "raw_from_dev_style", fixture: "pve-2gpu", in: "08-devN.conf", desired: Desired{GPUs: []string{"0"}, Style: Raw}},
@@ -286,6 +311,12 @@ func TestPlanErrors(t *testing.T) {
 				t.Errorf("Plan error = %v, want %v containing %q", err, tt.is, tt.msg)
 			}
 		})
+	}
+	// Plain LXC ignores PVE's devN keys: dev style on an LXC config is refused at plan
+	// time, not written to start a container without its GPUs.
+	lxcCfg, _ := readIn(t, "25-lxc-format.config")
+	if _, err := Plan(lxcCfg, gputest.Inventory(t, "pve-2gpu"), Desired{GPUs: []string{"0"}, Style: Dev}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "plain LXC ignores") {
+		t.Errorf("dev style on an LXC config: err = %v, want ErrInvalid saying plain LXC ignores devN", err)
 	}
 	cfg, _ := readIn(t, "12-cloned.conf")
 	if _, err := Plan(cfg, nil, Desired{GPUs: []string{"0"}}); !errors.Is(err, gpu.ErrNoDriver) {
@@ -426,5 +457,40 @@ func BenchmarkPlan2KiB(b *testing.B) {
 		if err != nil || !r.Changed {
 			b.Fatalf("plan: %v changed=%v", err, r != nil && r.Changed)
 		}
+	}
+}
+
+// A config gpupass wrote with caps (mig_caps true, or before caps needed asking) loses every
+// caps entry, rules and mounts, on the next plan without mig_caps; nothing else changes.
+func TestPlanRemovesCapsEntriesItWrote(t *testing.T) {
+	inv := gputest.Inventory(t, "mig")
+	cfg, _ := readIn(t, "12-cloned.conf")
+	with, err := Plan(cfg, inv, Desired{GPUs: []string{"0"}, MIGCaps: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(with.New, []byte("nvidia-caps/nvidia-cap1")) || !bytes.Contains(with.New, []byte("c 508:2 rwm")) {
+		t.Fatalf("mig_caps plan lacks caps entries:\n%s", with.New)
+	}
+	without, err := Plan(with.Config, inv, Desired{GPUs: []string{"0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var removed []string
+	for _, c := range without.Changes {
+		if c.Op != Remove {
+			t.Errorf("unexpected addition %q", c.Line)
+			continue
+		}
+		removed = append(removed, c.Line)
+	}
+	want := []string{
+		"lxc.cgroup2.devices.allow: c 508:1 rwm",
+		"lxc.cgroup2.devices.allow: c 508:2 rwm",
+		"lxc.mount.entry: /dev/nvidia-caps/nvidia-cap1 dev/nvidia-caps/nvidia-cap1 none bind,create=file 0 0",
+		"lxc.mount.entry: /dev/nvidia-caps/nvidia-cap2 dev/nvidia-caps/nvidia-cap2 none bind,create=file 0 0",
+	}
+	if diff := cmp.Diff(removed, want); diff != "" {
+		t.Errorf("removed lines (-got +want)\n%s", diff)
 	}
 }

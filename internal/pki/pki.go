@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -152,9 +153,64 @@ func LoadCA(dir string) (*CA, error) {
 	return &CA{Cert: cert, Key: key, PEM: certPEM}, nil
 }
 
+// Role says what a certificate may do in the fleet. It is written into the certificate's
+// subject (organizational unit) and its extended key usage: a host certificate only serves
+// (server auth), a controller certificate is only a client (client auth). Host agents serve
+// controller-role client certificates only, so a host's key cannot act as the controller.
+type Role string
+
+// The roles.
+const (
+	RoleHost       Role = "host"
+	RoleController Role = "controller"
+)
+
+// ParseRole checks a --role value.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleHost, RoleController:
+		return r, nil
+	}
+	return "", fmt.Errorf("parse role: %q: use host or controller", s)
+}
+
+// DefaultRole is the role of a certificate issued without one: controller for the name
+// "controller", host for every other name.
+func DefaultRole(name string) Role {
+	if name == string(RoleController) {
+		return RoleController
+	}
+	return RoleHost
+}
+
+// RoleOf reads the role from a certificate; "" for a certificate issued before roles
+// existed (or by something else).
+func RoleOf(cert *x509.Certificate) Role {
+	var role Role
+	for _, ou := range cert.Subject.OrganizationalUnit {
+		r, ok := strings.CutPrefix(ou, roleOUPrefix)
+		if !ok {
+			continue
+		}
+		if role != "" {
+			return "" // two roles: none
+		}
+		parsed, err := ParseRole(r)
+		if err != nil {
+			return ""
+		}
+		role = parsed
+	}
+	return role
+}
+
+// roleOUPrefix marks the organizational unit that carries the role.
+const roleOUPrefix = "gpupass-role="
+
 // IssueRequest names the certificate to issue.
 type IssueRequest struct {
 	Name string   // common name and file name stem; also a DNS SAN when it is a valid host name
+	Role Role     // "" means DefaultRole(Name)
 	IPs  []net.IP // IP SANs
 	DNS  []string // further DNS SANs
 }
@@ -162,11 +218,23 @@ type IssueRequest struct {
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 var dnsRE = regexp.MustCompile(`^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
 
-// Issue signs a certificate usable both as a TLS server and a TLS client certificate and
-// returns the certificate and key, PEM encoded.
+// Issue signs a certificate for req.Role (a host certificate is a TLS server certificate, a
+// controller certificate a TLS client certificate) and returns the certificate and key, PEM
+// encoded.
 func (ca *CA) Issue(req IssueRequest, opts Options) (certPEM, keyPEM []byte, err error) {
 	if !nameRE.MatchString(req.Name) {
 		return nil, nil, fmt.Errorf("issue certificate: name %q: use letters, digits, '.', '_' and '-' (at most 63)", req.Name)
+	}
+	role := req.Role
+	if role == "" {
+		role = DefaultRole(req.Name)
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return nil, nil, fmt.Errorf("issue certificate: %w", err)
+	}
+	eku := x509.ExtKeyUsageServerAuth
+	if role == RoleController {
+		eku = x509.ExtKeyUsageClientAuth
 	}
 	dns := []string{}
 	if dnsRE.MatchString(req.Name) {
@@ -195,11 +263,11 @@ func (ca *CA) Issue(req IssueRequest, opts Options) (certPEM, keyPEM []byte, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:   serial,
-		Subject:        pkix.Name{CommonName: req.Name, Organization: []string{"gpupass"}},
+		Subject:        pkix.Name{CommonName: req.Name, Organization: []string{"gpupass"}, OrganizationalUnit: []string{roleOUPrefix + string(role)}},
 		NotBefore:      now.Add(-5 * time.Minute),
 		NotAfter:       now.Add(validity),
 		KeyUsage:       x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:    []x509.ExtKeyUsage{eku},
 		DNSNames:       dns,
 		IPAddresses:    req.IPs,
 		AuthorityKeyId: ca.Cert.SubjectKeyId,

@@ -1,16 +1,24 @@
 package pki
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func mustCA(t *testing.T, dir string) *CA {
@@ -24,7 +32,12 @@ func mustCA(t *testing.T, dir string) *CA {
 
 func mustIssue(t *testing.T, dir, name string, opts Options, ips ...string) (string, string) {
 	t.Helper()
-	req := IssueRequest{Name: name}
+	return mustIssueRole(t, dir, name, "", opts, ips...)
+}
+
+func mustIssueRole(t *testing.T, dir, name string, role Role, opts Options, ips ...string) (string, string) {
+	t.Helper()
+	req := IssueRequest{Name: name, Role: role}
 	for _, ip := range ips {
 		req.IPs = append(req.IPs, net.ParseIP(ip))
 	}
@@ -89,10 +102,14 @@ func TestIssueChainsAndSANs(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
-	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
-			t.Errorf("verify for usage %v: %v", usage, err)
-		}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("verify as server: %v", err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Error("a host certificate verifies as a client certificate")
+	}
+	if r := RoleOf(cert); r != RoleHost {
+		t.Errorf("role = %q, want host", r)
 	}
 	for _, host := range []string{"pve1", "pve1.example.org", "10.0.0.11"} {
 		if err := cert.VerifyHostname(host); err != nil {
@@ -104,6 +121,87 @@ func TestIssueChainsAndSANs(t *testing.T) {
 	}
 	if _, _, err := IssueFiles(dir, IssueRequest{Name: "pve1"}, Options{}); !errors.Is(err, ErrExists) {
 		t.Errorf("reissue without force: err = %v, want ErrExists", err)
+	}
+}
+
+// Each role gets its own key usage and the role in its subject; without --role the name
+// decides.
+func TestIssueRoles(t *testing.T) {
+	dir := t.TempDir()
+	ca := mustCA(t, dir)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	tests := []struct {
+		name       string
+		req        IssueRequest
+		wantRole   Role
+		wantServer bool
+		wantClient bool
+	}{
+		{"explicit controller", IssueRequest{Name: "ci", Role: RoleController}, RoleController, false, true},
+		{"explicit host", IssueRequest{Name: "pve2", Role: RoleHost}, RoleHost, true, false},
+		{"name controller defaults to controller", IssueRequest{Name: "controller"}, RoleController, false, true},
+		{"other names default to host", IssueRequest{Name: "pve3"}, RoleHost, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := IssueFiles(dir, tt.req, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(c)
+			cert, err := parseCert(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			verifies := func(u x509.ExtKeyUsage) bool {
+				_, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{u}})
+				return err == nil
+			}
+			got := []any{RoleOf(cert), verifies(x509.ExtKeyUsageServerAuth), verifies(x509.ExtKeyUsageClientAuth)}
+			want := []any{tt.wantRole, tt.wantServer, tt.wantClient}
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("role, server, client (-got +want)\n%s", diff)
+			}
+		})
+	}
+	if _, _, err := IssueFiles(dir, IssueRequest{Name: "x", Role: "admin"}, Options{}); err == nil || !strings.Contains(err.Error(), "use host or controller") {
+		t.Errorf("role admin: err = %v", err)
+	}
+}
+
+// issueLegacy writes dir/name.crt and .key as gpupass issued them before roles: usable as
+// server and client, no role.
+func issueLegacy(t *testing.T, dir, name string) {
+	t.Helper()
+	ca, err := LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: name, Organization: []string{"gpupass"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := marshalKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".key"), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -176,19 +274,35 @@ func TestMutualTLS(t *testing.T) {
 	past := func() time.Time { return time.Now().Add(-48 * time.Hour) }
 	mustIssue(t, dir, "host", Options{}, "127.0.0.1")
 	mustIssue(t, dir, "controller", Options{})
-	mustIssue(t, other, "intruder", Options{})
-	mustIssue(t, dir, "expired", Options{Now: past, Validity: time.Hour})
+	mustIssueRole(t, other, "intruder", RoleController, Options{})
+	mustIssueRole(t, dir, "expired", RoleController, Options{Now: past, Validity: time.Hour})
 	mustIssue(t, dir, "expiredhost", Options{Now: past, Validity: time.Hour}, "127.0.0.1")
+	mustIssueRole(t, dir, "ci", RoleController, Options{})
+	mustIssueRole(t, dir, "ctlserver", RoleController, Options{}, "127.0.0.1")
+	issueLegacy(t, dir, "legacy")
 	ca := filepath.Join(dir, "ca.crt")
 	p := func(d, n string) (string, string) { return filepath.Join(d, n+".crt"), filepath.Join(d, n+".key") }
 
-	server := func(name string) *tls.Config {
+	server := func(name string, allowed ...string) *tls.Config {
 		c, k := p(dir, name)
-		cfg, err := ServerTLS(ca, c, k)
+		cfg, err := ServerTLS(ca, c, k, allowed)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return cfg
+	}
+	// raw presents a certificate whatever its role (ClientTLS and ServerTLS refuse wrong
+	// roles themselves).
+	raw := func(name string) *tls.Config {
+		c, k := p(dir, name)
+		cert, err := tls.LoadX509KeyPair(c, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(ca)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(b)
+		return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, ServerName: "127.0.0.1"}
 	}
 	client := func(d, name, serverName string) *tls.Config {
 		c, k := p(d, name)
@@ -210,7 +324,11 @@ func TestMutualTLS(t *testing.T) {
 		ok     bool
 	}{
 		{"controller to host", server("host"), client(dir, "controller", "127.0.0.1"), true},
-		{"host cert also works as client", server("host"), client(dir, "host", "127.0.0.1"), true},
+		{"host certificate as client refused", server("host"), raw("host"), false},
+		{"certificate without role as client refused", server("host"), raw("legacy"), false},
+		{"pinned controller", server("host", "controller"), client(dir, "controller", "127.0.0.1"), true},
+		{"controller not pinned refused", server("host", "controller"), client(dir, "ci", "127.0.0.1"), false},
+		{"controller certificate cannot serve", raw("ctlserver"), client(dir, "controller", "127.0.0.1"), false},
 		{"no client certificate", server("host"), noCert, false},
 		{"client from another CA", server("host"), client(other, "intruder", "127.0.0.1"), false},
 		{"expired client certificate", server("host"), client(dir, "expired", "127.0.0.1"), false},
@@ -238,7 +356,7 @@ func TestLoadErrorsNameFiles(t *testing.T) {
 		t.Fatalf("err = %v, want the file named", err)
 	}
 	mustCA(t, dir)
-	_, err = ServerTLS(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "missing.crt"), filepath.Join(dir, "missing.key"))
+	_, err = ServerTLS(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "missing.crt"), filepath.Join(dir, "missing.key"), nil)
 	if err == nil || !strings.Contains(err.Error(), "missing.crt") {
 		t.Fatalf("err = %v, want the file named", err)
 	}
@@ -250,7 +368,7 @@ func TestSessionCacheResumesAcrossProcesses(t *testing.T) {
 	mustIssue(t, dir, "host", Options{}, "127.0.0.1")
 	mustIssue(t, dir, "controller", Options{})
 	ca := filepath.Join(dir, "ca.crt")
-	server, err := ServerTLS(ca, filepath.Join(dir, "host.crt"), filepath.Join(dir, "host.key"))
+	server, err := ServerTLS(ca, filepath.Join(dir, "host.crt"), filepath.Join(dir, "host.key"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +383,11 @@ func TestSessionCacheResumesAcrossProcesses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		client.ClientSessionCache = cache
+		scoped, err := cache.For(ca, filepath.Join(dir, "controller.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		client.ClientSessionCache = scoped
 		var didResume bool
 		client.VerifyConnection = func(cs tls.ConnectionState) error {
 			didResume = cs.DidResume
@@ -297,5 +419,110 @@ func TestSessionCacheResumesAcrossProcesses(t *testing.T) {
 	}
 	if c, err := LoadSessionCache(cachePath); err == nil || c.Len() != 0 {
 		t.Errorf("corrupt cache: err=%v len=%d, want an error and an empty cache", err, c.Len())
+	}
+}
+
+// The on-disk session cache is keyed by the client certificate and the CA as well as the
+// host: a fleet file pointing at another certificate, or at another CA bundle, makes a full
+// handshake, and the host agent sees (and checks) the certificate named, never the old one.
+// Real TLS 1.3 handshakes over loopback, one host agent configuration throughout.
+func TestSessionCacheKeyedByIdentity(t *testing.T) {
+	dir, other := t.TempDir(), t.TempDir()
+	mustCA(t, dir)
+	mustCA(t, other)
+	mustIssue(t, dir, "host", Options{}, "127.0.0.1")
+	mustIssue(t, dir, "controller", Options{})
+	mustIssueRole(t, dir, "ci", RoleController, Options{})
+	ca := filepath.Join(dir, "ca.crt")
+	// A CA bundle during a CA rotation: the old CA and the new one. It still trusts the
+	// host, but it is another trust decision, so it must not reuse the old sessions.
+	bundle := filepath.Join(dir, "bundle.crt")
+	a, _ := os.ReadFile(ca)
+	b, _ := os.ReadFile(filepath.Join(other, "ca.crt"))
+	if err := os.WriteFile(bundle, append(a, b...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	server, err := ServerTLS(ca, filepath.Join(dir, "host.crt"), filepath.Join(dir, "host.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen string
+	check := server.VerifyConnection
+	server.VerifyConnection = func(cs tls.ConnectionState) error {
+		seen = cs.PeerCertificates[0].Subject.CommonName
+		return check(cs)
+	}
+	cachePath := filepath.Join(dir, "cache", "tls-sessions.json")
+	type result struct {
+		Resumed bool
+		Seen    string
+	}
+	run := func(caFile, name string) result {
+		t.Helper()
+		cache, err := LoadSessionCache(cachePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err := ClientTLS(caFile, filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		scoped, err := cache.For(caFile, filepath.Join(dir, name+".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		client.ClientSessionCache = scoped
+		var r result
+		client.VerifyConnection = func(cs tls.ConnectionState) error {
+			r.Resumed = cs.DidResume
+			return nil
+		}
+		if serr, cerr := handshake(t, server, client); serr != nil || cerr != nil {
+			t.Fatalf("handshake: %v / %v", serr, cerr)
+		}
+		if err := cache.Save(); err != nil {
+			t.Fatal(err)
+		}
+		r.Seen = seen
+		return r
+	}
+	steps := []struct {
+		name   string
+		ca     string
+		client string
+		want   result
+	}{
+		{"first run", ca, "controller", result{false, "controller"}},
+		{"same identity resumes", ca, "controller", result{true, "controller"}},
+		{"another certificate: full handshake", ca, "ci", result{false, "ci"}},
+		{"back to the first: resumes its own session", ca, "controller", result{true, "controller"}},
+		{"another CA file: full handshake", bundle, "controller", result{false, "controller"}},
+	}
+	for _, st := range steps {
+		if diff := cmp.Diff(run(st.ca, st.client), st.want); diff != "" {
+			t.Errorf("%s (-got +want)\n%s", st.name, diff)
+		}
+	}
+}
+
+// ClientTLS refuses a certificate that is not a controller's, naming the file and the fix;
+// ServerTLS refuses to serve with a controller certificate.
+func TestTLSConfigRefusesWrongRole(t *testing.T) {
+	dir := t.TempDir()
+	mustCA(t, dir)
+	mustIssue(t, dir, "host", Options{}, "127.0.0.1")
+	mustIssue(t, dir, "controller", Options{})
+	issueLegacy(t, dir, "legacy")
+	ca := filepath.Join(dir, "ca.crt")
+	f := func(n string) (string, string) { return filepath.Join(dir, n+".crt"), filepath.Join(dir, n+".key") }
+	for _, n := range []string{"host", "legacy"} {
+		c, k := f(n)
+		if _, err := ClientTLS(ca, c, k, ""); !errors.Is(err, ErrRole) || !strings.Contains(err.Error(), c) || !strings.Contains(err.Error(), "--role controller") {
+			t.Errorf("ClientTLS with %s: err = %v, want ErrRole naming the file and the fix", n, err)
+		}
+	}
+	c, k := f("controller")
+	if _, err := ServerTLS(ca, c, k, nil); !errors.Is(err, ErrRole) {
+		t.Errorf("ServerTLS with a controller certificate: err = %v, want ErrRole", err)
 	}
 }

@@ -1,8 +1,11 @@
 package pki
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -38,7 +41,7 @@ type sessionFile struct {
 }
 
 const (
-	sessionFileVersion = 1
+	sessionFileVersion = 2 // 2: keys carry the client certificate and CA fingerprints
 	// sessionMaxAge: Go host agents accept a ticket for 7 days; older ones are dropped.
 	sessionMaxAge = 7 * 24 * time.Hour
 	// sessionMaxEntries bounds the file.
@@ -157,4 +160,60 @@ func (c *SessionCache) Save() error {
 	}
 	c.dirty = false
 	return nil
+}
+
+// For is the view of the cache for one controller identity: the client certificate in
+// certFile and the CA certificates in caFile, by SHA-256 fingerprint, as well as the key
+// crypto/tls gives (the server). A session made with another client certificate or under
+// another CA is never offered, so a certificate or CA change always means a full handshake,
+// and the host agent sees (and checks) the certificate the fleet file names.
+func (c *SessionCache) For(caFile, certFile string) (tls.ClientSessionCache, error) {
+	ca, err := fingerprintPEM(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("scope TLS session cache: %w", err)
+	}
+	cert, err := fingerprintPEM(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("scope TLS session cache: %w", err)
+	}
+	return scopedSessions{c: c, prefix: "ca=" + ca + " cert=" + cert + " "}, nil
+}
+
+// fingerprintPEM is the SHA-256 of the DER of every certificate in a PEM file, in order.
+func fingerprintPEM(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	n := 0
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" {
+			h.Write(blk.Bytes)
+			n++
+		}
+	}
+	if n == 0 {
+		return "", fmt.Errorf("%s: no PEM certificate in it", path)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// scopedSessions prefixes every key with an identity.
+type scopedSessions struct {
+	c      *SessionCache
+	prefix string
+}
+
+func (s scopedSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	return s.c.Get(s.prefix + key)
+}
+
+func (s scopedSessions) Put(key string, cs *tls.ClientSessionState) {
+	s.c.Put(s.prefix+key, cs)
 }

@@ -19,6 +19,8 @@ var (
 	ErrLocked = errors.New("config locked by another writer")
 	// ErrDigestMismatch means the config changed after it was read: plan again.
 	ErrDigestMismatch = errors.New("config changed since it was read")
+	// ErrOutside means the config is a symlink to a file outside its directory.
+	ErrOutside = errors.New("config is a link out of its directory")
 )
 
 // DefaultLockTimeout bounds the wait for the config lock.
@@ -91,8 +93,39 @@ func (f *File) Read() ([]byte, string, error) {
 	return b, Digest(b), nil
 }
 
+// resolve returns the file a config path names: the path with its directory resolved
+// (/etc/pve/lxc is itself a link to /etc/pve/nodes/<node>/lxc), and a per-container file
+// that is a symlink followed only while its target stays in that directory. A link out of
+// it (to /etc/shadow, to another node's directory, to a file an unprivileged user owns) is
+// refused with ErrOutside: gpupass never edits a file outside the config directory.
+func resolve(path string) (string, error) {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if errors.Is(err, os.ErrNotExist) {
+		return path, nil // no directory, no file: opening it says so
+	}
+	if err != nil {
+		return "", fmt.Errorf("resolve config directory of %s: %w", path, err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		return filepath.Join(dir, filepath.Base(path)), nil // a file, or none yet
+	}
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("resolve config %s: %w (a dangling link: remove it or point it at a file in %s)", path, err, dir)
+	}
+	if filepath.Dir(target) != dir {
+		return "", fmt.Errorf("config %s links to %s, outside %s: %w (replace the link with the file itself)", path, target, dir, ErrOutside)
+	}
+	return target, nil
+}
+
 func readLimited(path string) ([]byte, error) {
-	fh, err := os.Open(path)
+	real, err := resolve(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	fh, err := os.OpenFile(real, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
@@ -216,13 +249,13 @@ func (f *File) backup(cur []byte) (string, error) {
 }
 
 func (f *File) replace(b []byte, perm os.FileMode) error {
-	// A config that is itself a symlink is replaced at its target (the link stays).
-	target := f.Path
-	if t, err := filepath.EvalSymlinks(f.Path); err == nil {
-		target = t
+	// A config that is itself a symlink (inside its directory) is replaced at its target
+	// (the link stays).
+	target, err := resolve(f.Path)
+	if err != nil {
+		return fmt.Errorf("write config: %w", err)
 	}
 	tmp := ""
-	var err error
 	for i := 0; i < 100; i++ {
 		tmp = fmt.Sprintf("%s.tmp.%d", target, os.Getpid())
 		if i > 0 {

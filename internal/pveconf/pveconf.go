@@ -224,6 +224,11 @@ func Parse(b []byte, f Format) (*Config, error) {
 
 func parseLine(raw string, f Format) (Line, error) {
 	l := Line{Raw: raw}
+	if strings.IndexByte(raw, 0) >= 0 {
+		// PVE and LXC read C strings: a NUL cuts the line short for them but not for us,
+		// so an edit could disagree with what they run. Refuse; the file stays as it is.
+		return l, errors.New("contains a NUL byte (\\x00): the file is damaged or was not written by PVE or LXC; remove the byte (or restore the file) and retry")
+	}
 	t := strings.TrimSpace(raw)
 	switch {
 	case t == "":

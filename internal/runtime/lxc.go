@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/runner"
 )
 
@@ -148,7 +149,7 @@ func (l *LXC) Start(ctx context.Context, id string) error {
 	if st.Running {
 		return nil
 	}
-	cfg, err := os.ReadFile(l.ConfigPath(id))
+	cfg, err := inputlimit.ReadFile(l.ConfigPath(id), inputlimit.ContainerConf)
 	if err != nil {
 		return fmt.Errorf("start %s: read config: %w", id, err)
 	}
@@ -299,7 +300,7 @@ func (l *LXC) StartedConfig(ctx context.Context, id string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s runs init %d, not the init %d gpupass started at %s",
 			ErrNoStartedConfig, id, st.InitPID, rec.InitPID, rec.Started)
 	}
-	cfg, err := os.ReadFile(l.startedPath(id))
+	cfg, err := inputlimit.ReadFile(l.startedPath(id), inputlimit.ContainerConf)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s is missing", ErrNoStartedConfig, l.startedPath(id))
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runner"
 )
@@ -317,7 +318,7 @@ func (p *PCT) StartedConfig(ctx context.Context, id string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s was written at %s, after CT %s started at %s, and there is no start record of this init",
 			ErrNoStartedConfig, path, fi.ModTime().UTC().Format(time.RFC3339Nano), id, started.UTC().Format(time.RFC3339Nano))
 	}
-	b, err := os.ReadFile(path)
+	b, err := inputlimit.ReadFile(path, inputlimit.ContainerConf)
 	if err != nil {
 		return nil, fmt.Errorf("read start-time config: %w", err)
 	}

@@ -44,6 +44,14 @@ func parseStartTicks(b []byte) (uint64, error) {
 	return v, nil
 }
 
+// StartTicks is when pid started, in USER_HZ ticks since boot (CLOCK_BOOTTIME), from
+// <procDir>/<pid>/stat; the guest channel uses it to tell a peer from a process that got
+// its pid later.
+func StartTicks(procDir string, pid int) (uint64, error) { return startTicks(procDir, pid) }
+
+// UserHZ is the unit of StartTicks per second.
+const UserHZ = userHZ
+
 // processStart returns the wall-clock start time of pid: now - uptime + start ticks. Its
 // error is about 20 ms (both /proc values have 10 ms resolution).
 func processStart(procRoot string, pid int, now time.Time) (time.Time, error) {

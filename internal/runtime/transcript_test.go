@@ -11,11 +11,12 @@ import (
 	"gpupass/internal/runner"
 )
 
-// loadTranscript reads testdata/pct/<name> (format: testdata/pct/README.md) into a Fake and
-// returns the commands it holds, in order.
+// loadTranscript reads testdata/<name> (format: testdata/pct/README.md; name is
+// "pve-lab/<file>" for the real pct's transcripts recorded on the lab, "pct/<file>" for the
+// few kept hand-written) into a Fake and returns the commands it holds, in order.
 func loadTranscript(t *testing.T, name string) (*runner.Fake, []string) {
 	t.Helper()
-	path := filepath.Join("testdata", "pct", name)
+	path := filepath.Join("testdata", name)
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)

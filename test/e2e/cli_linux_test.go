@@ -44,6 +44,7 @@ type reportCt struct {
 	State           string   `json:"state"`
 	RestartRequired bool     `json:"restart_required"`
 	Restarted       bool     `json:"restarted"`
+	Started         bool     `json:"started"`
 	Reasons         []string `json:"reasons"`
 	RestartReasons  []string `json:"restart_reasons"`
 	Devices         []struct {
@@ -65,7 +66,6 @@ type reportCt struct {
 	RolledBack bool `json:"rolled_back"`
 	Simulated  bool `json:"simulated"`
 	// Proxmox (the PVE lab scenarios)
-	Started            bool     `json:"started"`
 	Locked             string   `json:"locked"`
 	Pending            []string `json:"pending"`
 	PendingReplacesLXC bool     `json:"pending_replaces_lxc"`

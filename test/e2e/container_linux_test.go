@@ -149,6 +149,9 @@ func (ct *container) Start(t testing.TB) {
 	log := filepath.Join(ct.h.dir, ct.name+".start.log")
 	if r := ct.h.lxc(t, 30*time.Second, "lxc-start", ct.name, "-o", log, "-l", "INFO"); r.Code != 0 {
 		b, _ := os.ReadFile(log)
+		if strings.Contains(string(b), "Failed to clone a new set of namespaces") {
+			t.Fatalf("e2e: lxc-start %s: %s (log: %s)", ct.name, lxctest.NamespacesRefused, log)
+		}
 		t.Fatalf("e2e: lxc-start %s: exit %d: %s\n%s", ct.name, r.Code, r.Stderr, tail(string(b), 3000))
 	}
 	if r := ct.h.lxc(t, 30*time.Second, "lxc-wait", ct.name, "-s", "RUNNING", "-t", "10"); r.Code != 0 {

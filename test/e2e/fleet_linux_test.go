@@ -52,8 +52,10 @@ func testFleet(t *testing.T, f *fabric) {
 	t.Logf("fleet apply of %d containers on %d hosts: %v", len(all), len(hosts), ap.Elapsed)
 	for i, e := range entries {
 		c := ap.Report.ct(t, e.Ct.name)
-		if !c.Restarted {
-			t.Errorf("%s: not (re)started by the fleet apply", c.ID)
+		// The stopped ones (state: running) are started, the running ones restarted: a
+		// start is not a restart.
+		if wantStart := e.State == "running"; c.Started != wantStart || c.Restarted == wantStart {
+			t.Errorf("%s: started %v restarted %v, want started %v restarted %v", c.ID, c.Started, c.Restarted, wantStart, !wantStart)
 		}
 		minors := []int{}
 		for _, g := range e.GPUs {

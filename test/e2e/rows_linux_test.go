@@ -67,8 +67,8 @@ func testShrinkAndClone(t *testing.T, f *fabric) {
 	parent := h.newContainer(t, "parent", ctOpts{})
 	fl := f.writeFleet(t, "shrink1", []fleetCt{{Host: h, Ct: parent, GPUs: []string{"0", "1"}, State: "running"}})
 	r := f.mustApplyReady(t, fl, parent.name)
-	if !r.Report.ct(t, parent.name).Restarted {
-		t.Errorf("a stopped container with state: running was not started")
+	if pc := r.Report.ct(t, parent.name); !pc.Started || pc.Restarted {
+		t.Errorf("a stopped container with state: running: started %v restarted %v, want started (a start is not a restart)", pc.Started, pc.Restarted)
 	}
 	if n := parent.devNodes(t); !n["/dev/nvidia0"] || !n["/dev/nvidia1"] {
 		t.Fatalf("parent with GPUs 0,1 lacks a node: %v", n)

@@ -245,18 +245,18 @@ func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream)
 		}
 		a.Update(id, func(c *Container) { c.GPUs, c.Style = spec.GetGpus(), spec.GetStyle() })
 		if p.GetRestart().GetRequired() || p.GetStart() {
-			verb := "pct reboot " + id
+			stepName, verb := "restart", "pct reboot "+id
 			if p.GetStart() {
-				verb = "pct start " + id
+				stepName, verb = "start", "pct start "+id
 			}
-			if err := step(id, "restart", verb); err != nil {
+			if err := step(id, stepName, verb); err != nil {
 				return err
 			}
 			a.Update(id, func(c *Container) {
 				gs, _ := a.resolve(c.GPUs)
 				c.Running, c.RunState = minors(gs), "running"
 			})
-			res.Restarted = true
+			res.Restarted, res.Started = !p.GetStart(), p.GetStart()
 		}
 		if err := step(id, "wait-ready", fmt.Sprintf("waiting up to %s for the guest's report", time.Duration(req.GetTimeoutMs())*time.Millisecond)); err != nil {
 			return err

@@ -211,7 +211,8 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	}
 	switch {
 	case c.Lib == "":
-		st.Warnings = append(st.Warnings, "userspace driver (libnvidia-ml) not installed in the container")
+		// The guest agent's words (internal/guest/report.go).
+		st.Warnings = append(st.Warnings, "userspace driver not installed: no libnvidia-ml.so.1 in ld.so.cache or the standard library directories (passthrough works; CUDA programs need the driver libraries of version "+a.Driver.GetKernelVersion()+")")
 	case c.Lib != a.Driver.GetKernelVersion():
 		st.Reasons = append(st.Reasons, fmt.Sprintf("userspace driver %s does not match the kernel module %s (NVML: Driver/library version mismatch)", c.Lib, a.Driver.GetKernelVersion()))
 	}

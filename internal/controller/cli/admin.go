@@ -3,11 +3,11 @@ package cli
 import (
 	"fmt"
 	"net"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"gpupass/internal/fleet"
+	"gpupass/internal/inputlimit"
 	"gpupass/internal/pki"
 )
 
@@ -26,7 +26,7 @@ so that gpupass removes GPU entries it may have inherited. All containers are pl
 --host. What is not carried over is listed as warnings on stderr.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := os.ReadFile(args[0])
+			b, err := inputlimit.ReadFile(args[0], inputlimit.PhoenixJSON)
 			if err != nil {
 				return fmt.Errorf("import phoenix: %w", err)
 			}
@@ -74,15 +74,27 @@ func newPKI(io *IO) *cobra.Command {
 	var ips []net.IP
 	var dns []string
 	var ifForce bool
+	var role string
 	issue := &cobra.Command{
-		Use:   "issue --dir D --name N [--ip IP]... [--dns NAME]...",
-		Short: "Issue D/N.crt and D/N.key (0600), valid as TLS server and client certificate",
-		Long: `Issues a certificate signed by the fleet CA in D. Host agents need one whose IP or DNS
-names match the address in fleet.yaml (N itself is added as a DNS name); the controller
-needs one too (e.g. --name controller). Copy ca.crt, N.crt and N.key to the host.`,
+		Use:   "issue --dir D --name N [--role host|controller] [--ip IP]... [--dns NAME]...",
+		Short: "Issue D/N.crt and D/N.key (0600): a host (server) or controller (client) certificate",
+		Long: `Issues a certificate signed by the fleet CA in D, with a role. A host certificate
+(--role host) only serves: its IP or DNS names must match the address in fleet.yaml (N itself
+is added as a DNS name). A controller certificate (--role controller) is only a client; host
+agents serve controller certificates only, so a host's key never acts as the controller.
+Without --role, the name "controller" gets the controller role and any other name the host
+role. Copy ca.crt, N.crt and N.key to the host.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			certPath, keyPath, err := pki.IssueFiles(dir, pki.IssueRequest{Name: name, IPs: ips, DNS: dns}, pki.Options{Force: ifForce})
+			req := pki.IssueRequest{Name: name, IPs: ips, DNS: dns}
+			if role != "" {
+				r, err := pki.ParseRole(role)
+				if err != nil {
+					return fmt.Errorf("--role: %w", err)
+				}
+				req.Role = r
+			}
+			certPath, keyPath, err := pki.IssueFiles(dir, req, pki.Options{Force: ifForce})
 			if err != nil {
 				return err
 			}
@@ -92,6 +104,7 @@ needs one too (e.g. --name controller). Copy ca.crt, N.crt and N.key to the host
 	}
 	issue.Flags().StringVar(&dir, "dir", "pki", "directory of the CA")
 	issue.Flags().StringVar(&name, "name", "", "certificate name: the host name, or controller (required)")
+	issue.Flags().StringVar(&role, "role", "", "host (serves) or controller (client); default controller for --name controller, else host")
 	issue.Flags().IPSliceVar(&ips, "ip", nil, "IP address SAN (repeatable)")
 	issue.Flags().StringSliceVar(&dns, "dns", nil, "DNS name SAN (repeatable)")
 	issue.Flags().BoolVar(&ifForce, "force", false, "replace an existing certificate")

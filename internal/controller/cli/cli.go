@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -117,9 +118,18 @@ type fleetFlags struct {
 func (f *fleetFlags) add(cmd *cobra.Command, timeoutHelp string, defTimeout string, defParallel int, parallelHelp string) {
 	cmd.Flags().StringVarP(&f.file, "file", "f", "fleet.yaml", "the fleet file")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
-	cmd.Flags().StringVar(&f.timeout, "timeout", defTimeout, timeoutHelp)
+	f.timeout = defTimeout
+	cmd.Flags().Var((*durationFlag)(&f.timeout), "timeout", timeoutHelp)
 	cmd.Flags().IntVar(&f.parallel, "parallel", defParallel, parallelHelp)
 }
+
+// durationFlag is a duration flag kept as text (parseDuration checks it, naming the flag),
+// so that --help shows its type as "duration" rather than "string".
+type durationFlag string
+
+func (d *durationFlag) String() string     { return string(*d) }
+func (d *durationFlag) Set(s string) error { *d = durationFlag(s); return nil }
+func (d *durationFlag) Type() string       { return "duration" }
 
 func (f *fleetFlags) check() error {
 	if f.output != "table" && f.output != "json" {
@@ -173,6 +183,9 @@ func open(io *IO, f *fleetFlags, connectTimeout string) (*session, error) {
 		return nil, err
 	}
 	fl, err := fleet.Load(f.file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: name the fleet file with -f FILE (the default is ./fleet.yaml; docs/controller.md describes it, gpupass import phoenix writes one)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -186,8 +199,12 @@ func open(io *IO, f *fleetFlags, connectTimeout string) (*session, error) {
 		if err != nil {
 			io.Log.WithError(err).Debug("TLS session cache ignored")
 		}
+		scoped, err := cache.For(fl.TLS.CA, fl.TLS.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tls: %w", f.file, err)
+		}
 		s.cache = cache
-		tlsCfg.ClientSessionCache = cache
+		tlsCfg.ClientSessionCache = scoped
 	}
 	s.ctl = controller.New(controller.Options{Fleet: fl, TLS: tlsCfg, Timeout: timeout, Parallel: f.parallel, Log: io.Log})
 	return s, nil

@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"net"
@@ -20,6 +22,7 @@ import (
 	"gpupass/internal/controller"
 	"gpupass/internal/controller/agenttest"
 	"gpupass/internal/log"
+	"gpupass/internal/pki"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -174,6 +177,8 @@ func TestPlanStatusApplyDoctor(t *testing.T) {
 		{"doctor denied", []string{"doctor", "-f", f, "pve2/951"}, 2, "doctor-951.txt"},
 		{"doctor changes pending", []string{"doctor", "-f", f, "pve1/901"}, 2, "doctor-901.txt"},
 		{"doctor json", []string{"doctor", "-f", f, "pve1/902", "-o", "json"}, 2, "doctor-902.json"},
+		{"doctor ready with a warning", []string{"doctor", "-f", f, "pve2/950"}, 0, "doctor-950.txt"},
+		{"doctor stopped, asked to run", []string{"doctor", "-f", f, "pve1/903"}, 2, "doctor-903.txt"},
 		{"apply", []string{"apply", "-f", f, "--timeout", "5s", "--parallel", "1"}, 2, "apply.txt"},
 		{"plan after apply", []string{"plan", "-f", f}, 0, "plan-after-apply.txt"},
 		{"status after apply", []string{"status", "-f", f, "-o", "json"}, 2, "status-after-apply.json"},
@@ -229,6 +234,7 @@ func TestCommandErrors(t *testing.T) {
 	}{
 		{"fleet error names field and line", []string{"status", "-f", bad}, bad + `:5: containers[0].gpus[1]: "zero" is not a GPU index`},
 		{"missing fleet", []string{"plan", "-f", filepath.Join(dir, "nope.yaml")}, "load fleet: open " + filepath.Join(dir, "nope.yaml")},
+		{"missing fleet says -f", []string{"status", "-f", filepath.Join(dir, "nope.yaml")}, "no such file or directory: name the fleet file with -f FILE (the default is ./fleet.yaml"},
 		{"bad output", []string{"status", "-f", bad, "-o", "yaml"}, `-o "yaml": use table or json`},
 		{"bad timeout", []string{"apply", "-f", bad, "--timeout", "soon"}, `--timeout "soon": use a positive duration`},
 		{"doctor needs host/id", []string{"doctor", "-f", bad, "901"}, `"901": name the container as HOST/ID`},
@@ -282,6 +288,8 @@ func TestImportAndPKI(t *testing.T) {
 		{[]string{"pki", "issue", "--dir", pkiDir, "--name", "controller"}, 0},
 		{[]string{"pki", "issue", "--dir", pkiDir, "--name", "pve1"}, 1},
 		{[]string{"pki", "issue", "--dir", pkiDir, "--name", "pve2", "--ip", "not-an-ip"}, 1},
+		{[]string{"pki", "issue", "--dir", pkiDir, "--role", "controller", "--name", "ci"}, 0},
+		{[]string{"pki", "issue", "--dir", pkiDir, "--role", "admin", "--name", "x"}, 1},
 	}
 	for _, s := range steps {
 		if r := run(t, false, s.args...); r.code != s.code {
@@ -292,6 +300,21 @@ func TestImportAndPKI(t *testing.T) {
 		fi, err := os.Stat(filepath.Join(pkiDir, n))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v %v", n, fi, err)
+		}
+	}
+	// Roles: explicit, and by default from the name.
+	for name, want := range map[string]pki.Role{"ci": pki.RoleController, "controller": pki.RoleController, "pve1": pki.RoleHost} {
+		b, err := os.ReadFile(filepath.Join(pkiDir, name+".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(b)
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pki.RoleOf(cert); got != want {
+			t.Errorf("%s: role %q, want %q", name, got, want)
 		}
 	}
 	if r := run(t, false, "version"); r.code != 0 || !strings.HasPrefix(r.stdout, "gpupass ") {
@@ -379,5 +402,85 @@ func TestApplyOnTerminal(t *testing.T) {
 	r = runEnv(t, noColor, true, "status", "-f", w.file)
 	if strings.Contains(r.stdout, "\x1b[") {
 		t.Errorf("NO_COLOR output has escapes:\n%s", r.stdout)
+	}
+}
+
+// TestApplyPlanNamesMissingAnswers: apply --plan with a plan made while a host did not
+// answer says so, naming the host and why, instead of doubting the file's format; a
+// status report given as a plan is named as such. Nothing is applied (exit 1).
+func TestApplyPlanNamesMissingAnswers(t *testing.T) {
+	w := newWorld(t, true)
+	save := func(name string, args ...string) string {
+		r := run(t, false, args...)
+		p := filepath.Join(w.dir, name)
+		if err := os.WriteFile(p, []byte(r.stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	planFile := save("plan.json", "plan", "-f", w.file, "-o", "json", "--timeout", "2s")
+	statusFile := save("status.json", "status", "-f", w.file, "-o", "json", "--timeout", "2s")
+	tests := []struct {
+		name, plan string
+		want       []string
+	}{
+		{"host without an answer", planFile, []string{"read plan " + planFile + ": it has no answer from host pve3 (", "connection refused", "run gpupass plan again when every host answers"}},
+		{"status, not a plan", statusFile, []string{"it has no answer from host pve3"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, false, "apply", "-f", w.file, "--plan", tt.plan, "--timeout", "2s")
+			if r.code != controller.ExitError {
+				t.Errorf("exit %d, want 1", r.code)
+			}
+			for _, s := range tt.want {
+				if !strings.Contains(r.stderr, s) {
+					t.Errorf("stderr %q lacks %q", r.stderr, s)
+				}
+			}
+			if r.stdout != "" {
+				t.Errorf("apply ran: %s", r.stdout)
+			}
+		})
+	}
+	// Every host answering, a status report is not taken for a plan.
+	w2 := newWorld(t, false)
+	statusOK := filepath.Join(w2.dir, "status.json")
+	if err := os.WriteFile(statusOK, []byte(run(t, false, "status", "-f", w2.file, "-o", "json").stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, false, "apply", "-f", w2.file, "--plan", statusOK)
+	if want := "it is the JSON of gpupass status, not of gpupass plan -o json"; r.code != controller.ExitError || !strings.Contains(r.stderr, want) {
+		t.Errorf("status as plan: exit %d, stderr %q, want 1 and %q", r.code, r.stderr, want)
+	}
+}
+
+// TestHelpNamesDurations: --help shows duration flags as durations, with their defaults.
+func TestHelpNamesDurations(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"plan", []string{"plan", "--help"}, []string{"--timeout duration", "(default 10s)"}},
+		{"status", []string{"status", "--help"}, []string{"--timeout duration"}},
+		{"doctor", []string{"doctor", "--help"}, []string{"--timeout duration"}},
+		{"apply", []string{"apply", "--help"}, []string{"--timeout duration", "(default 2m0s)", "--connect-timeout duration"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, false, tt.args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			for _, s := range tt.want {
+				if !strings.Contains(r.stdout, s) {
+					t.Errorf("help lacks %q:\n%s", s, r.stdout)
+				}
+			}
+			if regexp.MustCompile(`timeout string`).MatchString(r.stdout) {
+				t.Errorf("help shows a timeout as a string:\n%s", r.stdout)
+			}
+		})
 	}
 }

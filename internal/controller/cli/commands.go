@@ -153,7 +153,8 @@ Exit codes: 0 all ready, 2 some not ready, 1 error (a host failed or could not b
 		},
 	}
 	f.add(cmd, "readiness deadline per container", controller.DefaultApplyTimeout.String(), controller.DefaultApplyParallel, "hosts applied at once")
-	cmd.Flags().StringVar(&connect, "connect-timeout", controller.DefaultTimeout.String(), "per host: connect, TLS and hello")
+	connect = controller.DefaultTimeout.String()
+	cmd.Flags().Var((*durationFlag)(&connect), "connect-timeout", "per host: connect, TLS and hello")
 	cmd.Flags().StringVar(&planFile, "plan", "", "a saved plan (gpupass plan -o json): refuse containers whose config changed since")
 	cmd.Flags().BoolVar(&applyPending, "apply-pending", false, "allow restarts that apply Proxmox pending changes ([pve:pending], listed by plan)")
 	return cmd

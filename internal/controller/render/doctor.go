@@ -94,9 +94,12 @@ func Doctor(w io.Writer, d *controller.Diagnosis, s Style) {
 				}
 			}
 		}
-		if p.GetRestart().GetRequired() {
+		switch {
+		case p.GetRestart().GetRequired():
 			fmt.Fprintf(w, "  restart  required: %s\n", strings.Join(p.GetRestart().GetReasons(), "; "))
-		} else {
+		case p.GetStart():
+			fmt.Fprintln(w, "  start    required: stopped, and the fleet asks for it to run (a start, not a restart)")
+		default:
 			fmt.Fprintln(w, "  restart  not required")
 		}
 	}
@@ -141,23 +144,48 @@ func Doctor(w io.Writer, d *controller.Diagnosis, s Style) {
 				user = "not installed"
 			}
 			fmt.Fprintf(w, "  driver   kernel %s, userspace %s\n", orDash(st.GetDriver().GetKernel()), user)
-			net := "ok"
-			if !st.GetNetworkOk() {
-				net = "not ok"
-			}
-			fmt.Fprintf(w, "  network  %s\n", net)
+			fmt.Fprintf(w, "  network  %s\n", network(d))
 		}
 	}
 	fmt.Fprintln(w)
 
-	if len(d.Findings) == 0 {
-		fmt.Fprintf(w, "%s %s is %s with nothing to change.\n", s.paint(bold, "Verdict"), ct.Key(), s.paint(StateColor(ct.State), ct.State))
-		return
+	heading := "Findings"
+	if len(d.Problems()) == 0 {
+		// The same verdict as the exit code (0): fine, perhaps with warnings.
+		fmt.Fprintf(w, "%s %s is %s with nothing to change", s.paint(bold, "Verdict"), ct.Key(), s.paint(StateColor(ct.State), ct.State))
+		if len(d.Findings) == 0 {
+			fmt.Fprintln(w, ".")
+			return
+		}
+		fmt.Fprintf(w, " (%s below).\n\n", plural(len(d.Findings), "warning", "warnings"))
+		heading = "Warnings"
 	}
-	fmt.Fprintf(w, "%s\n", s.paint(bold, "Findings"))
+	fmt.Fprintf(w, "%s\n", s.paint(bold, heading))
 	for i, f := range d.Findings {
-		fmt.Fprintf(w, "  %d. %s\n", i+1, f.Problem)
+		problem := f.Problem
+		if f.Warning && heading == "Findings" {
+			problem = "warning: " + problem
+		}
+		fmt.Fprintf(w, "  %d. %s\n", i+1, problem)
 		fmt.Fprintf(w, "     cause: %s\n", f.Cause)
 		fmt.Fprintf(w, "     fix:   %s\n", s.paint(bold, f.Fix))
 	}
+}
+
+// network says whether the guest's network works and, when not, why (the guest's reason)
+// and whether the fleet entry needs it.
+func network(d *controller.Diagnosis) string {
+	st := d.Status
+	if st.GetNetworkOk() {
+		return "ok"
+	}
+	why := st.GetReport().GetNetwork().GetReason()
+	if why == "" {
+		why = "no up link with an address and a default route"
+	}
+	out := "not ok: " + why
+	if !d.Entry.RequireNetwork {
+		out += " (not required: the fleet entry does not set require_network)"
+	}
+	return out
 }

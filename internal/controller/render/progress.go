@@ -47,7 +47,7 @@ func stepColor(step string) string {
 		return green
 	case "failed", "rollback":
 		return red
-	case "restart", "write":
+	case "restart", "start", "write":
 		return yellow
 	}
 	return blue

@@ -10,6 +10,7 @@ import (
 
 	"gpupass/internal/controller"
 	"gpupass/internal/fleet"
+	pb "gpupass/proto/gpupass/v1"
 )
 
 func sample() *controller.Report {
@@ -134,5 +135,55 @@ func TestWatchOutput(t *testing.T) {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("JSON line %s lacks %s", b.String(), s)
 		}
+	}
+}
+
+// TestRepeatedWarningsShortened: a long warning shows in the rows by its head and a note
+// number, and in full once under the table however many rows carry it; a short one stays
+// as it is; a start is called a start, not a restart.
+func TestRepeatedWarningsShortened(t *testing.T) {
+	long := "userspace driver not installed: no libnvidia-ml.so.1 in ld.so.cache or the standard library directories (passthrough works)"
+	ct := func(id string, warnings ...string) controller.Container {
+		return controller.Container{Host: "sim", ID: id, GPUs: []string{"0"}, State: "ready", Reasons: []string{}, Warnings: warnings}
+	}
+	r := &controller.Report{Kind: controller.KindApply, Hosts: []controller.Host{{Name: "sim", Reachable: true, Address: "a:1", GPUs: []controller.GPU{}}},
+		Containers: []controller.Container{ct("1", long), ct("2", long, "short one")}}
+	r.Containers[1].Start, r.Containers[1].Started = true, true
+	var b bytes.Buffer
+	containers(&b, r, Style{})
+	want := `CONTAINER  GPUS  STATE  RESTART  WRITTEN  RESTARTED  STARTED  DRIVER KERNEL/USER  REASONS
+sim/1      0     ready  no       no       no         no       -                   warning: userspace driver not installed (note 1)
+sim/2      0     ready  start    no       no         yes      -                   warning: userspace driver not installed (note 1); warning: short one
+
+note 1: ` + long + "\n"
+	if diff := cmp.Diff(b.String(), want); diff != "" {
+		t.Errorf("(-got +want)\n%s", diff)
+	}
+}
+
+// TestDoctorNetworkReason: doctor says why the network is not ok, from the guest's report,
+// and whether the fleet entry needs it.
+func TestDoctorNetworkReason(t *testing.T) {
+	report := func(reason string) *pb.GuestReport {
+		return &pb.GuestReport{Network: &pb.Network{Reason: reason}}
+	}
+	tests := []struct {
+		name    string
+		require bool
+		status  *pb.ContainerStatus
+		want    string
+	}{
+		{"ok", false, &pb.ContainerStatus{NetworkOk: true}, "ok"},
+		{"reason, not required", false, &pb.ContainerStatus{Report: report("no default route")}, "not ok: no default route (not required: the fleet entry does not set require_network)"},
+		{"reason, required", true, &pb.ContainerStatus{Report: report("no network link up")}, "not ok: no network link up"},
+		{"no reason reported", true, &pb.ContainerStatus{}, "not ok: no up link with an address and a default route"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &controller.Diagnosis{Entry: fleet.Container{RequireNetwork: tt.require}, Status: tt.status}
+			if diff := cmp.Diff(network(d), tt.want); diff != "" {
+				t.Errorf("(-got +want)\n%s", diff)
+			}
+		})
 	}
 }

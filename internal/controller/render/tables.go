@@ -3,10 +3,12 @@ package render
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
 	"gpupass/internal/controller"
+	"gpupass/internal/fleet"
 )
 
 // Report writes a plan, apply or status report as tables.
@@ -76,41 +78,81 @@ func versions(d controller.Driver) string {
 	return orDash(d.Kernel) + "/" + orDash(d.Userspace)
 }
 
+// restartCell is the RESTART column: yes (a running container is restarted), start (a
+// stopped container the fleet asks to run is started: not a restart), or no.
+func restartCell(ct controller.Container) string {
+	switch {
+	case ct.State == controller.StateUnreachable:
+		return "-"
+	case ct.RestartRequired:
+		return "yes"
+	case ct.Start || ct.Started || (ct.State == controller.StateStopped && ct.WantState == fleet.StateRunning):
+		return "start"
+	}
+	return "no"
+}
+
 func containers(w io.Writer, r *controller.Report, s Style) {
 	t := &table{}
 	head := []cell{cc("CONTAINER", bold), cc("GPUS", bold), cc("STATE", bold), cc("RESTART", bold)}
 	if r.Kind == controller.KindApply {
-		head = append(head, cc("WRITTEN", bold), cc("RESTARTED", bold))
+		head = append(head, cc("WRITTEN", bold), cc("RESTARTED", bold), cc("STARTED", bold))
 	}
 	head = append(head, cc("DRIVER KERNEL/USER", bold), cc("REASONS", bold))
 	t.add(head...)
+	var notes notes
 	for _, ct := range r.Containers {
-		restart := "-"
-		if ct.State != controller.StateUnreachable {
-			restart = yesNo(ct.RestartRequired)
-		}
 		g := gpus(ct.GPUs)
 		if ct.GPUsDiffer {
 			g = gpus(ct.ConfiguredGPUs) + " (fleet: " + g + ")"
 		}
-		row := []cell{c(name(ct)), c(g), cc(ct.State, StateColor(ct.State)), c(restart)}
+		row := []cell{c(name(ct)), c(g), cc(ct.State, StateColor(ct.State)), c(restartCell(ct))}
 		if r.Kind == controller.KindApply {
-			row = append(row, c(yesNo(ct.Written)), c(yesNo(ct.Restarted)))
+			row = append(row, c(yesNo(ct.Written)), c(yesNo(ct.Restarted)), c(yesNo(ct.Started)))
 		}
-		reasons := strings.Join(ct.Reasons, "; ")
-		if len(ct.Warnings) > 0 {
-			if reasons != "" {
-				reasons += "; "
-			}
-			reasons += "warning: " + strings.Join(ct.Warnings, "; warning: ")
+		parts := append([]string{}, ct.Reasons...)
+		for _, wn := range ct.Warnings {
+			parts = append(parts, "warning: "+notes.short(wn))
 		}
-		row = append(row, c(versions(ct.Driver)), c(reasons))
+		row = append(row, c(versions(ct.Driver)), c(strings.Join(parts, "; ")))
 		t.add(row...)
 	}
 	t.write(w, s)
+	notes.write(w)
+}
+
+// notes keeps the table rows short: a warning with a head ("userspace driver not
+// installed: no libnvidia-ml.so.1 in ...") shows in a row as its head and a note number,
+// and its full text once under the table, however many rows carry it.
+type notes struct {
+	texts []string
+}
+
+func (n *notes) short(warning string) string {
+	head, _, ok := strings.Cut(warning, ": ")
+	if !ok || len(warning) < 60 {
+		return warning
+	}
+	i := slices.Index(n.texts, warning)
+	if i < 0 {
+		n.texts = append(n.texts, warning)
+		i = len(n.texts) - 1
+	}
+	return fmt.Sprintf("%s (note %d)", head, i+1)
+}
+
+func (n *notes) write(w io.Writer) {
+	if len(n.texts) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	for i, text := range n.texts {
+		fmt.Fprintf(w, "note %d: %s\n", i+1, text)
+	}
 }
 
 func planBody(w io.Writer, r *controller.Report, s Style) {
+	warned := map[string]string{} // a warning shown in full -> the first container it was shown for
 	for i, ct := range r.Containers {
 		if i > 0 {
 			fmt.Fprintln(w)
@@ -166,6 +208,12 @@ func planBody(w io.Writer, r *controller.Report, s Style) {
 			}
 		}
 		for _, wn := range ct.Warnings {
+			if first, ok := warned[wn]; ok {
+				head, _, _ := strings.Cut(wn, ": ")
+				fmt.Fprintf(w, "    warning: %s (as for %s above)\n", head, first)
+				continue
+			}
+			warned[wn] = ct.Key()
 			fmt.Fprintf(w, "    warning: %s\n", wn)
 		}
 	}
@@ -218,7 +266,7 @@ func summary(w io.Writer, r *controller.Report, s Style) {
 			line += "; nothing to change"
 		}
 	case controller.KindApply:
-		written, restarted, rolled := 0, 0, 0
+		written, restarted, started, rolled := 0, 0, 0, 0
 		for _, ct := range r.Containers {
 			if ct.Written {
 				written++
@@ -226,11 +274,17 @@ func summary(w io.Writer, r *controller.Report, s Style) {
 			if ct.Restarted {
 				restarted++
 			}
+			if ct.Started {
+				started++
+			}
 			if ct.RolledBack {
 				rolled++
 			}
 		}
 		line += fmt.Sprintf("; %d written, %d restarted", written, restarted)
+		if started > 0 {
+			line += fmt.Sprintf(", %d started", started)
+		}
 		if rolled > 0 {
 			line += fmt.Sprintf(", %d rolled back", rolled)
 		}

@@ -1010,6 +1010,7 @@ type ContainerSpec struct {
 	Style          Style                  `protobuf:"varint,3,opt,name=style,proto3,enum=gpupass.v1.Style" json:"style,omitempty"`
 	RequireNetwork bool                   `protobuf:"varint,4,opt,name=require_network,json=requireNetwork,proto3" json:"require_network,omitempty"`
 	WantState      string                 `protobuf:"bytes,5,opt,name=want_state,json=wantState,proto3" json:"want_state,omitempty"` // "" (leave as is) | running
+	MigCaps        bool                   `protobuf:"varint,6,opt,name=mig_caps,json=migCaps,proto3" json:"mig_caps,omitempty"`      // pass /dev/nvidia-caps/* (MIG config and monitor) too; whole GPUs get none otherwise
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1077,6 +1078,13 @@ func (x *ContainerSpec) GetWantState() string {
 		return x.WantState
 	}
 	return ""
+}
+
+func (x *ContainerSpec) GetMigCaps() bool {
+	if x != nil {
+		return x.MigCaps
+	}
+	return false
 }
 
 type ConfigChange struct {
@@ -1576,11 +1584,11 @@ type ContainerResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Plan          *ContainerPlan         `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
 	Written       bool                   `protobuf:"varint,2,opt,name=written,proto3" json:"written,omitempty"`
-	Restarted     bool                   `protobuf:"varint,3,opt,name=restarted,proto3" json:"restarted,omitempty"`
+	Restarted     bool                   `protobuf:"varint,3,opt,name=restarted,proto3" json:"restarted,omitempty"` // a running container was stopped and started again
 	RolledBack    bool                   `protobuf:"varint,4,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
 	Status        *ContainerStatus       `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
-	Started       bool                   `protobuf:"varint,7,opt,name=started,proto3" json:"started,omitempty"` // it was stopped and apply started it (restarted is set too, as before)
+	Started       bool                   `protobuf:"varint,7,opt,name=started,proto3" json:"started,omitempty"` // a stopped container was started (not a restart)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2908,14 +2916,15 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\v2\x1c.gpupass.v1.ContainerSummaryR\n" +
 	"containers\x12\x18\n" +
 	"\aruntime\x18\a \x01(\tR\aruntime\"\x12\n" +
-	"\x10InventoryRequest\"\xa4\x01\n" +
+	"\x10InventoryRequest\"\xbf\x01\n" +
 	"\rContainerSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12'\n" +
 	"\x05style\x18\x03 \x01(\x0e2\x11.gpupass.v1.StyleR\x05style\x12'\n" +
 	"\x0frequire_network\x18\x04 \x01(\bR\x0erequireNetwork\x12\x1d\n" +
 	"\n" +
-	"want_state\x18\x05 \x01(\tR\twantState\"\xa5\x01\n" +
+	"want_state\x18\x05 \x01(\tR\twantState\x12\x19\n" +
+	"\bmig_caps\x18\x06 \x01(\bR\amigCaps\"\xa5\x01\n" +
 	"\fConfigChange\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.gpupass.v1.ConfigChange.OpR\x02op\x12\x12\n" +
 	"\x04line\x18\x02 \x01(\tR\x04line\x12\x1f\n" +
