@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 PREFIX ?= /usr/local
 
-.PHONY: help build install uninstall test lint proto proto-check bench e2e demo demo-clean fuzz soak clean
+.PHONY: help build deb install uninstall test lint proto proto-check bench e2e demo demo-clean fuzz soak clean
 
 help: ## list the documented targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,6 +19,11 @@ build: ## build bin/gpupass, bin/gpupass-host-agent and the static bin/gpupass-g
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpupass ./controller
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpupass-host-agent ./agent-host
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gpupass-guest-agent ./agent-guest
+
+deb: build ## the Debian packages gpupass, gpupass-host-agent, gpupass-guest-agent in build/deb (nfpm; version from git describe)
+	cd packaging/deb && $(GO) build -trimpath -o ../../$(BIN)/gpupass-deb .
+	$(BIN)/gpupass-deb --describe "$$(git describe --tags --long --always --dirty --match 'v[0-9]*')" \
+	  --commits "$$(git rev-list --count HEAD)" --mtime "$$(git log -1 --format=%ct)" --bin $(BIN) --out build/deb
 
 install: build ## copy the three binaries to $(DESTDIR)$(PREFIX)/bin (default /usr/local/bin), so that gpupass is on PATH
 	install -d $(DESTDIR)$(PREFIX)/bin
@@ -64,4 +69,4 @@ demo-clean: ## remove what the demo made (it says what stays: bin/, packages, Go
 	./scripts/demo.sh clean
 
 clean: ## remove build outputs
-	rm -rf $(BIN)
+	rm -rf $(BIN) build

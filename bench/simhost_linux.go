@@ -219,7 +219,7 @@ func (allRunning) Stop(context.Context, string) error    { return errNotHere }
 func (allRunning) Restart(context.Context, string) error { return errNotHere }
 func (allRunning) ConfigPath(id string) string           { return "/nonexistent/" + id }
 func (allRunning) ConfigFormat() runtime.Format          { return runtime.FormatLXC }
-func (allRunning) StartedConfig(context.Context, string) ([]byte, error) {
+func (allRunning) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
 	return nil, runtime.ErrNoStartedConfig
 }
 func (allRunning) List(context.Context) ([]string, error) {

@@ -6,6 +6,7 @@
 #                           is privileged)
 #   scripts/deps.sh [test]  all of the above, and what lint, the protobuf drift check and
 #                           the tests need: protoc, iproute2, rsync, systemd's unit verifier,
+#                           lintian (the .deb packages), prometheus (promtool: alert rules),
 #                           uidmap, the pinned Go tools (protoc-gen-go, staticcheck), and
 #                           root:100000:65536 in /etc/subuid and /etc/subgid (unprivileged
 #                           test containers)
@@ -14,7 +15,7 @@ set -euo pipefail
 PROTOC_GEN_GO_VERSION=v1.36.12
 STATICCHECK_VERSION=v0.8.2
 DEMO_PKGS=(lxc busybox-static make git ca-certificates)
-TEST_PKGS=(lxc-templates uidmap protobuf-compiler iproute2 rsync systemd)
+TEST_PKGS=(lxc-templates uidmap protobuf-compiler iproute2 rsync systemd lintian prometheus)
 
 what=${1:-test}
 case $what in

@@ -23,6 +23,11 @@ make --no-print-directory proto-check
 echo "== build"
 make --no-print-directory build
 go build -o bin/testreport ./test/testreport
+echo "== packages (make deb, lintian: no errors) and alert rules (promtool)"
+(cd packaging/deb && go vet ./... && go test -count=1 ./...)
+make --no-print-directory deb
+lintian --fail-on error --tag-display-limit 0 build/deb/*.deb
+promtool check rules packaging/prometheus/alerts.yml
 echo "== tests (unit, integration, end to end)"
 bash test/rootfs/debian.sh   # Debian 12 rootfs with systemd and with OpenRC for real-init containers (built once, cached)
 tests=0

@@ -55,7 +55,7 @@ func (m *memRuntime) Stop(context.Context, string) error    { return nil }
 func (m *memRuntime) Restart(context.Context, string) error { return nil }
 func (m *memRuntime) ConfigPath(id string) string           { return filepath.Join(m.dir, id, "config") }
 func (m *memRuntime) ConfigFormat() runtime.Format          { return runtime.FormatLXC }
-func (m *memRuntime) StartedConfig(context.Context, string) ([]byte, error) {
+func (m *memRuntime) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
 	return nil, runtime.ErrNoStartedConfig
 }
 func (m *memRuntime) LockPath(id string) string { return filepath.Join(m.dir, id+".lock") }

@@ -16,6 +16,8 @@ type Metrics struct {
 	applies       *prometheus.CounterVec
 	applyDuration prometheus.Histogram
 	guests        prometheus.Gauge
+	state         *prometheus.GaugeVec
+	reason        *prometheus.GaugeVec
 }
 
 // NewMetrics registers the metrics on a fresh registry.
@@ -39,7 +41,13 @@ func NewMetrics() *Metrics {
 			Name: "gpupass_guests_connected", Help: "Guest agents connected now.",
 		}),
 	}
-	m.reg.MustRegister(m.ready, m.gpus, m.applies, m.applyDuration, m.guests,
+	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "gpupass_container_state", Help: "1 for the GPU container's state at its last status (ready, not-ready, stopped, error, pending).",
+	}, []string{"container", "state"})
+	m.reason = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "gpupass_container_not_ready_reason", Help: "1 for each reason the GPU container's last status gave (text shortened to 120 characters).",
+	}, []string{"container", "reason"})
+	m.reg.MustRegister(m.ready, m.gpus, m.applies, m.applyDuration, m.guests, m.state, m.reason,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -51,6 +59,25 @@ func (m *Metrics) setReady(id string, ready bool) {
 	}
 	m.ready.WithLabelValues(id).Set(v)
 }
+
+// setStatus replaces the container's state and reason series with its last status's.
+func (m *Metrics) setStatus(id, state string, reasons []string) {
+	m.state.DeletePartialMatch(prometheus.Labels{"container": id})
+	m.state.WithLabelValues(id, state).Set(1)
+	m.reason.DeletePartialMatch(prometheus.Labels{"container": id})
+	for _, r := range reasons {
+		if len(r) > 120 {
+			r = r[:117] + "..."
+		}
+		m.reason.WithLabelValues(id, r).Set(1)
+	}
+}
+
+// Register adds collectors (the GPU metrics of internal/gpumetrics) to the registry.
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
+// Registry is the registry /metrics serves (tests list its metric names).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {

@@ -260,8 +260,19 @@ echo "lxc-info $*" >> "$D/transcript"
 echo "PID:            $(cat "$D/pid")"
 `
 
+// fakeLXCLs answers `lxc-ls --active -f -F NAME,PID` for the running containers 901 and 903
+// (both with the fault host's init pid).
+const fakeLXCLs = `#!/bin/sh
+D=$(dirname "$0")
+echo "lxc-ls $*" >> "$D/transcript"
+echo "NAME PID   "
+echo "901  $(cat "$D/pid") "
+echo "903  $(cat "$D/pid") "
+`
+
 // TestPCTCallsPerRequest counts the processes the agent runs: a status of three
-// containers runs no pct (and no other command): running comes from /proc/net/unix; an
+// containers runs no pct and one command in all: running comes from /proc/net/unix, the
+// inits' pids (the restart rule's evidence) from one lxc-ls for the whole request; an
 // apply that restarts one container runs exactly one pct, the reboot (its pid comes from
 // lxc-info, a C program, as PVE's own find_lxc_pid).
 func TestPCTCallsPerRequest(t *testing.T) {
@@ -275,6 +286,9 @@ func TestPCTCallsPerRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(h.bin, "lxc-info"), []byte(fakeLXCInfo), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.bin, "lxc-ls"), []byte(fakeLXCLs), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	h.agent.rt.(*runtime.PCT).ProcRoot = proc
@@ -292,8 +306,11 @@ func TestPCTCallsPerRequest(t *testing.T) {
 	if diff := cmp.Diff(got, []string{"901=not-ready", "902=stopped", "903=not-ready", "904=error"}); diff != "" {
 		t.Errorf("states (-got +want):\n%s", diff)
 	}
-	if tr := h.file("transcript"); tr != "" {
-		t.Errorf("status ran commands:\n%s", tr)
+	if tr := strings.TrimSpace(h.file("transcript")); tr != "lxc-ls --active -f -F NAME,PID" {
+		t.Errorf("status ran commands:\n%s\nwant one lxc-ls and nothing else", tr)
+	}
+	if err := os.Remove(filepath.Join(h.bin, "transcript")); err != nil {
+		t.Fatal(err)
 	}
 	res := h.applyPVE(false)
 	if !res.GetRestarted() {
@@ -301,7 +318,7 @@ func TestPCTCallsPerRequest(t *testing.T) {
 	}
 	var pct []string
 	for _, l := range strings.Split(h.file("transcript"), "\n") {
-		if l != "" && !strings.HasPrefix(l, "lxc-info ") {
+		if l != "" && !strings.HasPrefix(l, "lxc-info ") && !strings.HasPrefix(l, "lxc-ls ") {
 			pct = append(pct, l)
 		}
 	}

@@ -66,7 +66,7 @@ func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, 
 	// PVE itself and checked through the nodes and the guest).
 	noRecord := false
 	if style != pb.Style_STYLE_DEV {
-		started, err := a.rt.StartedConfig(ctx, id)
+		started, err := a.rt.StartedConfig(ctx, id, st)
 		switch {
 		case errors.Is(err, runtime.ErrNoStartedConfig):
 			noRecord = true

@@ -56,7 +56,7 @@ func (f *fakeRuntime) ConfigPath(id string) string            { return filepath.
 func (f *fakeRuntime) ConfigFormat() runtime.Format           { return runtime.FormatLXC }
 func (f *fakeRuntime) LockPath(id string) string              { return filepath.Join(f.dir, id+".lock") }
 func (f *fakeRuntime) List(context.Context) ([]string, error) { return nil, nil }
-func (f *fakeRuntime) StartedConfig(context.Context, string) ([]byte, error) {
+func (f *fakeRuntime) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
 	if f.started == nil {
 		return nil, runtime.ErrNoStartedConfig
 	}

@@ -73,6 +73,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	notify("STATUS=starting: guest registry")
 	metrics := NewMetrics()
+	stopGPU := startGPUMetrics(ctx, cfg, metrics, l)
+	defer stopGPU()
 	guests := guestchan.New(guestchan.Config{
 		Dir: cfg.GuestSocketDir, ProcRoot: filepath.Dir(ProcRoot(cfg.HostRoot)), Heartbeat: cfg.Heartbeat, StaleAfter: cfg.GuestStaleAfter,
 		Log: l.WithField("part", "guests"), Build: buildVersion(),

@@ -27,9 +27,20 @@ func (a *Agent) status(ctx context.Context, spec *pb.ContainerSpec) *pb.Containe
 	return a.statusWith(ctx, spec, a.activeSet(ctx))
 }
 
-// activeSet is the runtime's set of running containers when it can tell without running a
-// command per container (runtime.RunChecker: pct reads /proc/net/unix), else nil.
-func (a *Agent) activeSet(ctx context.Context) map[string]bool {
+// runSet is one request's look at the running containers, for runtimes that can tell
+// without a command per container (runtime.RunChecker: pct reads /proc/net/unix, and asks
+// for the inits' pids once, with one command, the first time a running one needs it).
+type runSet struct {
+	rc     runtime.RunChecker
+	active map[string]bool
+	pids   map[string]int
+	pidErr error
+	asked  bool
+}
+
+// activeSet is this request's runSet; nil when the runtime cannot tell without a command
+// per container (then each container asks the runtime).
+func (a *Agent) activeSet(ctx context.Context) *runSet {
 	rc, ok := a.rt.(runtime.RunChecker)
 	if !ok {
 		return nil
@@ -38,26 +49,41 @@ func (a *Agent) activeSet(ctx context.Context) map[string]bool {
 	if err != nil {
 		return nil
 	}
-	return active
+	return &runSet{rc: rc, active: active}
 }
 
-// runStateOf is whether id runs: from active when known (no command), else the runtime.
-func (a *Agent) runStateOf(ctx context.Context, id string, active map[string]bool) (runtime.State, error) {
-	if rc, ok := a.rt.(runtime.RunChecker); ok && active != nil {
-		running, err := rc.Running(ctx, id, active)
-		return runtime.State{Running: running}, err
+// runStateOf is whether id runs, with its init's pid: from the request's runSet when there
+// is one (one command for all containers), else the runtime.
+func (a *Agent) runStateOf(ctx context.Context, id string, rs *runSet) (runtime.State, error) {
+	if rs == nil {
+		return a.rt.State(ctx, id)
 	}
-	return a.rt.State(ctx, id)
+	running, err := rs.rc.Running(ctx, id, rs.active)
+	if err != nil || !running {
+		return runtime.State{}, err
+	}
+	if !rs.asked {
+		rs.asked = true
+		rs.pids, rs.pidErr = rs.rc.InitPIDs(ctx)
+	}
+	if pid := rs.pids[id]; pid > 0 {
+		return runtime.State{Running: true, InitPID: pid}, nil
+	}
+	if rs.pidErr != nil {
+		return runtime.State{}, rs.pidErr
+	}
+	return a.rt.State(ctx, id) // started since the look: ask it alone
 }
 
 // statusWith is status with the running set of this request (nil: ask the runtime).
-func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active map[string]bool) *pb.ContainerStatus {
+func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *runSet) *pb.ContainerStatus {
 	id := spec.GetId()
 	cs := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), Reasons: []string{}}
 	st, err := a.runStateOf(ctx, id, active)
 	if err != nil {
 		cs.State = StateError
 		cs.Reasons = append(cs.Reasons, err.Error())
+		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	cs.RunState = runState(st)
@@ -65,6 +91,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 		cs.State = StateStopped
 		cs.Reasons = append(cs.Reasons, "container is stopped")
 		a.metrics.setReady(id, false)
+		a.metrics.setStatus(id, cs.State, cs.Reasons)
 		return cs
 	}
 	// As plan says it: whether what the container runs with differs from the desired
@@ -75,15 +102,15 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active m
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
 	if !snap.Connected && st.InitPID > 0 {
-		// Say why from what the container sees: its socket hidden or never mounted (where
-		// the runtime state gave the init's pid without a command: plain LXC; pct's status
-		// path reads only /proc/net/unix).
+		// Say why from what the container sees: its socket hidden or never mounted (the
+		// init's pid as the request's runtime state gave it; none: nothing to look at).
 		if ok, why := a.guestMountLive(st.InitPID, id); !ok {
 			cs.Reasons = dedupe(sortedAppend(cs.Reasons, why))
 			cs.State = StateNotReady
 		}
 	}
 	a.metrics.setReady(id, cs.State == StateReady)
+	a.metrics.setStatus(id, cs.State, cs.Reasons)
 	return cs
 }
 

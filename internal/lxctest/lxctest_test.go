@@ -208,28 +208,6 @@ func serveEcho(ln net.Listener, peers chan<- string) {
 	_, _ = conn.Write([]byte("pong:" + msg))
 }
 
-// TestRenderSystemdConfig: a systemd container boots /sbin/init with the keys systemd
-// needs, LXC's common.conf written out (not included: its common.conf.d may hold a
-// Proxmox install's hooks), and the test's own device list.
-func TestRenderSystemdConfig(t *testing.T) {
-	c := &Container{name: "s1", lxcpath: "/p"}
-	got, err := renderConfig(c, Spec{Kind: KindSystemd, Init: []string{"/bin/ignored"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSpace(got), "\n")
-	for _, want := range append([]string{"lxc.net.0.type = empty"}, append(systemdConfig, DefaultDeviceRules...)...) {
-		if !slices.Contains(lines, want) {
-			t.Errorf("config lacks %q:\n%s", want, got)
-		}
-	}
-	for _, bad := range []string{"lxc.init.cmd", "lxc.include", "SIGKILL"} {
-		if strings.Contains(got, bad) {
-			t.Errorf("config has %q:\n%s", bad, got)
-		}
-	}
-}
-
 // TestStartFailureSaysWhy: when the kernel refuses LXC its namespaces (a chroot), the first
 // failing start says so in one sentence with the end of its log, later ones say only the
 // sentence; any other failure keeps the error and the log's end.
@@ -263,5 +241,27 @@ func TestStartFailureSaysWhy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRenderSystemdConfig: a systemd container boots /sbin/init with the keys systemd
+// needs, LXC's common.conf written out (not included: its common.conf.d may hold a
+// Proxmox install's hooks), and the test's own device list.
+func TestRenderSystemdConfig(t *testing.T) {
+	c := &Container{name: "s1", lxcpath: "/p"}
+	got, err := renderConfig(c, Spec{Kind: KindSystemd, Init: []string{"/bin/ignored"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	for _, want := range append([]string{"lxc.net.0.type = empty"}, append(systemdConfig, DefaultDeviceRules...)...) {
+		if !slices.Contains(lines, want) {
+			t.Errorf("config lacks %q:\n%s", want, got)
+		}
+	}
+	for _, bad := range []string{"lxc.init.cmd", "lxc.include", "SIGKILL"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("config has %q:\n%s", bad, got)
+		}
 	}
 }

@@ -273,12 +273,8 @@ func (l *LXC) LockPath(id string) string { return filepath.Join(l.StateDir, "loc
 // StartedConfig implements Runtime: the snapshot taken by the Start that started the
 // running init; ErrNoStartedConfig when the container runs an init this runtime did not
 // start (someone ran lxc-start, or it rebooted itself).
-func (l *LXC) StartedConfig(ctx context.Context, id string) ([]byte, error) {
-	st, err := l.State(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	if !st.Running {
+func (l *LXC) StartedConfig(ctx context.Context, id string, st State) ([]byte, error) {
+	if !st.Running || st.InitPID <= 0 {
 		return nil, fmt.Errorf("%w: %s is not running", ErrNoStartedConfig, id)
 	}
 	b, err := os.ReadFile(l.recordPath(id))

@@ -38,7 +38,7 @@ func TestLXCLifecycle(t *testing.T) {
 				t.Errorf("ConfigPath (-got +want):\n%s", d)
 			}
 			mustState(t, rt, id, false)
-			if _, err := rt.StartedConfig(ctx, id); !errors.Is(err, ErrNoStartedConfig) {
+			if _, err := startedConfig(ctx, rt, id); !errors.Is(err, ErrNoStartedConfig) {
 				t.Errorf("StartedConfig of a stopped container: %v, want ErrNoStartedConfig", err)
 			}
 
@@ -87,7 +87,7 @@ func TestLXCLifecycle(t *testing.T) {
 
 			// Started by someone else: the record names another init.
 			c.Start(t)
-			if _, err := rt.StartedConfig(ctx, id); !errors.Is(err, ErrNoStartedConfig) || !strings.Contains(err.Error(), "not the init") {
+			if _, err := startedConfig(ctx, rt, id); !errors.Is(err, ErrNoStartedConfig) || !strings.Contains(err.Error(), "not the init") {
 				t.Errorf("StartedConfig after a foreign start: %v, want ErrNoStartedConfig (not the init ...)", err)
 			}
 			// Restart by the runtime makes the record trustworthy again.
@@ -141,7 +141,7 @@ func TestLXCErrors(t *testing.T) {
 	if _, serr := os.Stat(rt.startedPath(c.Name())); !errors.Is(serr, os.ErrNotExist) {
 		t.Errorf("a failed start left a start-time config: %v", serr)
 	}
-	if _, err := rt.StartedConfig(ctx, c.Name()); !errors.Is(err, ErrNoStartedConfig) {
+	if _, err := startedConfig(ctx, rt, c.Name()); !errors.Is(err, ErrNoStartedConfig) {
 		t.Errorf("StartedConfig after a failed start: %v", err)
 	}
 }
@@ -160,7 +160,7 @@ func mustState(t *testing.T, rt *LXC, id string, running bool) State {
 
 func mustStarted(t *testing.T, rt *LXC, id, want string) {
 	t.Helper()
-	got, err := rt.StartedConfig(context.Background(), id)
+	got, err := startedConfig(context.Background(), rt, id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,7 +201,7 @@ func TestPCTStartedConfig(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, err := p.StartedConfig(context.Background(), id)
+			got, err := startedConfig(context.Background(), p, id)
 			if tt.wantText != "" {
 				if !errors.Is(err, ErrNoStartedConfig) || !strings.Contains(err.Error(), tt.wantText) {
 					t.Fatalf("error %v, want ErrNoStartedConfig containing %q", err, tt.wantText)
@@ -283,11 +283,11 @@ func TestPCTStartRecord(t *testing.T) {
 	t.Run("rewrite after the start keeps the record", func(t *testing.T) {
 		p, _ := setup(t, t.TempDir())
 		write(t, p, started, initStart.Add(-time.Second))
-		if b, err := p.StartedConfig(context.Background(), "9900"); err != nil || string(b) != started {
+		if b, err := startedConfig(context.Background(), p, "9900"); err != nil || string(b) != started {
 			t.Fatalf("first look: %q, %v", b, err)
 		}
 		write(t, p, rewritten, initStart.Add(time.Hour)) // pct set -tags x
-		b, err := p.StartedConfig(context.Background(), "9900")
+		b, err := startedConfig(context.Background(), p, "9900")
 		if err != nil || string(b) != started {
 			t.Errorf("after the rewrite: %q, %v; want the recorded start config", b, err)
 		}
@@ -295,26 +295,62 @@ func TestPCTStartRecord(t *testing.T) {
 	t.Run("without a state dir the rewrite leaves no record", func(t *testing.T) {
 		p, _ := setup(t, "")
 		write(t, p, started, initStart.Add(-time.Second))
-		if _, err := p.StartedConfig(context.Background(), "9900"); err != nil {
+		if _, err := startedConfig(context.Background(), p, "9900"); err != nil {
 			t.Fatal(err)
 		}
 		write(t, p, rewritten, initStart.Add(time.Hour))
-		if _, err := p.StartedConfig(context.Background(), "9900"); !errors.Is(err, ErrNoStartedConfig) {
+		if _, err := startedConfig(context.Background(), p, "9900"); !errors.Is(err, ErrNoStartedConfig) {
 			t.Errorf("err %v, want ErrNoStartedConfig", err)
 		}
 	})
 	t.Run("a new init with the same pid does not inherit the record", func(t *testing.T) {
 		p, root := setup(t, t.TempDir())
 		write(t, p, started, initStart.Add(-time.Second))
-		if _, err := p.StartedConfig(context.Background(), "9900"); err != nil {
+		if _, err := startedConfig(context.Background(), p, "9900"); err != nil {
 			t.Fatal(err)
 		}
 		// Restarted by someone else at ticks 950000 (pid reused), config rendered before.
 		writeFile(t, filepath.Join(root, "proc/21276/stat"), "21276 (lxc-init) S 2190 2207 2207 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 950000 2 3\n")
 		write(t, p, rewritten, initStart.Add(400*time.Second))
-		b, err := p.StartedConfig(context.Background(), "9900")
+		b, err := startedConfig(context.Background(), p, "9900")
 		if err != nil || string(b) != rewritten {
 			t.Errorf("new init: %q, %v; want the file of its own start", b, err)
 		}
 	})
+}
+
+// startedConfig is StartedConfig with the state the runtime reports now, as the host agent
+// calls it.
+func startedConfig(ctx context.Context, rt Runtime, id string) ([]byte, error) {
+	st, err := rt.State(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return rt.StartedConfig(ctx, id, st)
+}
+
+func TestParseLXCLsPIDs(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    map[string]int
+		wantErr bool
+	}{
+		{"none", "NAME PID \n", map[string]int{}, false},
+		{"two", "NAME PID   \n901  12345 \n9902 777   \n", map[string]int{"901": 12345, "9902": 777}, false},
+		{"stopping", "NAME PID\n901  -\n", map[string]int{}, false},
+		{"not a pid", "NAME PID\n901 x\n", nil, true},
+		{"extra column", "NAME PID\n901 1 2\n", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseLXCLsPIDs([]byte(tt.in))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if diff := cmp.Diff(got, tt.want); !tt.wantErr && diff != "" {
+				t.Errorf("pids (-got +want):\n%s", diff)
+			}
+		})
+	}
 }

@@ -33,10 +33,11 @@ type Runtime interface {
 	ConfigPath(id string) string
 	// ConfigFormat is the syntax of ConfigPath.
 	ConfigFormat() Format
-	// StartedConfig is the config the running container was started with; ErrNoStartedConfig
+	// StartedConfig is the config the running container was started with, st being the
+	// state the caller just read (State, or RunChecker for a whole request); ErrNoStartedConfig
 	// when there is no trustworthy record of it (not running, started by someone else, or
 	// the record was changed after the start).
-	StartedConfig(ctx context.Context, id string) ([]byte, error)
+	StartedConfig(ctx context.Context, id string, st State) ([]byte, error)
 	// List returns the ids of the containers of this node, sorted.
 	List(ctx context.Context) ([]string, error)
 	// LockPath is the flock file that guards edits of ConfigPath (its directory may not
@@ -50,6 +51,9 @@ type Runtime interface {
 type RunChecker interface {
 	Active(ctx context.Context) (map[string]bool, error)
 	Running(ctx context.Context, id string, active map[string]bool) (bool, error)
+	// InitPIDs is the init pid of every running container, from one command for the
+	// whole request (the restart rule's evidence needs the init).
+	InitPIDs(ctx context.Context) (map[string]int, error)
 }
 
 // State is what the runtime says about a container.

@@ -19,6 +19,7 @@ import (
 	"gpupass/internal/controller/render"
 	"gpupass/internal/fleet"
 	"gpupass/internal/log"
+	"gpupass/internal/manpage"
 	"gpupass/internal/pki"
 )
 
@@ -91,7 +92,8 @@ Exit codes: 0 ok or nothing to change, 2 changes pending (plan) or not ready, 1 
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPlan(io), newApply(io), newStatus(io), newDoctor(io), newImport(io), newPKI(io), newVersion(io))
+	root.AddCommand(newPlan(io), newApply(io), newStatus(io), newDoctor(io), newImport(io), newPKI(io), newVersion(io),
+		manpage.Command("1", buildinfo.Version))
 	return root
 }
 
