@@ -215,10 +215,12 @@ func explain(d *Diagnosis) []Finding {
 			out = append(out, Finding{Problem: "the container is stopped and " + file + " asks for it to run",
 				Cause: "it was stopped, or failed to start", Fix: apply})
 		}
+		out = append(out, pveFindings(d, p, apply)...)
 	}
 	if st == nil {
 		return out
 	}
+	out = append(out, evidenceFindings(d, st, apply)...)
 	if st.GetRunState() != "running" && st.GetState() == StateStopped && d.Entry.State != fleet.StateRunning {
 		out = append(out, Finding{Problem: "the container is stopped",
 			Cause:   "nothing in " + file + " asks for it to run",
@@ -274,9 +276,39 @@ func explain(d *Diagnosis) []Finding {
 	}
 	// Whatever the host says that no finding above explains.
 	for _, r := range st.GetReasons() {
-		if !explained(r, out) {
+		if !explained(r, out) && !evidenceExplained(r) {
 			out = append(out, Finding{Problem: r, Cause: "reported by the host agent", Fix: "gpupass status -f " + file + " -o json shows the details"})
 		}
+	}
+	return out
+}
+
+// pveFindings are what Proxmox's own state stops apply from doing: a lock, pending changes a
+// restart would apply, HA.
+func pveFindings(d *Diagnosis, p *pb.ContainerPlan, apply string) []Finding {
+	id := d.Entry.ID
+	acts := len(p.GetChanges()) > 0 || p.GetRestart().GetRequired() || p.GetStart()
+	restarts := p.GetRestart().GetRequired() || p.GetStart()
+	var out []Finding
+	if l := p.GetLocked(); l != "" && acts {
+		out = append(out, Finding{Problem: "locked: " + l + ": the container's config has `lock: " + l + "`",
+			Cause: "a " + l + " is running on it (or one failed and left the lock); gpupass neither writes nor restarts a locked container",
+			Fix:   fmt.Sprintf("wait for the %s to end and run %s; if none runs on %s, pct unlock %s there first", l, apply, d.Host.Name, id)})
+	}
+	if n := len(p.GetPending()); n > 0 && restarts {
+		f := Finding{Problem: fmt.Sprintf("the restart would also apply %d pending change(s): %s", n, strings.Join(p.GetPending(), "; ")),
+			Cause: "Proxmox applies every [pve:pending] change when the container starts",
+			Fix:   fmt.Sprintf("review them (pct pending %s on %s), then %s --apply-pending", id, d.Host.Name, apply)}
+		if p.GetPendingReplacesLxc() {
+			f.Cause += "; a pending lxc.* line replaces all raw lxc.* lines, the GPU lines included"
+			f.Fix = fmt.Sprintf("remove the lxc.* lines from [pve:pending] in %s on %s, then %s", p.GetConfigPath(), d.Host.Name, apply)
+		}
+		out = append(out, f)
+	}
+	if sid := p.GetHa(); sid != "" && restarts {
+		out = append(out, Finding{Problem: "the container is managed by Proxmox HA (" + sid + ") and needs a restart",
+			Cause: "gpupass does not restart HA-managed containers behind HA's back",
+			Fix:   apply + ", then on " + d.Host.Name + ": " + p.GetHaCommand()})
 	}
 	return out
 }

@@ -97,6 +97,7 @@ type peerIdentity struct {
 	pid    int32
 	cgroup string // the unified cgroup path, "" when unknown
 	err    error  // why the identity could not be read
+	gen    Generation
 }
 
 // checkPeer decides whether a peer with this Hello and identity may use the socket of

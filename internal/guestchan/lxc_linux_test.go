@@ -100,6 +100,11 @@ func TestLXCIdentity(t *testing.T) {
 			if s.Report.GetContainerId() != idA || !s.Report.GetReady() {
 				t.Errorf("stored report: container %q ready %v, want %s (stamped) and ready", s.Report.GetContainerId(), s.Report.GetReady(), idA)
 			}
+			// The report carries the container's generation: its init (found from the guest
+			// up the process tree) and the init's start time.
+			if want, err := GenerationOf("/", a.InitPID(t)); err != nil || s.Generation != want {
+				t.Errorf("report generation %v, want %v (%v): the init lxc-info names", s.Generation, want, err)
+			}
 
 			for _, claim := range []string{idB, idA, ""} {
 				out, code := b.Attach(t, "/usr/local/bin/guestclient", sock, claim)

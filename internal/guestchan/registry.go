@@ -84,6 +84,10 @@ type Config struct {
 	// the peer's uid_map and namespaces); accepted is when the connection was accepted.
 	// Tests that simulate pids replace it.
 	PeerRoot func(conn *net.UnixConn, pid int32, accepted time.Time) error
+	// PeerGeneration returns the generation of the container the accepted peer pid runs in
+	// (default ContainerInit(ProcRoot, pid)); every report of the session carries it. An
+	// error leaves it unknown (zero). Tests that simulate containers replace it.
+	PeerGeneration func(pid int32) (Generation, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -130,6 +134,10 @@ func (c Config) withDefaults() Config {
 	if c.PeerRoot == nil {
 		c.PeerRoot = RootPeer(c.ProcRoot)
 	}
+	if c.PeerGeneration == nil {
+		root := c.ProcRoot
+		c.PeerGeneration = func(pid int32) (Generation, error) { return ContainerInit(root, pid) }
+	}
 	return c
 }
 
@@ -156,6 +164,10 @@ type Snapshot struct {
 	// was accepted since.
 	Refused   string
 	RefusedAt time.Time
+	// Generation is the container generation of the session that sent Report (zero when
+	// it could not be read): the host agent accepts for readiness only a report of the
+	// container's current generation.
+	Generation Generation
 }
 
 // Event tells a subscriber that a container's snapshot changed.
@@ -198,6 +210,7 @@ type container struct {
 	expCh chan struct{} // closed when exp changes
 
 	report  *pb.GuestReport
+	gen     Generation // of the session that sent report
 	at      time.Time
 	seen    time.Time // latest report or session start: staleness counts from here
 	bootID  string
@@ -435,15 +448,16 @@ func (r *Registry) Subscribe(buf int) (<-chan Event, func()) {
 
 func (r *Registry) snapshotLocked(c *container, now time.Time) Snapshot {
 	return Snapshot{
-		Report:    c.report,
-		At:        c.at,
-		Connected: c.sessions > 0,
-		Stale:     r.isStale(c, now),
-		Sessions:  c.sessions,
-		BootID:    c.bootID,
-		Dropped:   c.dropped,
-		Refused:   c.refusal,
-		RefusedAt: c.refusedAt,
+		Report:     c.report,
+		At:         c.at,
+		Connected:  c.sessions > 0,
+		Stale:      r.isStale(c, now),
+		Sessions:   c.sessions,
+		BootID:     c.bootID,
+		Dropped:    c.dropped,
+		Refused:    c.refusal,
+		RefusedAt:  c.refusedAt,
+		Generation: c.gen,
 	}
 }
 

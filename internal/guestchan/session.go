@@ -34,6 +34,7 @@ type guestSession struct {
 	end    context.CancelFunc // ends the session
 	idle   *time.Timer        // ends the session when no report comes for IdleTimeout
 	active atomic.Bool        // a guest.Session stream is open
+	gen    Generation         // the container generation the peer was accepted from
 }
 
 // identify reads the peer's PID and cgroup right after the accept, before the handshake,
@@ -56,7 +57,11 @@ func (r *Registry) identify(conn *net.UnixConn, accepted time.Time) peerIdentity
 	if err := r.cfg.PeerRoot(conn, pid, accepted); err != nil {
 		return peerIdentity{pid: pid, cgroup: path, err: err}
 	}
-	return peerIdentity{pid: pid, cgroup: path}
+	gen, err := r.cfg.PeerGeneration(pid)
+	if err != nil {
+		r.log.WithField("pid", pid).WithError(err).Debug("generation of the guest's container unknown")
+	}
+	return peerIdentity{pid: pid, cgroup: path, gen: gen}
 }
 
 // handleConn runs one connection: identity, Hello, then the session until it ends.
@@ -73,7 +78,7 @@ func (r *Registry) handleConn(ctx context.Context, c *container, conn *net.UnixC
 	reserved, established := false, false
 	defer func() { r.connDone(c, reserved, established) }()
 
-	gs := &guestSession{end: cancel}
+	gs := &guestSession{end: cancel, gen: peer.gen}
 	mux := wire.NewMux()
 	mux.Handle(Method, func(hctx context.Context, st *wire.Stream) error {
 		return r.serveGuest(hctx, c, gs, st)
@@ -284,7 +289,7 @@ func (r *Registry) receiveReports(ctx context.Context, c *container, gs *guestSe
 			return err
 		}
 		gs.idle.Reset(r.cfg.IdleTimeout)
-		if !r.acceptReport(c, rep) {
+		if !r.acceptReport(c, gs.gen, rep) {
 			r.logOnce(c.id, "rate", func() {
 				r.log.WithField("container", c.id).WithField("rate", r.cfg.ReportRate).WithField("burst", r.cfg.ReportBurst).
 					Warn("guest reports faster than allowed: dropping the excess")
@@ -294,7 +299,7 @@ func (r *Registry) receiveReports(ctx context.Context, c *container, gs *guestSe
 }
 
 // acceptReport stores rep as c's latest unless the rate limit drops it.
-func (r *Registry) acceptReport(c *container, rep *pb.GuestReport) bool {
+func (r *Registry) acceptReport(c *container, gen Generation, rep *pb.GuestReport) bool {
 	rep.ContainerId = c.id // the identity, never the guest's word
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -306,8 +311,8 @@ func (r *Registry) acceptReport(c *container, rep *pb.GuestReport) bool {
 		c.dropped++
 		return false
 	}
-	significant := c.report == nil || c.stale || reportChanged(c.report, rep)
-	c.report, c.at, c.seen, c.stale = rep, now, now, false
+	significant := c.report == nil || c.stale || c.gen != gen || reportChanged(c.report, rep)
+	c.report, c.gen, c.at, c.seen, c.stale = rep, gen, now, now, false
 	if b := rep.GetBootId(); b != "" {
 		c.bootID = clip(b)
 	}

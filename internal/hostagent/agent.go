@@ -5,6 +5,7 @@
 package hostagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
+	"gpupass/internal/journal"
 	"gpupass/internal/log"
 	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
@@ -29,7 +31,7 @@ type Agent struct {
 	cfg     *hostconfig.Config
 	rt      runtime.Runtime
 	guests  *guestchan.Registry
-	journal *Journal
+	journal *journal.Journal
 	log     *log.Entry
 	metrics *Metrics
 	name    string
@@ -41,7 +43,11 @@ type Agent struct {
 	desired map[string]*pb.ContainerSpec // last applied spec per container
 	exps    map[string]*pb.Expectation   // what each guest was told to check
 	prepErr error                        // host preparation failure, reported as a reason
-	base    context.Context              // the agent's lifetime (Service.Run); applies outlive their callers
+	// From the journal, reported by status: each container's unresolved conflict and its
+	// quarantined (unreadable) journal files.
+	conflicts   map[string]journal.Entry
+	quarantined map[string][]journal.Broken
+	base        context.Context // the agent's lifetime (Service.Run); applies outlive their callers
 
 	refusals *log.Limiter // rate limits logs of refused connections
 }
@@ -80,7 +86,7 @@ func New(cfg *hostconfig.Config, opts Options) (*Agent, error) {
 		cfg:     cfg,
 		rt:      opts.Runtime,
 		guests:  opts.Guests,
-		journal: &Journal{Dir: filepath.Join(cfg.StateDir, "journal"), Now: opts.Now},
+		journal: &journal.Journal{Dir: filepath.Join(cfg.StateDir, "journal"), Now: opts.Now, Keep: cfg.JournalKeep, KeepFor: cfg.JournalKeepFor},
 		log:     opts.Log,
 		metrics: opts.Metrics,
 		name:    opts.Name,
@@ -93,6 +99,7 @@ func New(cfg *hostconfig.Config, opts Options) (*Agent, error) {
 	if err := a.loadDesired(); err != nil {
 		return nil, err
 	}
+	a.refreshJournalState()
 	return a, nil
 }
 
@@ -138,7 +145,10 @@ func (a *Agent) remember(spec *pb.ContainerSpec) error {
 	if err != nil {
 		return fmt.Errorf("encode desired spec: %w", err)
 	}
-	path := filepath.Join(a.desiredDir(), sanitize(spec.GetId())+".json")
+	path := filepath.Join(a.desiredDir(), journal.Sanitize(spec.GetId())+".json")
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
+		return nil // the same spec: an apply that changes nothing writes nothing
+	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("write desired spec: %w", err)

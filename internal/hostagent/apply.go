@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"gpupass/internal/guestchan"
+	"gpupass/internal/journal"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runtime"
 	"gpupass/internal/wire"
@@ -95,6 +99,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	}
 
 	// The guest directory must exist before the config mounts it into the container.
+	_, statErr := os.Stat(a.guestDir(id))
 	if _, err := a.guests.Ensure(id); err != nil {
 		return fail(fmt.Errorf("prepare guest socket for container %s: %w", id, err))
 	}
@@ -120,55 +125,87 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 		return fail(err)
 	}
 
-	op, err := a.journal.Begin(spec, p.state.Running, p.digest)
-	if err != nil {
-		return fail(err)
+	// The transaction: the intent (the digest found, the digest it will write, the backup
+	// of the old bytes) is journaled before anything is written, and every change made
+	// has its undo (txn.go). An apply that changes nothing journals nothing.
+	restart := p.state.Running && p.pb.Restart.GetRequired() && refusal == ""
+	start := !p.state.Running && p.pb.Start && refusal == ""
+	t := &txn{id: id, intent: journal.Entry{WasRunning: p.state.Running, Digest: p.digest, After: p.digest, GuestDirCreated: errors.Is(statErr, os.ErrNotExist)}}
+	var op *journal.Op
+	if p.res.Changed || restart || start || t.intent.GuestDirCreated || a.hasConflict(id) {
+		if p.res.Changed {
+			t.intent.After = pveconf.Digest(p.res.New)
+			if t.intent.Backup, err = a.journal.SaveBackup(a.backupDir(id), filepath.Base(p.file.Path), p.old); err != nil {
+				return fail(fmt.Errorf("apply to container %s: %w (nothing was written)", id, err))
+			}
+		}
+		intent := t.intent
+		if intent.Spec, err = protojson.Marshal(spec); err != nil {
+			return fail(fmt.Errorf("encode spec: %w", err))
+		}
+		if op, err = a.journal.Begin(id, intent); err != nil {
+			return fail(err)
+		}
+		defer func() { a.prune(id); a.refreshJournalState() }()
+		progress(id, "journal", op.ID)
+		crash("begin")
 	}
-	progress(id, "journal", op.ID)
 
-	var backup string
 	if p.res.Changed {
 		progress(id, "write", fmt.Sprintf("%d change(s) to %s", len(p.res.Changes), p.file.Path))
-		backup, err = p.file.Write(p.res.New, p.digest)
-		if err != nil {
-			_ = op.Done(OutcomeAsWas, "write failed: "+err.Error())
+		f := *p.file
+		f.BackupDir = "" // the journal's backup, named in the intent, is the one kept
+		if _, err := f.Write(p.res.New, p.digest); err != nil {
+			outcome, detail := a.runUndo(context.WithoutCancel(ctx), op, a.undoStack(t), "write failed: "+err.Error())
 			if errors.Is(err, pveconf.ErrDigestMismatch) {
 				err = wire.Errorf(pb.ErrorCode_ERROR_CODE_CONFLICT, "%s changed while applying: nothing was written; run plan again (%v)", p.file.Path, err)
 			}
+			if outcome != journal.OutcomeAsWas {
+				return fail(fmt.Errorf("write %s: %w (nothing was written; %s)", p.file.Path, err, detail))
+			}
 			return fail(fmt.Errorf("write %s: %w (the container and its config are as they were)", p.file.Path, err))
 		}
+		crash("written-unjournaled")
+		t.configWritten = true
 		result.Written = true
-		if err := op.Step(StepWritten, Entry{Backup: backup}); err != nil {
+		if err := op.Step(journal.StepWritten, journal.Entry{Backup: t.intent.Backup}); err != nil {
 			l.WithError(err).Error("journal write failed")
 		}
+		crash("written")
 	}
 
 	if refusal != "" {
 		// Written, and the restart is left to the person (HA): say so and stop here.
 		result.Status = a.status(ctx, spec)
-		_ = op.Done(OutcomeDesired, "written; restart refused: "+refusal)
+		_ = op.Done(journal.OutcomeDesired, "written; restart refused: "+refusal)
 		return fail(errors.New(refusal))
 	}
 
 	restarted, started := false, false
 	since := a.now()
 	switch {
-	case p.state.Running && p.pb.Restart.GetRequired():
+	case restart:
 		progress(id, "restart", strings.Join(p.pb.Restart.GetReasons(), "; "))
-		_ = op.Step(StepRestart, Entry{Detail: strings.Join(p.pb.Restart.GetReasons(), "; ")})
+		_ = op.Step(journal.StepRestart, journal.Entry{Detail: strings.Join(p.pb.Restart.GetReasons(), "; ")})
+		crash("restart-journaled")
+		t.runTouched = true
 		since = a.now()
 		if err := a.rt.Restart(ctx, id); err != nil {
-			return a.rollback(ctx, op, p, backup, result, fmt.Errorf("restart container %s: %w", id, err), progress)
+			return a.rollback(ctx, op, t, p, result, fmt.Errorf("restart container %s: %w", id, err), progress)
 		}
 		restarted = true
-	case !p.state.Running && p.pb.Start:
+		crash("restarted")
+	case start:
 		progress(id, "start", "fleet wants it running")
-		_ = op.Step(StepRestart, Entry{Detail: "start"})
+		_ = op.Step(journal.StepRestart, journal.Entry{Detail: "start"})
+		crash("restart-journaled")
+		t.runTouched = true
 		since = a.now()
 		if err := a.rt.Start(ctx, id); err != nil {
-			return a.rollback(ctx, op, p, backup, result, fmt.Errorf("start container %s: %w", id, err), progress)
+			return a.rollback(ctx, op, t, p, result, fmt.Errorf("start container %s: %w", id, err), progress)
 		}
 		started = true
+		crash("restarted")
 	}
 	// A start is not a restart: the answer says which one happened (issue 19).
 	result.Restarted, result.Started = restarted, started
@@ -176,7 +213,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	running := p.state.Running || started
 	if !running {
 		result.Status = a.status(ctx, spec)
-		_ = op.Done(OutcomeDesired, "stopped container written and left stopped")
+		_ = op.Done(journal.OutcomeDesired, "stopped container written and left stopped")
 		return result
 	}
 
@@ -185,30 +222,43 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	status := a.status(ctx, spec)
 	result.Status = status
 	if status.GetState() == StateReady {
-		_ = op.Step(StepReady, Entry{})
-		_ = op.Done(OutcomeDesired, "")
+		_ = op.Step(journal.StepReady, journal.Entry{})
+		crash("ready")
+		_ = op.Done(journal.OutcomeDesired, "")
 		return result
 	}
 	detail := strings.Join(status.GetReasons(), "; ")
-	_ = op.Step(StepNotReady, Entry{Detail: detail})
+	_ = op.Step(journal.StepNotReady, journal.Entry{Detail: detail})
+	crash("not-ready")
 	if passthroughBroken(snap) && (result.Written || restarted || started) {
-		return a.rollback(ctx, op, p, backup, result, fmt.Errorf("container %s is not ready after apply: %s", id, detail), progress)
+		return a.rollback(ctx, op, t, p, result, fmt.Errorf("container %s is not ready after apply: %s", id, detail), progress)
 	}
 	if werr != nil && snap.Report == nil {
 		l.WithError(werr).Info("no guest report before the deadline")
 	}
-	_ = op.Done(OutcomeDesired, "not ready: "+detail)
+	_ = op.Done(journal.OutcomeDesired, "not ready: "+detail)
 	return result
 }
 
-// waitReady waits for the guest's push: a report received after since (after a restart:
-// from the new instance) that is ready, or the deadline. No polling: the registry wakes us.
+// waitReady waits for the guest's push: a report of the running container's generation
+// (its init and the init's start time: after a restart, only the new instance's guest
+// counts, whatever the clock says) that is ready, or the deadline. Where the generation
+// cannot be read, a report received after since (after a restart) counts. No polling:
+// the registry wakes us.
 func (a *Agent) waitReady(ctx context.Context, id string, since time.Time, restarted bool, timeout time.Duration) (guestchan.Snapshot, error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var gen guestchan.Generation
+	known := false
+	if st, err := a.rt.State(wctx, id); err == nil && st.Running {
+		gen, known = a.generationOf(st.InitPID)
+	}
 	fresh := func(s guestchan.Snapshot) bool {
 		if !s.Connected || s.Report == nil {
 			return false
+		}
+		if known && !s.Generation.IsZero() {
+			return s.Generation == gen
 		}
 		return !restarted || s.At.After(since)
 	}
@@ -242,14 +292,16 @@ func passthroughBroken(s guestchan.Snapshot) bool {
 	return false
 }
 
-// rollback restores the backup and brings the container back to its previous run state.
-func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string, result *pb.ContainerResult, cause error, progress progressFunc) *pb.ContainerResult {
+// rollback undoes every change the apply made (txn.go: the config only while it still
+// holds what gpupass wrote, the guest socket directory it created, the run state) in
+// reverse order, and reports each undo that failed.
+func (a *Agent) rollback(ctx context.Context, op *journal.Op, t *txn, p *planned, result *pb.ContainerResult, cause error, progress progressFunc) *pb.ContainerResult {
 	id := p.spec.GetId()
 	l := a.log.WithField("container", id)
 	if errors.Is(cause, runtime.ErrTaskRunning) {
 		// A PVE task still holds the container: a rollback now would race it. Leave both
 		// as they are and say so; the journal keeps the backup for the reconcile.
-		_ = op.Done(OutcomeFailed, cause.Error()+"; not rolled back while the PVE task runs")
+		_ = op.Done(journal.OutcomeFailed, cause.Error()+"; not rolled back while the PVE task runs")
 		result.Error = cause.Error() + "; not rolled back: the PVE task still runs on the container (see its task log, then apply again)"
 		if result.Status == nil {
 			result.Status = &pb.ContainerStatus{Id: id, Gpus: p.spec.GetGpus(), State: StateError}
@@ -263,53 +315,22 @@ func (a *Agent) rollback(ctx context.Context, op *Op, p *planned, backup string,
 	// Roll back even when the caller's context is gone: leave the container as it was.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
-	var errs []error
-	if backup != "" {
-		old, err := os.ReadFile(backup)
-		if err == nil {
-			_, cur, rerr := p.file.Read()
-			if rerr == nil {
-				_, err = p.file.Write(old, cur)
-			} else {
-				err = rerr
-			}
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("restore %s from %s: %w", p.file.Path, backup, err))
-		}
-	}
-	st, err := a.rt.State(rctx, id)
-	switch {
-	case err != nil:
-		errs = append(errs, err)
-	case p.state.Running:
-		// Start again from the restored config.
-		if err := a.rt.Restart(rctx, id); err != nil {
-			errs = append(errs, fmt.Errorf("restart container %s with the restored config: %w", id, err))
-		}
-	case !p.state.Running && st.Running:
-		if err := a.rt.Stop(rctx, id); err != nil {
-			errs = append(errs, fmt.Errorf("stop container %s again: %w", id, err))
-		}
-	}
-	result.RolledBack = len(errs) == 0
+	outcome, detail := a.runUndo(rctx, op, a.undoStack(t), cause.Error())
+	result.RolledBack = outcome == journal.OutcomeAsWas
 	if result.Status == nil {
 		result.Status = &pb.ContainerStatus{Id: id, Gpus: p.spec.GetGpus(), State: StateError}
 	}
 	result.Status.Reasons = append(result.Status.Reasons, cause.Error())
-	if len(errs) == 0 {
-		_ = op.Step(StepRolledBack, Entry{Detail: cause.Error()})
-		_ = op.Done(OutcomeAsWas, cause.Error())
+	if result.RolledBack {
 		result.Error = cause.Error() + " (rolled back: the config and the container are as they were)"
 	} else {
-		err := errors.Join(errs...)
-		_ = op.Done(OutcomeFailed, cause.Error()+"; rollback: "+err.Error())
-		result.Error = cause.Error() + "; rollback failed: " + err.Error()
+		result.Error = cause.Error() + "; rollback failed: " + detail
+		result.Status.Reasons = append(result.Status.Reasons, "rollback: "+detail)
 	}
 	if result.Status.GetState() == StateReady {
 		result.Status.State = StateError
 	}
-	l.WithError(cause).Warn("apply rolled back")
+	l.WithError(cause).WithField("outcome", outcome).Warn("apply rolled back")
 	return result
 }
 

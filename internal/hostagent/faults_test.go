@@ -21,6 +21,7 @@ import (
 	"gpupass/internal/gpu/gputest"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
+	"gpupass/internal/journal"
 	"gpupass/internal/log"
 	"gpupass/internal/runner"
 	"gpupass/internal/runtime"
@@ -37,7 +38,7 @@ import (
 // fakePCT is the pct the runtime runs: container state in files, faults on request.
 const fakePCT = `#!/bin/sh
 # fake pct for gpupass fault tests. State: $D/state-<id> (running|stopped); the running
-# container's init pid is $D/pid. Faults: $D/hang-<cmd> makes <cmd> hang; $D/fail-<cmd>
+# container's init pid is $D/pid. Faults (and see edit- below): $D/hang-<cmd> makes <cmd> hang; $D/fail-<cmd>
 # holds how many more times <cmd> fails, printing $D/stdout-<cmd> first (as pct prints the
 # task log on stdout). $D/task-<cmd> (seconds) makes <cmd> start a PVE
 # "task" that holds the config lock ($D/lockpath) that long, outlives pct, and ends the hang.
@@ -50,6 +51,8 @@ if [ -s "$D/task-$cmd" ]; then
   while ! grep -q task-start "$D/transcript"; do sleep 0.05; done
 fi
 if [ -e "$D/hang-$cmd" ]; then exec sleep 60; fi
+# $D/edit-<cmd>: someone else appends this line to the config ($D/confpath) during <cmd>.
+if [ -s "$D/edit-$cmd" ]; then cat "$D/edit-$cmd" >> "$(cat "$D/confpath")"; rm -f "$D/edit-$cmd"; fi
 if [ -s "$D/fail-$cmd" ]; then
   n=$(cat "$D/fail-$cmd")
   if [ "$n" -gt 0 ]; then
@@ -130,13 +133,30 @@ func newFaultHost(t *testing.T, running bool) *faultHost {
 	}
 	h.setFile("pid", fmt.Sprint(os.Getpid())) // the running container's "init": /proc/<pid>/root/dev has no GPU
 	h.setFile("lockpath", pveconfLockPath(h.root, "901"))
+	h.setFile("confpath", h.conf)
 	state := "stopped"
 	if running {
 		state = "running"
 	}
 	h.setFile("state-901", state)
+	h.start(t.TempDir())
+	return h
+}
 
-	base := t.TempDir()
+// reopenFaultHost is a host agent started again over the files of an earlier one (its
+// simulated root, fake pct and state directory under base): what a restart of the agent
+// after a crash finds.
+func reopenFaultHost(t *testing.T, root, bin, base string) *faultHost {
+	t.Helper()
+	testenv.RequireRoot(t)
+	h := &faultHost{t: t, root: root, bin: bin, conf: filepath.Join(root, "etc/pve/lxc/901.conf")}
+	h.start(base)
+	return h
+}
+
+// start starts the agent and its guest registry with state under base.
+func (h *faultHost) start(base string) {
+	t := h.t
 	cfg := hostconfig.Default()
 	cfg.StateDir = filepath.Join(base, "state")
 	cfg.GuestSocketDir = filepath.Join(base, "g")
@@ -164,7 +184,6 @@ func newFaultHost(t *testing.T, running bool) *faultHost {
 			t.Logf("pct transcript:\n%s", h.file("transcript"))
 		}
 	})
-	return h
 }
 
 func (h *faultHost) writeConf(s string) {
@@ -256,7 +275,7 @@ func (h *faultHost) assertConfDesired() {
 }
 
 // journalOutcome is the done step of the container's only journaled apply.
-func (h *faultHost) journalOutcome() Entry {
+func (h *faultHost) journalOutcome() journal.Entry {
 	h.t.Helper()
 	files, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "journal", "done", "*.jsonl"))
 	if open, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "journal", "*.jsonl")); len(open) > 0 {
@@ -265,12 +284,12 @@ func (h *faultHost) journalOutcome() Entry {
 	if len(files) != 1 {
 		h.t.Fatalf("%d finished journal files, want 1", len(files))
 	}
-	entries, err := readEntries(files[0])
+	entries, err := journal.ReadFile(files[0])
 	if err != nil || len(entries) == 0 {
 		h.t.Fatalf("journal %s: %v", files[0], err)
 	}
 	last := entries[len(entries)-1]
-	if last.Step != StepDone {
+	if last.Step != journal.StepDone {
 		h.t.Fatalf("journal ends with %q, want done", last.Step)
 	}
 	return last
@@ -331,8 +350,8 @@ func TestFaultDiskFull(t *testing.T) {
 	if h.file("state-901") != "running" {
 		t.Errorf("container is %s, want running as it was", h.file("state-901"))
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeAsWas || !strings.Contains(o.Detail, "no space left") {
-		t.Errorf("journal outcome %q (%s), want %q naming the full disk", o.Outcome, o.Detail, OutcomeAsWas)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas || !strings.Contains(o.Detail, "no space left") {
+		t.Errorf("journal outcome %q (%s), want %q naming the full disk", o.Outcome, o.Detail, journal.OutcomeAsWas)
 	}
 }
 
@@ -356,8 +375,8 @@ func TestFaultReadOnlyConfigDir(t *testing.T) {
 	if a := h.pctActions(); len(a) != 0 {
 		t.Errorf("pct was asked to %q, want nothing", a)
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 	}
 }
 
@@ -396,8 +415,8 @@ func TestFaultConfigLockHeldByAnotherProcess(t *testing.T) {
 	if a := h.pctActions(); len(a) != 0 {
 		t.Errorf("pct was asked to %q, want nothing", a)
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+		t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 	}
 }
 
@@ -422,8 +441,8 @@ func TestFaultPctFails(t *testing.T) {
 		if h.file("state-901") != "running" {
 			t.Errorf("container is %s, want running as it was", h.file("state-901"))
 		}
-		if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+		if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 		}
 	})
 	t.Run("start of a stopped container", func(t *testing.T) {
@@ -436,8 +455,8 @@ func TestFaultPctFails(t *testing.T) {
 		if h.file("state-901") != "stopped" {
 			t.Errorf("container is %s, want stopped as it was", h.file("state-901"))
 		}
-		if o := h.journalOutcome(); o.Outcome != OutcomeAsWas {
-			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, OutcomeAsWas)
+		if o := h.journalOutcome(); o.Outcome != journal.OutcomeAsWas {
+			t.Errorf("journal outcome %q (%s), want %q", o.Outcome, o.Detail, journal.OutcomeAsWas)
 		}
 	})
 }
@@ -503,8 +522,8 @@ func TestFaultGuestNeverConnects(t *testing.T) {
 		t.Errorf("container is %s, want running as desired", h.file("state-901"))
 	}
 	o := h.journalOutcome()
-	if o.Outcome != OutcomeDesired || !strings.Contains(o.Detail, "guest agent has not connected") {
-		t.Errorf("journal outcome %q (%s), want %q naming the silent guest", o.Outcome, o.Detail, OutcomeDesired)
+	if o.Outcome != journal.OutcomeDesired || !strings.Contains(o.Detail, "guest agent has not connected") {
+		t.Errorf("journal outcome %q (%s), want %q naming the silent guest", o.Outcome, o.Detail, journal.OutcomeDesired)
 	}
 	// The status query afterwards says the same, from what the agent knows.
 	st := h.agent.Status(context.Background(), &pb.StatusRequest{})

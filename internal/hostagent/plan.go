@@ -31,7 +31,7 @@ func (a *Agent) configFile(id string) *pveconf.File {
 	return &pveconf.File{
 		Path:        a.rt.ConfigPath(id),
 		LockPath:    a.rt.LockPath(id),
-		BackupDir:   filepath.Join(a.cfg.StateDir, "backup", sanitize(id)),
+		BackupDir:   a.backupDir(id),
 		LockTimeout: 10 * time.Second,
 	}
 }

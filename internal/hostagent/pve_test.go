@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"gpupass/internal/guestchan"
+	"gpupass/internal/journal"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runtime"
 	pb "gpupass/proto/gpupass/v1"
@@ -236,8 +238,8 @@ func TestTimedOutTaskStillRunning(t *testing.T) {
 	if got := strings.Join(h.pctActions(), "; "); got != "reboot 901 --timeout 1; task-start" {
 		t.Errorf("pct actions %q, want the one reboot and no rollback", got)
 	}
-	if o := h.journalOutcome(); o.Outcome != OutcomeFailed {
-		t.Errorf("journal outcome %q, want %q", o.Outcome, OutcomeFailed)
+	if o := h.journalOutcome(); o.Outcome != journal.OutcomeFailed {
+		t.Errorf("journal outcome %q, want %q", o.Outcome, journal.OutcomeFailed)
 	}
 }
 
@@ -338,4 +340,28 @@ func TestFailedStartSaysWhy(t *testing.T) {
 	h.setFile("stdout-start", "run_buffer: 571 Script exited with status 1\nlxc_init: 845 Failed to run lxc.hook.pre-start for container \"901\"\nerror in setup task PVE::LXC::Setup::pre_start_hook: /dev/nvidia-uvm: no such device")
 	res, _ := h.apply(true, time.Second)
 	wantContains(t, "error", res.GetError(), "injected failure", "PVE::LXC::Setup::pre_start_hook: /dev/nvidia-uvm: no such device", "Failed to run lxc.hook.pre-start")
+}
+
+// TestStatusSaysGuestRefused: a guest that connected and was refused is reported as such,
+// with the reason, not as a guest that never connected.
+func TestStatusSaysGuestRefused(t *testing.T) {
+	t.Parallel()
+	h := newFaultHost(t, true)
+	at := time.Date(2026, 12, 2, 7, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		snap    guestchan.Snapshot
+		want    string
+		refused string
+	}{
+		{"never connected", guestchan.Snapshot{}, "guest agent has not connected", ""},
+		{"refused", guestchan.Snapshot{Refused: "peer pid 7 is in container 902", RefusedAt: at},
+			"guest agent connected but was refused at 2026-12-02T07:00:00Z: peer pid 7 is in container 902", "peer pid 7 is in container 902"},
+	} {
+		cs := &pb.ContainerStatus{Id: "901"}
+		h.agent.judge(cs, &pb.ContainerSpec{Id: "901"}, tc.snap)
+		if got := strings.Join(cs.GetReasons(), "; "); !strings.Contains(got, tc.want) || cs.GetGuestRefused() != tc.refused {
+			t.Errorf("%s: reasons %q guest_refused %q, want %q and %q", tc.name, got, cs.GetGuestRefused(), tc.want, tc.refused)
+		}
+	}
 }

@@ -3,73 +3,112 @@ package hostagent
 import (
 	"context"
 	"fmt"
-	"os"
+	"path/filepath"
+	"sort"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"gpupass/internal/journal"
+	pb "gpupass/proto/gpupass/v1"
 )
 
-// Reconcile finishes the applies an earlier agent left unfinished (killed at any step):
-// no duplicate lines, no lost lines, the container as desired or as it was, and the
-// journal says which.
+// reconcileReadyTimeout bounds the readiness wait of an apply completed on start.
+var reconcileReadyTimeout = 30 * time.Second
+
+// Reconcile finishes the applies an earlier agent left unfinished (killed at any step),
+// each on its own: one it cannot read is quarantined and reported, and the others still
+// proceed. The config's digest decides: still the one found before the apply, nothing was
+// written; the one the apply was writing, the apply is completed (or, if it cannot be,
+// undone); anything else is someone else's edit, left as it is and marked conflict. The
+// journal says which, and status and doctor say so for a conflict or a quarantined file.
 func (a *Agent) Reconcile(ctx context.Context) error {
-	ops, err := a.journal.Interrupted()
+	ops, broken, err := a.journal.Pending()
 	if err != nil {
 		return err
 	}
-	for _, in := range ops {
-		l := a.log.WithField("container", in.Op.Container).WithField("op", in.Op.ID).WithField("last_step", in.Last().Step)
-		if _, written := in.Has(StepWritten); !written {
-			if _, restarted := in.Has(StepRestart); !restarted {
-				_ = in.Op.Done(OutcomeAsWas, "interrupted before the config was written; nothing to undo")
-				l.Info("interrupted apply had written nothing")
-				continue
-			}
-		}
-		// The config may hold the desired entries while the container still runs the
-		// old ones, or was stopped mid-restart. Apply the journaled spec again: the
-		// editor is idempotent and the restart rule judges the running container.
-		// An agent killed between the stop and the start of a restart left the container
-		// stopped; it was running before this apply, so it is started again. Pending PVE
-		// changes were allowed by the interrupted apply (it refuses before writing
-		// otherwise, and PVE makes pending changes only for running containers).
-		res := a.applyOne(ctx, in.Spec, applyOpts{timeout: 30 * time.Second, keepRunning: in.Entries[0].WasRunning, applyPending: in.Entries[0].WasRunning}, nil)
-		if res.GetError() == "" {
-			_ = in.Op.Done(OutcomeDesired, "reconciled on start: "+res.GetStatus().GetState())
-			l.Info("interrupted apply completed")
-			continue
-		}
-		// Could not complete: restore the backup the journal names.
-		detail := res.GetError()
-		if w, ok := in.Has(StepWritten); ok && w.Backup != "" && !res.GetRolledBack() {
-			if err := a.restoreBackup(ctx, in, w.Backup); err != nil {
-				detail += "; restore failed: " + err.Error()
-				_ = in.Op.Done(OutcomeFailed, detail)
-				l.WithError(err).Error("interrupted apply could not be completed or undone")
-				continue
-			}
-		}
-		_ = in.Op.Done(OutcomeAsWas, "reconciled on start by rollback: "+detail)
-		l.Warn("interrupted apply rolled back")
+	for _, b := range broken {
+		a.log.WithField("container", b.Container).WithField("file", b.File).WithField("quarantined", b.Quarantined).
+			WithError(b.Err).Error("unreadable journal quarantined: not reconciled")
+	}
+	seen := map[string]bool{}
+	for _, p := range ops {
+		seen[p.Op.Container] = true
+		a.reconcileOne(ctx, p)
+	}
+	a.refreshJournalState()
+	for _, id := range a.knownIDs() {
+		seen[id] = true
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		a.prune(id)
 	}
 	return nil
 }
 
-func (a *Agent) restoreBackup(ctx context.Context, in Interrupted, backup string) error {
-	unlock := a.lock(in.Op.Container)
-	defer unlock()
-	old, err := os.ReadFile(backup)
+// reconcileOne settles one unfinished operation.
+func (a *Agent) reconcileOne(ctx context.Context, p journal.Pending) {
+	in := p.Intent()
+	l := a.log.WithField("container", in.Container).WithField("op", p.Op.ID).WithField("last_step", p.Last().Step)
+	spec := &pb.ContainerSpec{}
+	if err := protojson.Unmarshal(in.Spec, spec); err != nil || spec.GetId() != in.Container {
+		if err == nil {
+			err = fmt.Errorf("its spec names container %q", spec.GetId())
+		}
+		b := a.journal.Quarantine(filepath.Base(p.Op.Path), fmt.Errorf("read journal %s: decode spec: %w", filepath.Base(p.Op.Path), err))
+		l.WithField("quarantined", b.Quarantined).WithError(b.Err).Error("unreadable journal quarantined: not reconciled")
+		return
+	}
+	id := spec.GetId()
+	_, cur, err := a.configFile(id).Read()
 	if err != nil {
-		return fmt.Errorf("read backup %s: %w", backup, err)
+		_ = p.Op.Done(journal.OutcomeFailed, "reconcile on start: "+err.Error())
+		l.WithError(err).Error("interrupted apply: cannot read the config")
+		return
 	}
-	f := a.configFile(in.Op.Container)
-	_, cur, err := f.Read()
-	if err != nil {
-		return err
+	t := &txn{id: id, intent: in}
+	_, t.runTouched = p.Has(journal.StepRestart)
+	wrote := in.After != "" && in.After != in.Digest
+	rb, rollingBack := p.Has(journal.StepRollback)
+	switch {
+	case rollingBack:
+		// A rollback follows the write's journal entry, or a write that failed (and left
+		// the config untouched).
+		_, t.configWritten = p.Has(journal.StepWritten)
+		unlock := a.lock(id)
+		outcome, detail := a.runUndo(ctx, p.Op, a.undoStack(t), "reconciled on start: finished the rollback of: "+rb.Detail)
+		unlock()
+		l.WithField("outcome", outcome).WithField("detail", detail).Warn("interrupted rollback finished")
+	case wrote && cur != in.After && cur != in.Digest:
+		detail := fmt.Sprintf("reconciled on start: %s was changed by someone else while this apply was unfinished (digest %s; gpupass was writing %s over %s): left as it is",
+			a.configFile(id).Path, short(cur), short(in.After), short(in.Digest))
+		_ = p.Op.Done(journal.OutcomeConflict, detail)
+		l.Warn("interrupted apply: the config was edited meanwhile; left as it is (conflict)")
+	case cur == in.Digest && !t.runTouched:
+		_ = p.Op.Done(journal.OutcomeAsWas, "interrupted before the config was written; nothing to undo")
+		l.Info("interrupted apply had written nothing")
+	default:
+		// The config holds what the apply wrote (or it had nothing to write and a restart
+		// was issued): complete it. The editor is idempotent and the restart rule judges the
+		// running container. An agent killed between the stop and the start of a restart
+		// left the container stopped; it was running before this apply, so it is started
+		// again. Pending PVE changes were allowed by the interrupted apply (it refuses before
+		// writing otherwise, and PVE makes pending changes only for running containers).
+		res := a.applyOne(ctx, spec, applyOpts{timeout: reconcileReadyTimeout, keepRunning: in.WasRunning, applyPending: in.WasRunning}, nil)
+		if res.GetError() == "" {
+			_ = p.Op.Done(journal.OutcomeDesired, "reconciled on start: "+res.GetStatus().GetState())
+			l.Info("interrupted apply completed")
+			return
+		}
+		t.configWritten = wrote // the config held what it wrote: that is why it went on
+		unlock := a.lock(id)
+		outcome, detail := a.runUndo(ctx, p.Op, a.undoStack(t), "reconciled on start: could not complete: "+res.GetError())
+		unlock()
+		l.WithField("outcome", outcome).WithField("detail", detail).Warn("interrupted apply rolled back")
 	}
-	if _, err := f.Write(old, cur); err != nil {
-		return err
-	}
-	if in.Entries[0].WasRunning {
-		return a.rt.Restart(ctx, in.Op.Container)
-	}
-	return nil
 }

@@ -87,6 +87,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 		return cs
 	}
 	cs.RunState = runState(st)
+	cs.Reasons = append(cs.Reasons, a.journalReasons(id)...)
 	if !st.Running {
 		cs.State = StateStopped
 		cs.Reasons = append(cs.Reasons, "container is stopped")
@@ -100,6 +101,8 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 		cs.RestartRequired = p.pb.GetRestart().GetRequired()
 	}
 	snap, _ := a.guests.Latest(id)
+	// The host's own evidence first: the report's generation, and its own look at /dev.
+	cs.Reasons = append(cs.Reasons, a.hostEvidence(id, st, snap)...)
 	a.judge(cs, spec, snap)
 	if !snap.Connected && st.InitPID > 0 {
 		// Say why from what the container sees: its socket hidden or never mounted (the

@@ -45,7 +45,12 @@ type Config struct {
 	// name); every one must also have the controller role.
 	AllowedControllers []string `yaml:"allowed_controllers"`
 
-	File string `yaml:"-"` // the file it was read from ("" for defaults)
+	// JournalKeep and JournalKeepFor bound the journal of finished applies and the config
+	// backups: per container, a record goes only when it is not among the last
+	// JournalKeep and is older than JournalKeepFor.
+	JournalKeep    int           `yaml:"journal_keep"`
+	JournalKeepFor time.Duration `yaml:"journal_keep_for"`
+	File           string        `yaml:"-"` // the file it was read from ("" for defaults)
 }
 
 // TLS names the host agent's certificate files.
@@ -54,6 +59,13 @@ type TLS struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
 }
+
+// Defaults of the journal bounds: the last 20 applies of each container, and every one
+// of the last 30 days.
+const (
+	DefaultJournalKeep    = 20
+	DefaultJournalKeepFor = 30 * 24 * time.Hour
+)
 
 // Default returns the configuration used for every field a file leaves out.
 func Default() *Config {
@@ -70,6 +82,8 @@ func Default() *Config {
 		GuestStaleAfter: 30 * time.Second,
 		LXCPath:         "/var/lib/lxc",
 		Simulated:       false,
+		JournalKeep:     DefaultJournalKeep,
+		JournalKeepFor:  DefaultJournalKeepFor,
 	}
 }
 
@@ -134,6 +148,12 @@ func (c *Config) validate(doc *strictyaml.Doc) error {
 	}
 	if c.Heartbeat < 100*time.Millisecond || c.Heartbeat > time.Hour {
 		return doc.Errorf("heartbeat", "%s: use a duration between 100ms and 1h", c.Heartbeat)
+	}
+	if c.JournalKeep < 1 || c.JournalKeep > 100000 {
+		return doc.Errorf("journal_keep", "%d: keep between 1 and 100000 finished applies per container (default %d)", c.JournalKeep, DefaultJournalKeep)
+	}
+	if c.JournalKeepFor < 0 || c.JournalKeepFor > 10*365*24*time.Hour {
+		return doc.Errorf("journal_keep_for", "%s: use a duration between 0s (count only) and 87600h (default %s)", c.JournalKeepFor, DefaultJournalKeepFor)
 	}
 	if c.GuestStaleAfter <= c.Heartbeat {
 		return doc.Errorf("guest_stale_after", "%s must be longer than heartbeat (%s), e.g. three heartbeats", c.GuestStaleAfter, c.Heartbeat)

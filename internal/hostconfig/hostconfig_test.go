@@ -59,7 +59,7 @@ func TestParseErrors(t *testing.T) {
 	tests := []struct{ name, in, want string }{
 		{"no version", "listen: \":1\"\n", "h.yaml:1: version: missing; add version: 1 as the first line"},
 		{"version 2", "version: 2\n", "h.yaml:1: version: unsupported version 2: this gpupass reads version 1 (upgrade gpupass or convert the file)"},
-		{"unknown key", "version: 1\nlisten_addr: x\n", "h.yaml:2: listen_addr: unknown field; known fields here: version, listen, runtime, tls, state_dir, guest_socket_dir, host_root, metrics_listen, heartbeat, guest_stale_after, lxc_path, simulated, allowed_controllers"},
+		{"unknown key", "version: 1\nlisten_addr: x\n", "h.yaml:2: listen_addr: unknown field; known fields here: version, listen, runtime, tls, state_dir, guest_socket_dir, host_root, metrics_listen, heartbeat, guest_stale_after, lxc_path, simulated, allowed_controllers, journal_keep, journal_keep_for"},
 		{"unknown tls key", "version: 1\ntls: {ca: /a, crt: /b}\n", "h.yaml:2: tls.crt: unknown field; known fields here: ca, cert, key"},
 		{"bad runtime", "version: 1\nruntime: docker\n", `h.yaml:2: runtime: "docker": use pct (Proxmox) or lxc (plain LXC)`},
 		{"bad listen", "version: 1\nlisten: 7420\n", `h.yaml:2: listen: "7420" is not host:port (e.g. "0.0.0.0:7420")`},
@@ -69,6 +69,9 @@ func TestParseErrors(t *testing.T) {
 		{"stale before heartbeat", "version: 1\nheartbeat: 30s\n", `h.yaml:1: guest_stale_after: 30s must be longer than heartbeat (30s), e.g. three heartbeats`},
 		{"bad controller name", "version: 1\nallowed_controllers: [controller, \"a b\"]\n", `h.yaml:2: allowed_controllers[1]: "a b" is not a certificate name (the --name given to gpupass pki issue --role controller)`},
 		{"simulated string", "version: 1\nsimulated: \"yes\"\n", `h.yaml:2: simulated: must be true or false, got str "yes"`},
+		{"journal_keep zero", "version: 1\njournal_keep: 0\n", `h.yaml:2: journal_keep: 0: keep between 1 and 100000 finished applies per container (default 20)`},
+		{"journal_keep_for negative", "version: 1\njournal_keep_for: -1h\n", `h.yaml:2: journal_keep_for: -1h0m0s: use a duration between 0s (count only) and 87600h (default 720h0m0s)`},
+		{"journal_keep_for number", "version: 1\njournal_keep_for: 30\n", `h.yaml:2: journal_keep_for: must be a duration such as "10s", got int "30"`},
 		{"trailing document", "version: 1\n---\nversion: 1\n", `h.yaml:2: a second YAML document ('---') follows; keep one document per file`},
 	}
 	for _, tt := range tests {
@@ -138,5 +141,29 @@ func TestLoadRefusesOversizedFile(t *testing.T) {
 	_, err := Load(p)
 	if !errors.Is(err, inputlimit.ErrTooLarge) || !strings.Contains(err.Error(), p) {
 		t.Fatalf("err = %v, want ErrTooLarge naming the file", err)
+	}
+}
+
+// The journal bounds default to 20 applies and 30 days per container; a file may set them.
+func TestJournalBounds(t *testing.T) {
+	tests := []struct {
+		name, in string
+		keep     int
+		keepFor  time.Duration
+	}{
+		{"defaults", "version: 1\n", 20, 720 * time.Hour},
+		{"set", "version: 1\njournal_keep: 5\njournal_keep_for: 48h\n", 5, 48 * time.Hour},
+		{"count only", "version: 1\njournal_keep_for: 0s\n", 20, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("h.yaml", []byte(tt.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff([]any{c.JournalKeep, c.JournalKeepFor}, []any{tt.keep, tt.keepFor}); diff != "" {
+				t.Errorf("(-got +want)\n%s", diff)
+			}
+		})
 	}
 }

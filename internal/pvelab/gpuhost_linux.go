@@ -2,8 +2,10 @@ package pvelab
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -106,4 +108,20 @@ func lockFile(t testing.TB, path string) *os.File {
 		t.Fatalf("pvelab: lock %s: %v", path, err)
 	}
 	return f
+}
+
+var nodeSeq atomic.Int64
+
+// Node makes a char device node major:minor (mode 0666) under /dev with a name of its own,
+// for tests that need a stand-in device whose path PVE can stat (devN) or lxc can bind:
+// /dev, unlike /run or /tmp, allows device nodes on every machine. It is removed when the
+// test ends.
+func Node(t testing.TB, major, minor uint32) string {
+	t.Helper()
+	p := fmt.Sprintf("/dev/gpupass-pvelab-%d-%d", os.Getpid(), nodeSeq.Add(1))
+	if err := gpu.Mknod(p, major, minor, 0o666); err != nil {
+		t.Fatalf("pvelab: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(p) })
+	return p
 }

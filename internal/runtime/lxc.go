@@ -196,6 +196,18 @@ func (l *LXC) Start(ctx context.Context, id string) error {
 	return nil
 }
 
+// ForgetStart removes the start record of id (its snapshot config and the init it
+// names): a rollback that stops a container the apply started leaves no record of a
+// start that was undone.
+func (l *LXC) ForgetStart(id string) error {
+	for _, p := range []string{l.recordPath(id), l.startedPath(id)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("forget start of %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
 // logErrors returns the ERROR lines of the start log, for an error message.
 func (l *LXC) logErrors(id string) string {
 	b, err := os.ReadFile(l.StartLogPath(id))

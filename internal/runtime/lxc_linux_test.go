@@ -95,6 +95,14 @@ func TestLXCLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 			mustStarted(t, rt, id, after)
+
+			// A rollback's undo of a start forgets its record: no trusted record remains.
+			if err := rt.ForgetStart(id); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := startedConfig(ctx, rt, id); !errors.Is(err, ErrNoStartedConfig) {
+				t.Errorf("StartedConfig after ForgetStart: %v, want ErrNoStartedConfig", err)
+			}
 		})
 	}
 }

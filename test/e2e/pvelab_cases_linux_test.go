@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,6 +54,17 @@ func testPVELocked(t *testing.T, lab *pveLab) {
 		t.Errorf("container is %s after the refused apply, want running", got)
 	}
 	t.Logf("locked: plan exit %d, apply exit %d: %s", plan.Code, ap.Code, c.Error)
+
+	// doctor explains it with Proxmox's commands (the host's runtime is pct), not lxc-*.
+	doc, err := run(context.Background(), 2*time.Minute, nil, lab.f.bin.Controller, "doctor", "-f", fl, lab.h.name+"/"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := doc.Stdout + doc.Stderr
+	if !strings.Contains(out, "lock") || !strings.Contains(out, "pct ") || strings.Contains(out, "lxc-start") {
+		t.Errorf("doctor (exit %d) does not explain the lock with pct commands:\n%s", doc.Code, out)
+	}
+	t.Logf("doctor (exit %d):\n%s", doc.Code, out)
 }
 
 // Pending changes: `pct set -features` on a running container goes to [pve:pending]; every
@@ -259,5 +271,51 @@ func testPVETags(t *testing.T, lab *pveLab) {
 	}
 	if got := ct.InitPID(t); got != pid {
 		t.Errorf("the container was restarted (init %d -> %d)", pid, got)
+	}
+}
+
+// The status path runs no pct (each call costs about a second of Perl start-up here, more on
+// a loaded node); an apply runs one pct per state change. Every pct the agent runs is logged
+// by a wrapper on its PATH.
+func testPVEPctCalls(t *testing.T, lab *pveLab) {
+	h := lab.h
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "calls-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw", state: "running"})
+	calls := filepath.Join(h.dir, "pct-calls")
+	h.wrap(t, "pct", fmt.Sprintf(`echo "$*" >> %s
+exec "$REAL" "$@"`, calls))
+	t.Cleanup(func() { h.unwrap(t, "pct") })
+	h.Restart(t)
+	took := func(what string) []string {
+		t.Helper()
+		b, _ := os.ReadFile(calls)
+		_ = os.Remove(calls)
+		lines := strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), " ", "_"))
+		t.Logf("%s: %d pct calls %q", what, len(lines), lines)
+		return lines
+	}
+	took("agent start")
+
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "90s")
+	if c := ap.Report.ct(t, id); ap.Code != 0 || c.State != "ready" || !c.Started {
+		t.Fatalf("apply: exit %d state %s started %v error %q", ap.Code, c.State, c.Started, c.Error)
+	}
+	if got := took("apply from stopped"); len(got) != 1 || got[0] != "start_"+id {
+		t.Errorf("apply of a stopped container ran pct %q, want exactly one `pct start %s`", got, id)
+	}
+	for i := 0; i < 3; i++ {
+		if st := lab.f.ctl(t, "status", fl); st.Code != 0 {
+			t.Fatalf("status: exit %d", st.Code)
+		}
+	}
+	if got := took("3 status requests"); len(got) != 0 {
+		t.Errorf("status ran pct %q, want none", got)
+	}
+	if ap := lab.f.ctl(t, "apply", fl, "--timeout", "60s"); ap.Code != 0 {
+		t.Fatalf("second apply: exit %d", ap.Code)
+	}
+	if got := took("apply with nothing to do"); len(got) != 0 {
+		t.Errorf("an apply with nothing to do ran pct %q, want none", got)
 	}
 }

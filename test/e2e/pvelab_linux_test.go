@@ -56,6 +56,7 @@ func TestPVELab(t *testing.T) {
 		{"StaleUVMMajor_Corrected", testPVEStaleMajor},
 		{"AgentKilledMidApply_Reconciles", testPVEAgentKilled},
 		{"SetTagsRunning_NoRestart", testPVETags},
+		{"PctCalls_NoneForStatus_OnePerStateChange", testPVEPctCalls},
 	} {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, lab) })
 	}

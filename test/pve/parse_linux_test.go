@@ -39,10 +39,11 @@ func TestParseStrict(t *testing.T) {
 		})
 	}
 	t.Run("file written by pct", func(t *testing.T) {
-		ct := pvelab.NewCT(t, pvelab.Spec{Conf: []string{"dev0: /dev/vcsa,mode=0666"}})
+		dev0 := pvelab.Node(t, 7, 128) + ",mode=0666"
+		ct := pvelab.NewCT(t, pvelab.Spec{Conf: []string{"dev0: " + dev0}})
 		p := pvelab.ParseStrict(t, ct.ConfPath())
-		if p["hostname"] != ct.Hostname || p["dev0"] != "/dev/vcsa,mode=0666" {
-			t.Errorf("parsed hostname %v dev0 %v, want %s and /dev/vcsa,mode=0666", p["hostname"], p["dev0"], ct.Hostname)
+		if p["hostname"] != ct.Hostname || p["dev0"] != dev0 {
+			t.Errorf("parsed hostname %v dev0 %v, want %s and %s", p["hostname"], p["dev0"], ct.Hostname, dev0)
 		}
 		// A golden file elsewhere is parsed as /etc/pve/lxc/999.conf.
 		golden := filepath.Join(t.TempDir(), "golden.txt")

@@ -49,19 +49,20 @@ func (c *countingRunner) take(prog string) []string {
 	return out
 }
 
-// labAgent is a host agent with the real pct runtime (host_root "/": the real /etc/pve,
-// the simulated GPU host laid over the machine by pvelab.SimulateGPUHost).
+// labAgent is a host agent with the real pct runtime; its host root is the one
+// pvelab.SimulateGPUHost gives (the GPU driver fixture in proc/, the real /etc/pve, /dev,
+// /var/lib/lxc and /run through symlinks).
 type labAgent struct {
 	agent    *hostagent.Agent
 	run      *countingRunner
 	stateDir string
 }
 
-func newLabAgent(t *testing.T) *labAgent {
+func newLabAgent(t *testing.T, root string) *labAgent {
 	t.Helper()
 	base := t.TempDir()
 	cfg := hostconfig.Default()
-	cfg.HostRoot = "/"
+	cfg.HostRoot = root
 	cfg.StateDir = filepath.Join(base, "state")
 	cfg.GuestSocketDir = filepath.Join(base, "g")
 	cfg.Heartbeat = time.Second
@@ -73,7 +74,7 @@ func newLabAgent(t *testing.T) *labAgent {
 	go func() { defer wg.Done(); _ = guests.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	cr := &countingRunner{}
-	rt := &runtime.PCT{Runner: cr, HostRoot: "/", ProcRoot: "/proc", StateDir: filepath.Join(cfg.StateDir, "pct")}
+	rt := &runtime.PCT{Runner: cr, HostRoot: root, ProcRoot: "/proc", StateDir: filepath.Join(cfg.StateDir, "pct")}
 	a, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: guests, Log: log.ForTest(t, "hostagent"), Name: "pvelab"})
 	if err != nil {
 		t.Fatal(err)
@@ -156,8 +157,8 @@ func mustContain(t *testing.T, what, got string, parts ...string) {
 // `pct set --tags` rewrote /var/lib/lxc/<id>/config of the running container, a new plan
 // still finds nothing to restart. A status of them runs no pct.
 func TestLabPVEGuards(t *testing.T) {
-	pvelab.SimulateGPUHost(t, gpu.SimOptions{GPUs: 1})
-	lab := newLabAgent(t)
+	sim := pvelab.SimulateGPUHost(t, gpu.SimOptions{GPUs: 1})
+	lab := newLabAgent(t, sim.Root)
 
 	t.Run("locked", func(t *testing.T) {
 		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})

@@ -136,11 +136,6 @@ func TestSystemdTemplateGuestConnects(t *testing.T) {
 	}
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
-}
-
 // systemdTemplate builds the guest agent and makes the PVE template from the systemd rootfs.
 func systemdTemplate(t *testing.T) string {
 	t.Helper()

@@ -23,10 +23,11 @@ pvelab_node() {
 	echo "${n%%.*}"
 }
 
-PVELAB_T0=$(date +%s.%N)
-# step prints one timed line: "pvelab [  12.3s] what".
+PVELAB_T0=$(date +%s%N)
+# step prints one timed line: "pvelab [  12.3s] what" (no bc: it may not be installed yet).
 step() {
-	printf 'pvelab [%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $PVELAB_T0" | bc)" "$*"
+	local ds=$((($(date +%s%N) - PVELAB_T0) / 100000000))
+	printf 'pvelab [%4d.%ds] %s\n' $((ds / 10)) $((ds % 10)) "$*"
 }
 
 # quiet runs a command with its output in the log; on failure it prints the log's tail and

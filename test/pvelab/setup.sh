@@ -25,9 +25,9 @@ done
 # ------------------------------------------------------------------ Debian packages
 # Build tools and libraries for pmxcfs and PVE::IPCC, Debian's lxc, busybox for the
 # templates, and the Perl libraries the PVE repositories' debian/control files depend on.
-PKGS="build-essential pkg-config bc iproute2 procps patch fuse libfuse-dev libqb-dev
+PKGS="build-essential pkg-config iproute2 procps patch fuse libfuse-dev libqb-dev
  libcorosync-common-dev libcpg-dev libcmap-dev libquorum-dev libglib2.0-dev libsqlite3-dev
- librrd-dev libperl-dev lxc busybox-static
+ librrd-dev libperl-dev lxc busybox-static file xz-utils zstd
  libanyevent-perl libclone-perl libcrypt-openssl-random-perl libcrypt-openssl-rsa-perl
  libdevel-cycle-perl libfilesys-df-perl libhttp-daemon-perl libhttp-message-perl
  libio-stringy-perl libjson-perl libjson-xs-perl liblinux-inotify2-perl libmime-base32-perl
@@ -45,7 +45,7 @@ if [ -n "$missing" ]; then
 	step "apt-get install$missing"
 	quiet apt-get update -q </dev/null
 	# shellcheck disable=SC2086
-	quiet apt-get install -y -q --no-install-recommends $missing </dev/null
+	quiet apt-get install -y -q $missing </dev/null
 else
 	step "Debian packages present"
 fi

@@ -3,7 +3,10 @@
 // expectation it gets and pushes one report (claiming another container's id, which the
 // host must overwrite).
 //
-//	guestclient SOCKET CLAIM     exit 0: accepted; 3: refused (the reason on stdout); 1: error
+//	guestclient SOCKET CLAIM [forge]   exit 0: accepted; 3: refused (the reason on stdout); 1: error
+//
+// With forge, the report is what a hostile root process would send: ready, every expected
+// device present and opening, whatever the container really has.
 package main
 
 import (
@@ -19,18 +22,18 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: guestclient SOCKET CLAIM")
+	if len(os.Args) != 3 && (len(os.Args) != 4 || os.Args[3] != "forge") {
+		fmt.Fprintln(os.Stderr, "usage: guestclient SOCKET CLAIM [forge]")
 		os.Exit(2)
 	}
-	code, err := run(os.Args[1], os.Args[2])
+	code, err := run(os.Args[1], os.Args[2], len(os.Args) == 4)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "guestclient:", err)
 	}
 	os.Exit(code)
 }
 
-func run(sock, claim string) (int, error) {
+func run(sock, claim string, forge bool) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := net.Dial("unix", sock)
@@ -56,7 +59,14 @@ func run(sock, claim string) (int, error) {
 		return 1, fmt.Errorf("receive expectation: %w", err)
 	}
 	fmt.Printf("expectation %s devices=%d heartbeat_ms=%d\n", exp.GetContainerId(), len(exp.GetDevices()), exp.GetHeartbeatIntervalMs())
-	if err := st.Send(&pb.GuestReport{ContainerId: "forged", Seq: 1, Ready: true, Trigger: "connect"}); err != nil {
+	rep := &pb.GuestReport{ContainerId: "forged", Seq: 1, Ready: true, Trigger: "connect"}
+	if forge {
+		for _, d := range exp.GetDevices() {
+			rep.Devices = append(rep.Devices, &pb.DeviceCheck{Path: d.GetPath(), Major: d.GetMajor(), Minor: d.GetMinor(), Status: pb.DeviceStatus_DEVICE_STATUS_OK})
+		}
+		rep.Driver = &pb.DriverVersions{Kernel: exp.GetKernelDriverVersion()}
+	}
+	if err := st.Send(rep); err != nil {
 		return 1, err
 	}
 	return 0, nil // the report is in the socket before the close that follows it
