@@ -234,6 +234,12 @@ func explain(d *Diagnosis) []Finding {
 			Cause:   "the host agent takes a guest's container id from the kernel (its cgroup) and the socket directory; this peer did not match the container whose socket it used, or spoke the wrong role",
 			Fix:     fmt.Sprintf("on %s: journalctl -u gpupass-host-agent shows the peer's pid and cgroup; run gpupass-guest-agent inside container %s itself, on the socket the host agent mounts there", d.Host.Name, d.Entry.ID),
 		})
+	} else if hidden := reasonWith(st.GetReasons(), "guest socket hidden inside the container"); st.GetRunState() == "running" && !st.GetGuestConnected() && hidden != "" {
+		out = append(out, Finding{
+			Problem: "the guest agent cannot reach its socket: " + hidden,
+			Cause:   "the container's init (systemd, OpenRC) mounts a tmpfs on /run at boot, over the /run/gpupass socket mount of earlier gpupass versions; gpupass now mounts it at /dev/gpupass, which no init mounts over",
+			Fix:     apply + " (it moves the mount entry to dev/gpupass and restarts the container)",
+		})
 	} else if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
 		out = append(out, Finding{
 			Problem: "no report from the guest agent",
@@ -383,6 +389,9 @@ func deviceFindings(d *Diagnosis, devs []*pb.DeviceCheck, apply string) []Findin
 func explained(reason string, fs []Finding) bool {
 	head, _, _ := strings.Cut(reason, ":")
 	for _, f := range fs {
+		if strings.Contains(f.Problem, reason) {
+			return true
+		}
 		if strings.HasPrefix(head, "/dev/") && (strings.HasPrefix(f.Problem, head+" ") || strings.Contains(f.Problem, ", "+head+" ")) {
 			return true
 		}
@@ -429,4 +438,14 @@ func port(addr string) string {
 		return addr[i+1:]
 	}
 	return fleet.DefaultPort
+}
+
+// reasonWith is the first reason containing sub, or "".
+func reasonWith(reasons []string, sub string) string {
+	for _, r := range reasons {
+		if strings.Contains(r, sub) {
+			return r
+		}
+	}
+	return ""
 }

@@ -104,8 +104,9 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	// The host's own evidence first: the report's generation, and its own look at /dev.
 	cs.Reasons = append(cs.Reasons, a.hostEvidence(id, st, snap)...)
 	a.judge(cs, spec, snap)
-	if !snap.Connected {
-		// Say why from what the container sees: its socket hidden or never mounted.
+	if !snap.Connected && st.InitPID > 0 {
+		// Say why from what the container sees: its socket hidden or never mounted (the
+		// init's pid as the request's runtime state gave it; none: nothing to look at).
 		if ok, why := a.guestMountLive(st.InitPID, id); !ok {
 			cs.Reasons = dedupe(sortedAppend(cs.Reasons, why))
 			cs.State = StateNotReady
