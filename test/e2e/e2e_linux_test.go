@@ -49,6 +49,8 @@ var scenarios = []scenario{
 	{"Systemd_LegacyRunGpupassHiddenIsTheReason", testSystemdLegacyRunHidden},
 	{"LegacyRunGpupassMovedWithoutRestart", testLegacyRunMigratesWithoutRestart},
 	{"OpenRC_ReadyPushedByTheInitScript", testOpenRCReadiness},
+	{"Gate_Systemd_AppAfterGPUReadyTargetWaitsForTheFix", testSystemdAppGated},
+	{"Gate_Busybox_WaitThenExecApp", testBusyboxAppGated},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric
