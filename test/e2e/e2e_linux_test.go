@@ -51,6 +51,7 @@ var scenarios = []scenario{
 	{"OpenRC_ReadyPushedByTheInitScript", testOpenRCReadiness},
 	{"Gate_Systemd_AppAfterGPUReadyTargetWaitsForTheFix", testSystemdAppGated},
 	{"Gate_Busybox_WaitThenExecApp", testBusyboxAppGated},
+	{"HostBoot_AgentReadyBeforePveGuests", testHostBootOrder},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric
