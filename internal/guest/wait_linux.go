@@ -94,9 +94,7 @@ func (w *waiter) see(j JSONReport) {
 	}
 	if why != w.lastWhy {
 		w.lastWhy = why
-		if j.Ready {
-			w.logf("ready")
-		} else {
+		if !j.Ready { // ready is the caller's to say, with the time it took
 			w.logf("not ready: %s", why)
 		}
 	}
@@ -211,7 +209,7 @@ func (w *waiter) self(ctx context.Context) (bool, error) {
 	w.see(notYet("no report yet: connecting to the host agent at " + strings.Join(a.Sockets(), " or ")))
 	tick := time.NewTicker(w.o.Poll)
 	defer tick.Stop()
-	connected := false
+	connected, reported := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -223,15 +221,19 @@ func (w *waiter) self(ctx context.Context) (bool, error) {
 			}
 			return false, nil
 		case r := <-reports:
-			connected = true
+			connected, reported = true, true
 			w.see(ToJSON(r))
 			if w.last.Ready {
 				return true, nil
 			}
 		case s := <-states:
 			if strings.HasPrefix(s, "disconnected") {
+				// A verdict already had stays the reason (the GPUs do not change because
+				// the host agent went away); before any, the connection is the reason.
+				if !reported {
+					w.see(notYet("no report: the host agent is not reachable (" + s + ")"))
+				}
 				connected = false
-				w.see(notYet("no report: the host agent is not reachable (" + s + ")"))
 			}
 		case <-tick.C:
 			if !connected && w.o.AgentPID(w.o.StateDir) != 0 {

@@ -152,6 +152,7 @@ func gateScenario(t *testing.T, f *fabric, gc gateCase) {
 		if !strings.Contains(j, "gpupass-guest-agent wait: ready after") {
 			t.Errorf("the gate's journal of the new boot does not say ready:\n%s", j)
 		}
+		t.Logf("%s: the gate in the new boot:\n%s", ct.name, j)
 	}
 
 	// Later a device disappears: the agent takes the marker away, and wait says why.
