@@ -51,6 +51,7 @@ var scenarios = []scenario{
 	{"OpenRC_ReadyPushedByTheInitScript", testOpenRCReadiness},
 	{"Gate_Systemd_AppAfterGPUReadyTargetWaitsForTheFix", testSystemdAppGated},
 	{"Gate_Busybox_WaitThenExecApp", testBusyboxAppGated},
+	{"Gate_OpenRC_WaitThenExecAppAsTheCommand", testOpenRCAppGated},
 	{"HostBoot_AgentReadyBeforePveGuests", testHostBootOrder},
 }
 

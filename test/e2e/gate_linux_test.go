@@ -40,21 +40,47 @@ const appInit = `#!/bin/sh
 exec /bin/sh -c 'exec 3<>/dev/nvidia0 && echo opened >/run/app-started && exec /bin/sleep 2147483647'
 `
 
+// appOpenRC is the OpenRC form: the app's service runs `wait && exec app` as its
+// (backgrounded) command, after the agent's service (need), so the runlevel does not
+// block on the gate.
+const appOpenRC = `#!/sbin/openrc-run
+description="gpupass e2e app that needs the GPU"
+command=/bin/sh
+command_args="-c '/usr/local/bin/gpupass-guest-agent wait --timeout 120s >>/var/log/gpupass-wait.log 2>&1 && exec /usr/local/bin/gpu-app.sh'"
+command_background=yes
+pidfile=/run/gpu-app.pid
+
+depend() {
+	need gpupass-guest-agent
+}
+`
+
+const appScript = `#!/bin/sh
+exec 3<>/dev/nvidia0 && echo opened >/run/app-started && exec /bin/sleep 2147483647
+`
+
 // gateCase is one init's form of the gate.
 type gateCase struct {
 	short   string
 	systemd bool
+	openrc  bool
 }
 
 func testSystemdAppGated(t *testing.T, f *fabric) {
 	gateScenario(t, f, gateCase{short: "gatesd", systemd: true})
 }
 func testBusyboxAppGated(t *testing.T, f *fabric) { gateScenario(t, f, gateCase{short: "gatebb"}) }
+func testOpenRCAppGated(t *testing.T, f *fabric) {
+	gateScenario(t, f, gateCase{short: "gateorc", openrc: true})
+}
 
 func gateScenario(t *testing.T, f *fabric, gc gateCase) {
 	h := f.addHost(t, hostOpts{})
-	opts := ctOpts{Systemd: gc.systemd, Files: map[string]string{}}
-	if gc.systemd {
+	opts := ctOpts{Systemd: gc.systemd, OpenRC: gc.openrc, Files: map[string]string{}}
+	switch {
+	case gc.openrc:
+		opts.Files["/usr/local/bin/gpu-app.sh"] = appScript
+	case gc.systemd:
 		for _, u := range []string{"gpupass-gpu-ready.service", "gpu-ready.target"} {
 			b, err := os.ReadFile(filepath.Join(repoRoot(t), "packaging", u))
 			if err != nil {
@@ -63,10 +89,17 @@ func gateScenario(t *testing.T, f *fabric, gc gateCase) {
 			opts.Files["/etc/systemd/system/"+u] = string(b) // installed, not enabled: the app pulls them
 		}
 		opts.Files["/etc/systemd/system/gpu-app.service"] = appUnit
-	} else {
+	default:
 		opts.Files["/etc/gpupass-init.sh"] = appInit
 	}
 	ct := h.newContainer(t, gc.short, opts)
+	if gc.openrc {
+		script := filepath.Join(t.TempDir(), "gpu-app")
+		if err := os.WriteFile(script, []byte(appOpenRC), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		ct.c.EnableOpenRCService(t, script, "gpu-app")
+	}
 	if gc.systemd {
 		wants := filepath.Join(ct.c.Rootfs(), "etc/systemd/system/multi-user.target.wants")
 		if err := os.MkdirAll(wants, 0o755); err != nil {
