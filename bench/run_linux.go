@@ -73,6 +73,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		{"hostagent", hostAgentSection},
 		{"guest", guestSection},
 		{"apply", applySection},
+		{"boot", bootSection},
 	}
 	var failed []string
 	for _, s := range sections {
@@ -123,6 +124,8 @@ func finish(r *Results) {
 	}
 	ratio("ratio_poll2s_over_push", v("readiness_poll2s_median_ms"), v("readiness_push_median_ms"), "2 s polling median / push median")
 	ratio("ratio_poll100ms_over_push", v("readiness_poll100ms_median_ms"), v("readiness_push_median_ms"), "100 ms polling median / push median")
+	ratio("ratio_boot_sleep10_over_gated", v("boot_app_sleep10_median_ms"), v("boot_app_gated_median_ms"), "init → app: sleep 10 median / gated median")
+	ratio("ratio_boot_gated_over_poll2s", v("boot_app_gated_median_ms"), v("boot_app_poll2s_median_ms"), "init → app: gated median / 2 s test -e loop median (the loop checks only that a path exists)")
 	ratio("ratio_status_1000_sequential_over_fanout", v("status_1000_sequential_p50_ms"), v("status_1000_p50_ms"), "sequential p50 / fan-out p50, 1000 hosts")
 	r.Aims = []Aim{
 		{Text: "push readiness vs 2 s polling (median)", Value: v("ratio_poll2s_over_push"), Want: 50, Unit: "x"},

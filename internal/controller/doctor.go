@@ -146,8 +146,21 @@ func (c *Controller) doctorCalls(ctx context.Context, s *conn, d *Diagnosis) err
 }
 
 // explain turns what the host, the config and the guest say into findings, most
-// fundamental first.
+// fundamental first, then what is worth knowing about the host's GPUs.
 func explain(d *Diagnosis) []Finding {
+	out := explainContainer(d)
+	if off := persistenceOff(d.Inventory); len(off) > 0 {
+		out = append(out, Finding{
+			Problem: "persistence mode is off on " + strings.Join(off, ", "),
+			Cause:   "without it the driver tears a GPU down when its last user closes it, and the next open (an app starting, nvidia-smi, the guest agent's check) initialises it again: NVIDIA documents 1-3 s per GPU",
+			Fix:     fmt.Sprintf("on %s: systemctl enable --now nvidia-persistenced (it ships with the driver), or nvidia-smi -pm 1 until the next boot", d.Host.Name),
+			Warning: true,
+		})
+	}
+	return out
+}
+
+func explainContainer(d *Diagnosis) []Finding {
 	var out []Finding
 	file := d.FleetFile
 	if file == "" {
@@ -311,6 +324,17 @@ func pveFindings(d *Diagnosis, p *pb.ContainerPlan, apply string) []Finding {
 			Fix:   apply + ", then on " + d.Host.Name + ": " + p.GetHaCommand()})
 	}
 	return out
+}
+
+// persistenceOff names the host's GPUs whose persistence mode is known to be off.
+func persistenceOff(inv *pb.HostInventory) []string {
+	var off []string
+	for _, g := range inv.GetGpus() {
+		if g.GetPersistenceMode() == "disabled" {
+			off = append(off, fmt.Sprintf("GPU %d (%s)", g.GetIndex(), g.GetBusId()))
+		}
+	}
+	return off
 }
 
 // runtimeCmd is the host's own command for verb ("start", "config") on the container: pct

@@ -36,6 +36,10 @@ func TestExplain(t *testing.T) {
 			Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, 195, 0))},
 			[]string{"the NVIDIA kernel driver is not loaded on pve1: module nvidia not found", "/dev/nvidia0 (195:0) is present but no driver answers"},
 			[]string{"load the driver", "load the NVIDIA driver"}},
+		{"persistence off", Diagnosis{Host: host, Inventory: &pb.HostInventory{Driver: &pb.Driver{Loaded: true, KernelVersion: "580.95.05"}, Gpus: []*pb.GPU{
+			{Index: 0, BusId: "0000:01:00.0", PersistenceMode: "enabled"}, {Index: 1, BusId: "0000:41:00.0", PersistenceMode: "disabled"}, {Index: 2, BusId: "0000:61:00.0"}}},
+			Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{}, Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_OK, 195, 0))},
+			[]string{"persistence mode is off on GPU 1 (0000:41:00.0)"}, []string{"systemctl enable --now nvidia-persistenced"}},
 		{"not in fleet", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "777"},
 			Status: &pb.ContainerStatus{Id: "777", State: "ready", RunState: "running"}},
 			[]string{"pve1/777 is not in fleet.yaml"}, []string{`add {host: pve1, id: "777"`}},
@@ -133,7 +137,9 @@ func TestDoctorAgainstHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.ExitCode() != ExitPending || len(d.Findings) != 1 || !strings.Contains(d.Findings[0].Fix, "install libnvidia-ml 580.95.05") {
+	// The version mismatch, then the warning that GPU 1's persistence mode is off.
+	if d.ExitCode() != ExitPending || len(d.Problems()) != 1 || len(d.Findings) != 2 || !strings.Contains(d.Findings[0].Fix, "install libnvidia-ml 580.95.05") ||
+		!d.Findings[1].Warning || !strings.HasPrefix(d.Findings[1].Problem, "persistence mode is off on GPU 1") {
 		t.Errorf("pve1/901: exit %d, findings %+v", d.ExitCode(), d.Findings)
 	}
 	for _, m := range []string{MethodInventory, MethodStatus, MethodPlan} {

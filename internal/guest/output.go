@@ -117,10 +117,13 @@ func nonNil(s []string) []string {
 }
 
 // WriteJSON writes the report's stable JSON form, indented, with a final newline.
-func WriteJSON(w io.Writer, r *pb.GuestReport) error {
+func WriteJSON(w io.Writer, r *pb.GuestReport) error { return WriteJSONReport(w, ToJSON(r)) }
+
+// WriteJSONReport writes j indented, with a final newline.
+func WriteJSONReport(w io.Writer, j JSONReport) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(ToJSON(r)); err != nil {
+	if err := enc.Encode(j); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
@@ -128,8 +131,10 @@ func WriteJSON(w io.Writer, r *pb.GuestReport) error {
 
 // WriteTable writes the report for a person: a verdict line, the devices, the driver,
 // nvidia-smi, the network, then every reason and warning.
-func WriteTable(w io.Writer, r *pb.GuestReport) error {
-	j := ToJSON(r)
+func WriteTable(w io.Writer, r *pb.GuestReport) error { return ToJSON(r).WriteTable(w) }
+
+// WriteTable writes the report for a person, as the package's WriteTable does.
+func (j JSONReport) WriteTable(w io.Writer) error {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "STATE\t%s\n", strings.ToUpper(j.State))

@@ -50,6 +50,7 @@ type Agent struct {
 	base        context.Context // the agent's lifetime (Service.Run); applies outlive their callers
 
 	refusals *log.Limiter // rate limits logs of refused connections
+	persist  persistence  // the GPUs' persistence mode (persistence.go)
 }
 
 // Options are the agent's dependencies; zero values get production defaults.
@@ -225,8 +226,11 @@ func (a *Agent) inventory(ctx context.Context, withContainers bool) *pb.HostInve
 		for k, v := range inv.Majors {
 			h.Driver.Majors[k] = v
 		}
+		modes := a.persistenceModes(ctx, withContainers)
 		for _, g := range inv.GPUs {
-			h.Gpus = append(h.Gpus, gpuToPB(g))
+			pg := gpuToPB(g)
+			pg.PersistenceMode = modes[g.BusID]
+			h.Gpus = append(h.Gpus, pg)
 		}
 	}
 	a.metrics.gpus.Set(float64(len(h.Gpus)))

@@ -57,7 +57,7 @@ func Doctor(w io.Writer, d *controller.Diagnosis, s Style) {
 			if i == 0 {
 				label = "GPUs"
 			}
-			t.add(c(fmt.Sprintf("  %-7s", label)), c(fmt.Sprint(g.Index)), c(g.Model), c(g.Bus), c(fmt.Sprintf("/dev/nvidia%d", g.Minor)), c(g.UUID))
+			t.add(c(fmt.Sprintf("  %-7s", label)), c(fmt.Sprint(g.Index)), c(g.Model), c(g.Bus), c(fmt.Sprintf("/dev/nvidia%d", g.Minor)), c(g.UUID), c(persistence(d.Inventory, g.Bus)))
 		}
 		t.write(w, s)
 		fmt.Fprintln(w)
@@ -188,4 +188,19 @@ func network(d *controller.Diagnosis) string {
 		out += " (not required: the fleet entry does not set require_network)"
 	}
 	return out
+}
+
+// persistence says the GPU's persistence mode as the host agent read it.
+func persistence(inv *pb.HostInventory, bus string) string {
+	for _, g := range inv.GetGpus() {
+		if g.GetBusId() == bus {
+			switch g.GetPersistenceMode() {
+			case "enabled":
+				return "persistence on"
+			case "disabled":
+				return "persistence OFF"
+			}
+		}
+	}
+	return "persistence ?"
 }

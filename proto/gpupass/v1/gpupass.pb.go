@@ -664,14 +664,18 @@ func (*Reply_Payload) isReply_Body() {}
 func (*Reply_Error) isReply_Body() {}
 
 type GPU struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // position in PCI bus order
-	Uuid          string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
-	Minor         uint32                 `protobuf:"varint,3,opt,name=minor,proto3" json:"minor,omitempty"`             // "Device Minor": /dev/nvidia<minor>
-	BusId         string                 `protobuf:"bytes,4,opt,name=bus_id,json=busId,proto3" json:"bus_id,omitempty"` // e.g. 0000:01:00.0
-	Model         string                 `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // position in PCI bus order
+	Uuid  string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Minor uint32                 `protobuf:"varint,3,opt,name=minor,proto3" json:"minor,omitempty"`             // "Device Minor": /dev/nvidia<minor>
+	BusId string                 `protobuf:"bytes,4,opt,name=bus_id,json=busId,proto3" json:"bus_id,omitempty"` // e.g. 0000:01:00.0
+	Model string                 `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
+	// "enabled" or "disabled" (nvidia-smi's persistence_mode on the host); "" when unknown:
+	// no nvidia-smi on the host, or a simulated host. The driver's /proc and sysfs files do
+	// not say (testdata/real-gpu/h200-persistence).
+	PersistenceMode string `protobuf:"bytes,6,opt,name=persistence_mode,json=persistenceMode,proto3" json:"persistence_mode,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GPU) Reset() {
@@ -735,6 +739,13 @@ func (x *GPU) GetBusId() string {
 func (x *GPU) GetModel() string {
 	if x != nil {
 		return x.Model
+	}
+	return ""
+}
+
+func (x *GPU) GetPersistenceMode() string {
+	if x != nil {
+		return x.PersistenceMode
 	}
 	return ""
 }
@@ -2885,13 +2896,14 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05Reply\x12\x1a\n" +
 	"\apayload\x18\x01 \x01(\fH\x00R\apayload\x12)\n" +
 	"\x05error\x18\x02 \x01(\v2\x11.gpupass.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04body\"r\n" +
+	"\x04body\"\x9d\x01\n" +
 	"\x03GPU\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x14\n" +
 	"\x05minor\x18\x03 \x01(\rR\x05minor\x12\x15\n" +
 	"\x06bus_id\x18\x04 \x01(\tR\x05busId\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xd0\x01\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\x12)\n" +
+	"\x10persistence_mode\x18\x06 \x01(\tR\x0fpersistenceMode\"\xd0\x01\n" +
 	"\x06Driver\x12\x16\n" +
 	"\x06loaded\x18\x01 \x01(\bR\x06loaded\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12\x14\n" +
