@@ -25,9 +25,6 @@ func (s Sample) Percentile(p float64) float64 {
 // Median is the 50th percentile in milliseconds.
 func (s Sample) Median() float64 { return s.Percentile(50) }
 
-// Max is the largest value in milliseconds.
-func (s Sample) Max() float64 { return s.Percentile(100) }
-
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // round keeps d decimals.

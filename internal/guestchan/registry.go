@@ -162,8 +162,6 @@ type Snapshot struct {
 type Event struct {
 	ID       string
 	Snapshot Snapshot
-	// Removed says the container was removed (Snapshot is its last state).
-	Removed bool
 	// Missed counts the events this subscriber lost (its buffer was full) since the one
 	// before; when non-zero, resynchronise with IDs and Latest.
 	Missed uint64
@@ -175,7 +173,7 @@ type Registry struct {
 	log     *log.Entry
 	limiter *log.Limiter
 
-	ensureMu   sync.Mutex // serialises Ensure and Remove (file system work outside mu)
+	ensureMu   sync.Mutex // serialises Ensure (file system work outside mu)
 	mu         sync.Mutex
 	containers map[string]*container
 	subs       map[*subscriber]struct{}
@@ -209,7 +207,6 @@ type container struct {
 	refusedAt time.Time // when
 
 	changed chan struct{} // closed on every change (Wait)
-	removed bool
 }
 
 type subscriber struct {
@@ -316,29 +313,6 @@ func (r *Registry) stopLocked(c *container) *sync.WaitGroup {
 	w := c.done
 	c.done = nil
 	return w
-}
-
-// Remove stops listening for id, removes its socket, closes its sessions, forgets its
-// state (expectation and report included) and waits for its goroutines. The directory
-// stays: it may still be the source of a running container's bind mount.
-func (r *Registry) Remove(id string) {
-	r.ensureMu.Lock()
-	r.mu.Lock()
-	c := r.containers[id]
-	if c == nil {
-		r.mu.Unlock()
-		r.ensureMu.Unlock()
-		return
-	}
-	delete(r.containers, id)
-	w := r.stopLocked(c)
-	c.removed = true
-	r.changedLocked(c, true)
-	r.mu.Unlock()
-	r.ensureMu.Unlock()
-	if w != nil {
-		w.Wait()
-	}
 }
 
 // IDs returns the known container ids (ensured, or given an expectation), sorted.
@@ -459,7 +433,7 @@ func (r *Registry) changedLocked(c *container, event bool) {
 	if !event || len(r.subs) == 0 {
 		return
 	}
-	ev := Event{ID: c.id, Snapshot: r.snapshotLocked(c, r.cfg.Now()), Removed: c.removed}
+	ev := Event{ID: c.id, Snapshot: r.snapshotLocked(c, r.cfg.Now())}
 	for s := range r.subs {
 		ev.Missed = s.missed
 		select {

@@ -168,58 +168,6 @@ func TestStale(t *testing.T) {
 	}
 }
 
-// TestRemoveEnsureReconnect: Remove ends the sessions, removes the socket and forgets the
-// container; Ensure brings the socket back in the same directory and a guest reconnects.
-func TestRemoveEnsureReconnect(t *testing.T) {
-	noLeaks(t)
-	f := start(t, testConfig(t))
-	sock := f.ensure("901")
-	f.r.SetExpectation("901", gpuExpectation(0))
-	pid := f.procs.inContainer("901")
-	g := mustGuest(t, sock, pid, guestOpts{})
-	g.expectation(t)
-	g.report(t, &pb.GuestReport{Ready: true})
-	f.waitFor("901", "report", seqIs(1))
-
-	waited := make(chan error, 1)
-	go func() {
-		_, err := f.r.Wait(context.Background(), "901", func(Snapshot) bool { return false })
-		waited <- err
-	}()
-	f.r.Remove("901")
-	select {
-	case <-g.sess.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("guest session still open 5s after Remove")
-	}
-	if err := <-waited; !errors.Is(err, ErrUnknownContainer) {
-		t.Errorf("Wait across Remove = %v, want ErrUnknownContainer", err)
-	}
-	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
-		t.Errorf("socket after Remove: %v, want it gone", err)
-	}
-	if _, err := os.Stat(filepath.Dir(sock)); err != nil {
-		t.Errorf("directory after Remove: %v, want it kept (a container may bind-mount it)", err)
-	}
-	if _, ok := f.r.Latest("901"); ok {
-		t.Error("Latest knows 901 after Remove")
-	}
-	if _, err := connectGuest(t, sock, pid, guestOpts{}); err == nil {
-		t.Error("a guest connected after Remove")
-	}
-
-	if got := f.ensure("901"); got != sock {
-		t.Errorf("Ensure after Remove = %s, want %s", got, sock)
-	}
-	f.r.SetExpectation("901", gpuExpectation(1))
-	g2 := mustGuest(t, sock, pid, guestOpts{})
-	if e := g2.expectation(t); e.GetDevices()[0].GetMinor() != 1 {
-		t.Errorf("expectation after reconnect = %v", e)
-	}
-	g2.report(t, &pb.GuestReport{Ready: true})
-	f.waitFor("901", "report after reconnect", seqIs(1))
-}
-
 // TestEnsure covers the socket's file system side.
 func TestEnsure(t *testing.T) {
 	noLeaks(t)

@@ -142,9 +142,6 @@ func (r *Registry) handleConn(ctx context.Context, c *container, conn *net.UnixC
 func (r *Registry) reserve(c *container) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c.removed {
-		return fmt.Errorf("container %s is being removed", c.id)
-	}
 	if c.reserved >= r.cfg.MaxSessionsPerContainer {
 		return fmt.Errorf("too many sessions for container %s (limit %d): one guest agent per container is enough", c.id, r.cfg.MaxSessionsPerContainer)
 	}
@@ -157,18 +154,13 @@ func (r *Registry) refused(c *container, ref *refusal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c.refusal, c.refusedAt = ref.Error(), r.cfg.Now()
-	if !c.removed {
-		r.changedLocked(c, true)
-	}
+	r.changedLocked(c, true)
 }
 
 func (r *Registry) sessionUp(c *container, hello *pb.Hello) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c.sessions++
-	if c.removed {
-		return
-	}
 	c.refusal, c.refusedAt = "", time.Time{} // a guest got in: an older refusal is history
 	c.seen = r.cfg.Now()
 	c.stale = false
@@ -192,9 +184,7 @@ func (r *Registry) connDone(c *container, reserved, established bool) {
 	}
 	if established {
 		c.sessions--
-		if !c.removed {
-			r.changedLocked(c, true)
-		}
+		r.changedLocked(c, true)
 	}
 }
 
@@ -298,9 +288,6 @@ func (r *Registry) acceptReport(c *container, rep *pb.GuestReport) bool {
 	rep.ContainerId = c.id // the identity, never the guest's word
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c.removed {
-		return true // its session is closing; nobody reads this record any more
-	}
 	now := r.cfg.Now()
 	if !c.bucket.take(now) {
 		c.dropped++

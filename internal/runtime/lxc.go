@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -304,28 +303,6 @@ func (l *LXC) StartedConfig(ctx context.Context, id string, st State) ([]byte, e
 		return nil, fmt.Errorf("read start-time config: %w", err)
 	}
 	return cfg, nil
-}
-
-// List implements Runtime: the directories of the lxcpath that hold a config, sorted.
-func (l *LXC) List(ctx context.Context) ([]string, error) {
-	ents, err := os.ReadDir(l.lxcpath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return []string{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
-	}
-	ids := []string{}
-	for _, e := range ents {
-		if !e.IsDir() || checkName(e.Name()) != nil {
-			continue
-		}
-		if fi, err := os.Stat(filepath.Join(l.lxcpath(), e.Name(), "config")); err == nil && fi.Mode().IsRegular() {
-			ids = append(ids, e.Name())
-		}
-	}
-	sort.Strings(ids)
-	return ids, nil
 }
 
 // writeFileAtomic writes b to a temporary file beside path, syncs it and renames it over path.

@@ -214,9 +214,6 @@ func (s *Session) serverHello(ctx context.Context) error {
 // Peer is the peer's Hello (on the dialing side: its role and build from the reply).
 func (s *Session) Peer() *pb.Hello { return s.peer }
 
-// Conn is the underlying connection (for peer credentials, TLS state).
-func (s *Session) Conn() net.Conn { return s.conn }
-
 // Done is closed when the session ends.
 func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
 
