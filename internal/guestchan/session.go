@@ -289,7 +289,7 @@ func (r *Registry) acceptReport(c *container, rep *pb.GuestReport) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.cfg.Now()
-	if !c.bucket.take(now) {
+	if !c.limit.AllowN(now, 1) {
 		c.dropped++
 		return false
 	}
