@@ -21,6 +21,7 @@ type Options struct {
 	Bin, Work      string
 	JSON, Markdown string
 	Only           string // comma-separated section names; "" = all
+	Merge          bool   // write the figures of an -only run into the existing JSON and Markdown
 	Runs           int    // readiness runs per method
 	Profile        string // directory for CPU profiles; "" = none
 	FleetSizes     []int  // default 1, 10, 100, 1000
@@ -73,6 +74,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		{"hostagent", hostAgentSection},
 		{"guest", guestSection},
 		{"apply", applySection},
+		{"pct", pctSection},
 	}
 	var failed []string
 	for _, s := range sections {
@@ -103,7 +105,14 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 	r.Seconds = time.Since(start).Seconds()
 	finish(r)
 	print(out, r)
-	if err := r.Write(o.JSON, o.Markdown); err != nil {
+	write := func() error { return r.Write(o.JSON, o.Markdown) }
+	if o.Merge {
+		if o.Only == "" {
+			return fmt.Errorf("-merge needs -only: a full run writes everything")
+		}
+		write = func() error { return r.WriteMerged(o.JSON, o.Markdown, o.Only) }
+	}
+	if err := write(); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "wrote %s and %s\n", o.JSON, o.Markdown)
@@ -123,6 +132,8 @@ func finish(r *Results) {
 	}
 	ratio("ratio_poll2s_over_push", v("readiness_poll2s_median_ms"), v("readiness_push_median_ms"), "2 s polling median / push median")
 	ratio("ratio_poll100ms_over_push", v("readiness_poll100ms_median_ms"), v("readiness_push_median_ms"), "100 ms polling median / push median")
+	ratio("ratio_pct_over_lxc_status_4", v("pct_status_4_ms"), v("lxc_status_4_ms"), "pct runtime Status / lxc runtime Status, 4 stopped containers")
+	ratio("ratio_pct_over_lxc_apply_4", v("pct_apply_4_configs_ms"), v("lxc_apply_4_configs_ms"), "pct runtime Apply / lxc runtime Apply, 4 configs changed")
 	ratio("ratio_status_1000_sequential_over_fanout", v("status_1000_sequential_p50_ms"), v("status_1000_p50_ms"), "sequential p50 / fan-out p50, 1000 hosts")
 	r.Aims = []Aim{
 		{Text: "push readiness vs 2 s polling (median)", Value: v("ratio_poll2s_over_push"), Want: 50, Unit: "x"},
