@@ -91,7 +91,7 @@ type Session struct {
 // mux serves streams the peer opens (nil: none).
 func Client(ctx context.Context, conn net.Conn, cfg Config, mux *Mux) (*Session, error) {
 	cfg = cfg.withDefaults()
-	ys, err := yamux.Client(&coalescingConn{Conn: conn}, yamuxConfig(cfg))
+	ys, err := yamux.Client(conn, yamuxConfig(cfg))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start yamux client: %w", err)
@@ -107,7 +107,7 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, mux *Mux) (*Session,
 // Server accepts the handshake over conn and returns the session. cfg.Accept may refuse.
 func Server(ctx context.Context, conn net.Conn, cfg Config, mux *Mux) (*Session, error) {
 	cfg = cfg.withDefaults()
-	ys, err := yamux.Server(&coalescingConn{Conn: conn}, yamuxConfig(cfg))
+	ys, err := yamux.Server(conn, yamuxConfig(cfg))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start yamux server: %w", err)
