@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
@@ -139,11 +140,10 @@ func (a *Agent) remember(spec *pb.ContainerSpec) error {
 		return fmt.Errorf("encode desired spec: %w", err)
 	}
 	path := filepath.Join(a.desiredDir(), sanitize(spec.GetId())+".json")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write desired spec: %w", err)
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return fmt.Errorf("remember desired spec: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 func (a *Agent) loadDesired() error {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/inputlimit"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runner"
@@ -377,11 +378,11 @@ func (p *PCT) record(id string, rec startRecord, cfg []byte) error {
 		return fmt.Errorf("record start of CT %s: %w", id, err)
 	}
 	// The config first: a record file names only a config that is complete.
-	if err := writeFileAtomic(cp, cfg, 0o600); err != nil {
+	if err := atomicfile.Write(cp, cfg, 0o600); err != nil {
 		return fmt.Errorf("record start of CT %s: %w", id, err)
 	}
 	j, _ := json.Marshal(rec)
-	if err := writeFileAtomic(rp, j, 0o600); err != nil {
+	if err := atomicfile.Write(rp, j, 0o600); err != nil {
 		return fmt.Errorf("record start of CT %s: %w", id, err)
 	}
 	return nil
