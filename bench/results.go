@@ -323,6 +323,13 @@ func (r *Results) mergeMarkdown(md, only string) (string, error) {
 		}
 	}
 	md = md[:ms] + strings.Join(append(kept, note), "\n") + "\n" + md[me:]
+	// The aims, judged on the merged figures.
+	as, ae := block(md, "Aims")
+	ns, ne := block(full, "Aims")
+	if as < 0 || ns < 0 {
+		return "", fmt.Errorf("no Aims table")
+	}
+	md = md[:as] + full[ns:ne] + md[ae:]
 	// The sections, as this run wrote them.
 	for _, s := range r.Sections {
 		ns, ne := block(full, s.Title)

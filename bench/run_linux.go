@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -110,6 +111,10 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		if o.Only == "" {
 			return fmt.Errorf("-merge needs -only: a full run writes everything")
 		}
+		// The ratios and aims come from the merged figures: this run's over the last ones.
+		if err := mergeAims(r, o.JSON); err != nil {
+			return err
+		}
 		write = func() error { return r.WriteMerged(o.JSON, o.Markdown, o.Only) }
 	}
 	if err := write(); err != nil {
@@ -119,6 +124,33 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 	if len(failed) > 0 {
 		return fmt.Errorf("sections failed: %s", strings.Join(failed, ", "))
 	}
+	return nil
+}
+
+// mergeAims recomputes r's ratios and aims from the figures in jsonPath overlaid with r's.
+func mergeAims(r *Results, jsonPath string) error {
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return fmt.Errorf("merge results: %w", err)
+	}
+	m := map[string]float64{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("merge results: %s: %w", jsonPath, err)
+	}
+	for _, s := range r.Sections {
+		for _, f := range s.Figures {
+			m[f.Key] = f.Value
+		}
+	}
+	all := &Section{}
+	for k, v := range m {
+		if !strings.HasPrefix(k, "ratio_") {
+			all.Add(k, v, "", "")
+		}
+	}
+	merged := &Results{Sections: []*Section{all}}
+	finish(merged)
+	r.Ratios, r.Aims = merged.Ratios, merged.Aims
 	return nil
 }
 
