@@ -141,6 +141,17 @@ func (e *Env) MeasurePct(ctx context.Context, n, runs int) (*PctRuns, error) {
 	if out.Start, err = step("start", pctRT.Start); err != nil {
 		return nil, err
 	}
+	// pct start returns once lxc-start did; wait until the runtime sees the init (the lab
+	// may be busy with other users) before the reboot.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		st, err := pctRT.State(ctx, id)
+		if err == nil && st.Running {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("CT %s is not running 20 s after pct start: %v", id, err)
+		}
+	}
 	if out.Reboot, err = step("reboot", pctRT.Restart); err != nil {
 		return nil, err
 	}

@@ -97,6 +97,9 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 			fmt.Fprintf(out, "  FAILED: %v\n", err)
 			r.Errors = append(r.Errors, s.name+": "+err.Error())
 			failed = append(failed, s.name)
+			if o.Merge && len(r.Sections) > nsec {
+				r.Sections = r.Sections[:nsec] // a failed section never replaces a good one
+			}
 		}
 		fmt.Fprintf(out, "  (%s took %.0f s)\n", s.name, time.Since(t).Seconds())
 	}
