@@ -77,7 +77,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		{"apply", applySection},
 		{"pct", pctSection},
 	}
-	var failed []string
+	var failed, measured []string
 	for _, s := range sections {
 		if len(want) > 0 && !want[s.name] {
 			continue
@@ -100,6 +100,8 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 			if o.Merge && len(r.Sections) > nsec {
 				r.Sections = r.Sections[:nsec] // a failed section never replaces a good one
 			}
+		} else if len(r.Sections) > nsec {
+			measured = append(measured, s.name) // not a skipped one
 		}
 		fmt.Fprintf(out, "  (%s took %.0f s)\n", s.name, time.Since(t).Seconds())
 	}
@@ -118,7 +120,13 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		if err := mergeAims(r, o.JSON); err != nil {
 			return err
 		}
-		write = func() error { return r.WriteMerged(o.JSON, o.Markdown, o.Only) }
+		write = func() error {
+			if len(measured) == 0 {
+				fmt.Fprintln(out, "nothing measured: nothing merged")
+				return nil
+			}
+			return r.WriteMerged(o.JSON, o.Markdown, strings.Join(measured, ","))
+		}
 	}
 	if err := write(); err != nil {
 		return err
