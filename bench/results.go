@@ -323,13 +323,15 @@ func (r *Results) mergeMarkdown(md, only string) (string, error) {
 		}
 	}
 	md = md[:ms] + strings.Join(append(kept, note), "\n") + "\n" + md[me:]
-	// The aims, judged on the merged figures.
-	as, ae := block(md, "Aims")
-	ns, ne := block(full, "Aims")
-	if as < 0 || ns < 0 {
-		return "", fmt.Errorf("no Aims table")
+	// The aims, judged on the merged figures, and the generator's own text.
+	for _, title := range []string{"Aims", "How to reproduce"} {
+		as, ae := block(md, title)
+		ns, ne := block(full, title)
+		if as < 0 || ns < 0 {
+			return "", fmt.Errorf("no %s section", title)
+		}
+		md = md[:as] + full[ns:ne] + md[ae:]
 	}
-	md = md[:as] + full[ns:ne] + md[ae:]
 	// The sections, as this run wrote them.
 	for _, s := range r.Sections {
 		ns, ne := block(full, s.Title)
