@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
@@ -150,11 +151,10 @@ func (a *Agent) remember(spec *pb.ContainerSpec) error {
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
 		return nil // the same spec: an apply that changes nothing writes nothing
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write desired spec: %w", err)
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return fmt.Errorf("remember desired spec: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 func (a *Agent) loadDesired() error {

@@ -52,10 +52,9 @@ func (f *fakeRuntime) Restart(_ context.Context, id string) error {
 	f.calls = append(f.calls, "restart "+id)
 	return nil
 }
-func (f *fakeRuntime) ConfigPath(id string) string            { return filepath.Join(f.dir, id, "config") }
-func (f *fakeRuntime) ConfigFormat() runtime.Format           { return runtime.FormatLXC }
-func (f *fakeRuntime) LockPath(id string) string              { return filepath.Join(f.dir, id+".lock") }
-func (f *fakeRuntime) List(context.Context) ([]string, error) { return nil, nil }
+func (f *fakeRuntime) ConfigPath(id string) string  { return filepath.Join(f.dir, id, "config") }
+func (f *fakeRuntime) ConfigFormat() runtime.Format { return runtime.FormatLXC }
+func (f *fakeRuntime) LockPath(id string) string    { return filepath.Join(f.dir, id+".lock") }
 func (f *fakeRuntime) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
 	if f.started == nil {
 		return nil, runtime.ErrNoStartedConfig
