@@ -26,7 +26,7 @@ ts() { date +%s%N; }
 ms() { echo $((($2 - $1) / 1000000)); }
 
 note "unpack LXC"
-cd "$P" || exit 3
+cd "$P" || { echo "no $P: carry .gpuhost/driver"; pwd; ls -a "$(dirname "$0")/../.."; exit 3; }
 for f in liblxc1*.deb liblxc-common*.deb lxc_*.deb; do dpkg -x $f /; done
 mkdir -p /opt/bb /opt/lxdeps; dpkg -x busybox-static*.deb /opt/bb; for f in deps/*.deb; do dpkg -x $f /opt/lxdeps; done
 export LD_LIBRARY_PATH=/opt/lxdeps/lib/x86_64-linux-gnu:/opt/lxdeps/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
@@ -75,6 +75,7 @@ expect() { # the guest's expectation: the assigned nodes, the loaded module
   local first=1
   printf '{"containerId":"%s","kernelDriverVersion":"%s","driverLoaded":true,"devices":[' "$1" "$V"
   for n in /dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools; do
+    [ -c $n ] || continue
     [ $first = 1 ] || printf ','; first=0
     printf '{"path":"%s","major":%d,"minor":%d}' $n $((16#$(stat -c %t $n))) $((16#$(stat -c %T $n)))
   done
