@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -248,7 +247,7 @@ func desiredFrom(o options) (passthrough.Desired, error) {
 	case "host":
 		d.DriverHook = o.driverHook
 		if d.DriverHook == "" {
-			d.DriverHook = DefaultDriverHook(o.hostRoot)
+			d.DriverHook = hostdriver.HookCommand(o.hostRoot)
 		}
 	default:
 		return d, fmt.Errorf("--driver %q: want own or host", o.driver)
@@ -267,19 +266,6 @@ func desiredFrom(o options) (passthrough.Desired, error) {
 		d.GPUs = append(d.GPUs, s)
 	}
 	return d, nil
-}
-
-// DefaultDriverHook is the driver hook command of this program for a host root.
-func DefaultDriverHook(hostRoot string) string {
-	exe, err := os.Executable()
-	if err != nil {
-		exe = "/usr/bin/gpupass-host-agent"
-	}
-	h := exe + " driver hook"
-	if hostRoot != "" && hostRoot != "/" {
-		h += " --host-root " + hostRoot
-	}
-	return h
 }
 
 // fileFor picks the lock: PVE's /run/lock/lxc/pve-config-<id>.lock (under --host-root)

@@ -96,11 +96,23 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	}
 	// As plan says it: whether what the container runs with differs from the desired
 	// state (the same evidence and rule, with the state just read).
+	var driverReasons []string
 	if p, err := a.planKnown(ctx, spec, &st); err == nil {
 		cs.RestartRequired = p.pb.GetRestart().GetRequired()
+		for _, r := range p.pb.GetRestart().GetReasons() {
+			if strings.HasPrefix(r, "host driver changed ") {
+				driverReasons = append(driverReasons, "restart required: "+r)
+			}
+		}
 	}
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
+	for _, r := range driverReasons {
+		// A host driver upgrade: gpupass apply restarts the container into the new
+		// userspace (driver: host).
+		cs.Reasons = dedupe(sortedAppend(cs.Reasons, r))
+		cs.State = StateNotReady
+	}
 	if !snap.Connected {
 		// Say why from what the container sees: its socket hidden or never mounted.
 		if ok, why := a.guestMountLive(st.InitPID, id); !ok {

@@ -147,6 +147,20 @@ func Find(root string) (*Set, error) {
 	return set, nil
 }
 
+// HookCommand is the driver hook command line of the running program (the host agent)
+// for a host root: what `driver: host` renders as lxc.hook.mount.
+func HookCommand(hostRoot string) string {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/usr/bin/gpupass-host-agent"
+	}
+	h := exe + " driver hook"
+	if hostRoot != "" && hostRoot != "/" {
+		h += " --host-root " + hostRoot
+	}
+	return h
+}
+
 // libDirs are the directories of the host loader cache's NVIDIA entries, then LibDirs.
 func libDirs(root string) []string {
 	var out []string

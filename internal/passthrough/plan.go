@@ -144,6 +144,8 @@ type Result struct {
 	Changed bool
 	// Warnings are things the plan cannot fix but a person should know.
 	Warnings []string
+	// DriverHost is true when the plan renders the driver hook (Desired.DriverHook).
+	DriverHost bool
 }
 
 // Plan renders the desired managed entries and edits a copy of cfg (which it does not
@@ -162,7 +164,7 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 	if len(d.GPUs) > 0 && inv == nil {
 		return nil, fmt.Errorf("GPUs %s desired but no driver inventory: %w", strings.Join(d.GPUs, ","), gpu.ErrNoDriver)
 	}
-	res := &Result{Old: cfg.Bytes()}
+	res := &Result{Old: cfg.Bytes(), DriverHost: d.DriverHook != ""}
 	var nodes []gpu.Node
 	if len(d.GPUs) > 0 {
 		gpus, err := inv.ResolveAll(d.GPUs)

@@ -19,7 +19,7 @@ set -u
 OUT=${OUT:-/tmp/gpupass-driver-proof}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
-P=$(cd "$(dirname "$0")/../.." && pwd)/.gpuhost/driver
+P=${P:-$(cd "$(dirname "$0")/../.." && pwd)/.gpuhost/driver}
 B=$P/bin
 note() { echo "### $*"; sync; }
 ts() { date +%s%N; }
@@ -50,8 +50,10 @@ done
 S=/var/lib/gpupass-driver; rm -rf $S; mkdir -p $S/lxc
 mkrootfs() { # name
   local R=$S/lxc/$1/rootfs
-  mkdir -p $R/{bin,dev,proc,sys,tmp,etc,run,lib,usr/lib,usr/lib64,usr/local/bin}
-  ln -sfn usr/lib64 $R/lib64
+  # The host's glibc (nvidia-smi and cudacheck are dynamically linked) but the
+  # container's own, writable /usr/lib: only its x86_64-linux-gnu is the host's.
+  mkdir -p $R/{bin,dev,proc,sys,tmp,etc,run,usr/lib/x86_64-linux-gnu,usr/lib64,usr/local/bin}
+  ln -sfn usr/lib $R/lib; ln -sfn usr/lib64 $R/lib64
   cp /opt/bb/bin/busybox $R/bin/; for a in sh ls cat test sleep head mount grep touch wc echo; do ln -sf busybox $R/bin/$a; done
   cp $B/gpupass-guest-agent $B/cudacheck $R/usr/local/bin/
   cat > $S/lxc/$1/config <<EOT
@@ -66,9 +68,8 @@ lxc.cgroup2.devices.deny = a
 lxc.cgroup2.devices.allow = c 1:3 rwm
 lxc.cgroup2.devices.allow = c 1:5 rwm
 lxc.cgroup2.devices.allow = c 1:9 rwm
-lxc.mount.entry = /lib lib none ro,bind 0 0
+lxc.mount.entry = /usr/lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu none ro,bind 0 0
 lxc.mount.entry = /usr/lib64 usr/lib64 none ro,bind,optional 0 0
-lxc.mount.entry = /usr/lib usr/lib none ro,bind 0 0
 EOT
 }
 expect() { # the guest's expectation: the assigned nodes, the loaded module
@@ -82,7 +83,7 @@ expect() { # the guest's expectation: the assigned nodes, the loaded module
   printf ']}\n'
 }
 att() { timeout 30 lxc-attach -n "$1" -P $S/lxc --clear-env -v PATH=/usr/local/bin:/bin -- "${@:2}"; }
-start() { local t=$(ts); timeout 60 lxc-start -n "$1" -P $S/lxc -l INFO -o $S/$1-lxc.log; local rc=$?; echo "lxc-start $1 rc=$rc in $(ms $t $(ts)) ms"; grep -i 'gpupass\|hook' $S/$1-lxc.log | tail -5; }
+start() { local t=$(ts); timeout 60 lxc-start -n "$1" -P $S/lxc -l DEBUG -o $S/$1-lxc.log; local rc=$?; echo "lxc-start $1 rc=$rc in $(ms $t $(ts)) ms"; grep -i 'gpupass' $S/$1-lxc.log | tail -3; : > $S/$1-lxc.log; }
 
 note "g1: busybox, no NVIDIA files; conf apply --driver host"
 mkrootfs g1
@@ -99,7 +100,7 @@ t0=$(ts); att g1 cudacheck; echo "cudacheck rc=$? in $(ms $t0 $(ts)) ms"
 att g1 gpupass-guest-agent --once -o json --expect-file /etc/expect.json > "$OUT/guest-g1.json"; echo "guest rc=$?"
 cat "$OUT/guest-g1.json" | head -c 1500; echo
 mkdir -p $F/g1; cp $S/lxc/g1/rootfs/etc/ld.so.cache $F/g1/ld.so.cache
-att g1 ls -la --time-style=+ /usr/lib/gpupass-driver/lib /usr/lib/gpupass-driver/bin > $F/g1/ls.txt
+att g1 ls -l /usr/lib/gpupass-driver/lib /usr/lib/gpupass-driver/bin > $F/g1/ls.txt
 att g1 cat /usr/lib/gpupass-driver/source > $F/g1/source
 timeout 20 lxc-stop -n g1 -P $S/lxc -k
 note "g1 again (every start)"; start g1; att g1 cudacheck; echo "cudacheck rc=$?"; timeout 20 lxc-stop -n g1 -P $S/lxc -k
@@ -123,6 +124,6 @@ start g2
 att g2 gpupass-guest-agent --once -o json --expect-file /etc/expect.json > "$OUT/guest-g2-host.json"; echo "guest host rc=$?"
 grep -o '"driver":{[^}]*}' "$OUT/guest-g2-host.json"
 att g2 cudacheck; echo "cudacheck rc=$?"
-mkdir -p $F/g2; cp $R/etc/ld.so.cache $F/g2/ld.so.cache; att g2 ls -la --time-style=+ /usr/lib/gpupass-driver/lib > $F/g2/ls.txt
+mkdir -p $F/g2; cp $R/etc/ld.so.cache $F/g2/ld.so.cache; att g2 ls -l /usr/lib/gpupass-driver/lib > $F/g2/ls.txt
 timeout 20 lxc-stop -n g2 -P $S/lxc -k
 tar -C $F -cf "$OUT/fixture.tar" . ; ls -la "$OUT"; note done
