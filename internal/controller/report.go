@@ -122,6 +122,19 @@ type Container struct {
 	PendingReplacesLXC bool     `json:"pending_replaces_lxc,omitempty"`
 	HA                 string   `json:"ha,omitempty"`
 	HACommand          string   `json:"ha_command,omitempty"`
+	// DriverUpgrade is plan --driver-version's answer for this container.
+	DriverUpgrade *DriverUpgrade `json:"driver_upgrade,omitempty"`
+}
+
+// DriverUpgrade is what a host driver change to To would do to a container: a driver:
+// host container realigns by itself (restarted by apply), an own one keeps matching only
+// when its userspace is To.
+type DriverUpgrade struct {
+	To       string `json:"to"`
+	Mode     string `json:"mode"` // own | host (fleet.yaml driver)
+	Realigns bool   `json:"realigns"`
+	Breaks   bool   `json:"breaks"`
+	Message  string `json:"message"`
 }
 
 // Key is "host/id".
@@ -138,6 +151,9 @@ type Device struct {
 type Driver struct {
 	Kernel    string `json:"kernel"`
 	Userspace string `json:"userspace"`
+	// Source is where the userspace the guest sees came from: "host" (driver: host, bound
+	// in at start) or "own" (the template's); "" when the guest saw none.
+	Source string `json:"source,omitempty"`
 }
 
 // Change is one managed config line added or removed.
@@ -209,7 +225,7 @@ func applyStatus(c *Container, st *pb.ContainerStatus) {
 	for _, d := range st.GetDevices() {
 		c.Devices = append(c.Devices, Device{Path: d.GetPath(), Status: DeviceStatusString(d.GetStatus()), Detail: d.GetDetail()})
 	}
-	c.Driver = Driver{Kernel: st.GetDriver().GetKernel(), Userspace: st.GetDriver().GetUserspace()}
+	c.Driver = Driver{Kernel: st.GetDriver().GetKernel(), Userspace: st.GetDriver().GetUserspace(), Source: st.GetDriver().GetUserspaceSource()}
 	c.RestartRequired = st.GetRestartRequired()
 	c.RunState = st.GetRunState()
 	c.GuestConnected = st.GetGuestConnected()

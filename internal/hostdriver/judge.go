@@ -77,7 +77,7 @@ func ForecastUpgrade(wantHost bool, ownUserspace, to string) Forecast {
 	case wantHost:
 		return Forecast{Realigns: true, Text: "realigns by itself: driver: host gets the " + to + " userspace at its next start (gpupass apply restarts it)"}
 	case ownUserspace == "":
-		return Forecast{Breaks: true, Text: "unknown: no guest report of its userspace; after the change it needs the " + to + " userspace (or driver: host)"}
+		return Forecast{Text: "no userspace driver reported (none installed, or no guest report yet): after the change it needs the " + to + " userspace, or driver: host"}
 	case ownUserspace == to:
 		return Forecast{Text: "keeps matching: its own userspace is " + to}
 	}

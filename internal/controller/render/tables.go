@@ -207,6 +207,13 @@ func planBody(w io.Writer, r *controller.Report, s Style) {
 				fmt.Fprintf(w, "    %s\n", r)
 			}
 		}
+		if u := ct.DriverUpgrade; u != nil {
+			color := green
+			if u.Breaks {
+				color = red
+			}
+			fmt.Fprintf(w, "    host driver -> %s (driver: %s): %s\n", u.To, u.Mode, s.paint(color, u.Message))
+		}
 		for _, wn := range ct.Warnings {
 			if first, ok := warned[wn]; ok {
 				head, _, _ := strings.Cut(wn, ": ")
