@@ -147,12 +147,17 @@ func Find(root string) (*Set, error) {
 	return set, nil
 }
 
-// HookCommand is the driver hook command line of the running program (the host agent)
-// for a host root: what `driver: host` renders as lxc.hook.mount.
+// DefaultHookBinary is where the host agent's package installs it.
+const DefaultHookBinary = "/usr/bin/gpupass-host-agent"
+
+// HookCommand is the driver hook command line for a host root: what `driver: host`
+// renders as lxc.hook.mount. It names the running host agent (a build run from
+// elsewhere hooks itself), or DefaultHookBinary when the running program is another one
+// (a test binary).
 func HookCommand(hostRoot string) string {
 	exe, err := os.Executable()
-	if err != nil {
-		exe = "/usr/bin/gpupass-host-agent"
+	if err != nil || !strings.HasPrefix(filepath.Base(exe), "gpupass-host-agent") {
+		exe = DefaultHookBinary
 	}
 	h := exe + " driver hook"
 	if hostRoot != "" && hostRoot != "/" {
