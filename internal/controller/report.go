@@ -74,6 +74,9 @@ type HostDriver struct {
 	Kernel string            `json:"kernel"`
 	Error  string            `json:"error,omitempty"`
 	Majors map[string]uint32 `json:"majors,omitempty"`
+	// Change is the host driver change the agent noticed since it started ("host driver
+	// changed A -> B ..."; docs/driver.md).
+	Change string `json:"change,omitempty"`
 }
 
 // Container is one fleet container entry with what its host said about it.
@@ -198,7 +201,7 @@ func fillHost(h *Host, inv *pb.HostInventory) {
 	h.Runtime = inv.GetRuntime()
 	h.AgentBuild = inv.GetAgentBuild()
 	d := inv.GetDriver()
-	h.Driver = HostDriver{Loaded: d.GetLoaded(), Kernel: d.GetKernelVersion(), Error: d.GetError()}
+	h.Driver = HostDriver{Loaded: d.GetLoaded(), Kernel: d.GetKernelVersion(), Error: d.GetError(), Change: d.GetChange()}
 	if len(d.GetMajors()) > 0 {
 		h.Driver.Majors = map[string]uint32{}
 		for k, v := range d.GetMajors() {

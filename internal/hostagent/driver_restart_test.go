@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"gpupass/internal/hostdriver"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -167,5 +169,47 @@ func TestDriverRestartRule(t *testing.T) {
 				t.Errorf("status state %s, want %s", st.GetState(), StateNotReady)
 			}
 		})
+	}
+}
+
+// TestDriverChangeNoticed: the agent notices a change of the loaded module's version and
+// of a device major while running (the next discovery) and across its own restart
+// (against <state_dir>/driver.json), and says so in the inventory and the metrics.
+func TestDriverChangeNoticed(t *testing.T) {
+	f := newRestartFixture(t)
+	f.hostDriver(drvOld, drvOld)
+	ctx := context.Background()
+	if got := f.agent.inventory(ctx, false).GetDriver().GetChange(); got != "" {
+		t.Fatalf("first look: change %q, want none", got)
+	}
+	// Upgrade while running: new version, and nvidia-uvm moves (the sim's stand-in 10 -> 11).
+	f.hostDriver(drvNew, drvNew)
+	devices := filepath.Join(f.root, "proc/devices")
+	b, err := os.ReadFile(devices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(devices, []byte(strings.Replace(string(b), " 10 nvidia-uvm", " 11 nvidia-uvm", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := "host driver changed " + drvOld + " -> " + drvNew + "; device majors changed: nvidia-uvm 10 -> 11 at "
+	if got := f.agent.inventory(ctx, false).GetDriver().GetChange(); !strings.HasPrefix(got, want) {
+		t.Errorf("while running: change %q, want %q...", got, want)
+	}
+	if got := testutil.ToFloat64(f.agent.metrics.drv.changes); got != 1 {
+		t.Errorf("gpupass_host_driver_changes_total %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.agent.metrics.drv.info.WithLabelValues(drvOld, drvNew)); got != 1 {
+		t.Errorf("gpupass_host_driver_changed{from=%s,to=%s} %v, want 1", drvOld, drvNew, got)
+	}
+
+	// A new agent (a reboot into another driver) on the same state directory.
+	f.hostDriver("590.10.01", "590.10.01")
+	a2, err := New(f.agent.cfg, Options{Runtime: f.rt, Guests: f.guests, Log: f.agent.log, Name: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a2.inventory(ctx, false).GetDriver().GetChange(); !strings.HasPrefix(got, "host driver changed "+drvNew+" -> 590.10.01 at ") {
+		t.Errorf("at start: change %q, want host driver changed %s -> 590.10.01", got, drvNew)
 	}
 }

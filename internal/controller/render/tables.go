@@ -49,6 +49,10 @@ func hosts(w io.Writer, r *controller.Report, s Style) {
 			note = append(note, h.Error)
 		}
 		nc := ""
+		if h.Driver.Change != "" {
+			note = append(note, h.Driver.Change)
+			nc = yellow
+		}
 		if h.Error != "" {
 			nc = red
 		}

@@ -745,6 +745,7 @@ type Driver struct {
 	KernelVersion string                 `protobuf:"bytes,2,opt,name=kernel_version,json=kernelVersion,proto3" json:"kernel_version,omitempty"`                                         // from /proc/driver/nvidia/version
 	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`                                                                              // why it is not loaded
 	Majors        map[string]uint32      `protobuf:"bytes,4,rep,name=majors,proto3" json:"majors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // /proc/devices names -> major
+	Change        string                 `protobuf:"bytes,5,opt,name=change,proto3" json:"change,omitempty"`                                                                            // "host driver changed A -> B[; device majors changed: ...] at T" noticed since the agent started; "" none
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -805,6 +806,13 @@ func (x *Driver) GetMajors() map[string]uint32 {
 		return x.Majors
 	}
 	return nil
+}
+
+func (x *Driver) GetChange() string {
+	if x != nil {
+		return x.Change
+	}
+	return ""
 }
 
 type ContainerSummary struct {
@@ -2907,12 +2915,13 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x14\n" +
 	"\x05minor\x18\x03 \x01(\rR\x05minor\x12\x15\n" +
 	"\x06bus_id\x18\x04 \x01(\tR\x05busId\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xd0\x01\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\xe8\x01\n" +
 	"\x06Driver\x12\x16\n" +
 	"\x06loaded\x18\x01 \x01(\bR\x06loaded\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x126\n" +
-	"\x06majors\x18\x04 \x03(\v2\x1e.gpupass.v1.Driver.MajorsEntryR\x06majors\x1a9\n" +
+	"\x06majors\x18\x04 \x03(\v2\x1e.gpupass.v1.Driver.MajorsEntryR\x06majors\x12\x16\n" +
+	"\x06change\x18\x05 \x01(\tR\x06change\x1a9\n" +
 	"\vMajorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"|\n" +
