@@ -105,6 +105,16 @@ func TestDriverRestartRule(t *testing.T) {
 			setup: func(f *restartFixture) { f.hostDriver(drvNew, drvNew) },
 		},
 		{
+			name: "own: after the upgrade its guest reports the old userspace: status names the fix",
+			spec: own,
+			setup: func(f *restartFixture) {
+				f.hostDriver(drvNew, drvNew)
+				f.reportDriver = &pb.DriverVersions{Kernel: drvNew, Userspace: drvOld, UserspaceSource: "own"}
+				f.guestReport(pb.DeviceStatus_DEVICE_STATUS_OK)
+			},
+			wantStatus: "host driver changed to " + drvNew + " but the container's own userspace is " + drvOld + ": install the " + drvNew + " userspace in it, or set driver: host in fleet.yaml (docs/driver.md)",
+		},
+		{
 			name:    "host: userspace upgraded, module not reloaded: refused",
 			spec:    host,
 			setup:   func(f *restartFixture) { f.hostDriver(drvOld, drvNew) },

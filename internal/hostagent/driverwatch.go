@@ -130,6 +130,13 @@ func (a *Agent) driverChange() string {
 	return a.drv.change
 }
 
+// loadedDriver is the loaded module's version as last seen ("" unknown).
+func (a *Agent) loadedDriver() string {
+	a.drv.mu.Lock()
+	defer a.drv.mu.Unlock()
+	return a.drv.last.Version
+}
+
 // watchDriver re-reads the host's driver every interval while the agent runs.
 func (a *Agent) watchDriver(ctx context.Context, every time.Duration) error {
 	t := time.NewTicker(every)

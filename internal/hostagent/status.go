@@ -107,6 +107,12 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	}
 	snap, _ := a.guests.Latest(id)
 	a.judge(cs, spec, snap)
+	if spec.GetDriver() != "host" && a.driverChange() != "" {
+		// An own container after a host driver change: name its mismatch and the fix.
+		if u, k := cs.GetDriver().GetUserspace(), a.loadedDriver(); u != "" && k != "" && u != k {
+			driverReasons = append(driverReasons, fmt.Sprintf("host driver changed to %s but the container's own userspace is %s: install the %s userspace in it, or set driver: host in fleet.yaml (docs/driver.md)", k, u, k))
+		}
+	}
 	for _, r := range driverReasons {
 		// A host driver upgrade: gpupass apply restarts the container into the new
 		// userspace (driver: host).
