@@ -49,6 +49,7 @@ var scenarios = []scenario{
 	{"Systemd_LegacyRunGpupassHiddenIsTheReason", testSystemdLegacyRunHidden},
 	{"LegacyRunGpupassMovedWithoutRestart", testLegacyRunMigratesWithoutRestart},
 	{"OpenRC_ReadyPushedByTheInitScript", testOpenRCReadiness},
+	{"DriverHost_UpgradeRestartsAndRealigns", testDriverHostUpgrade},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric
