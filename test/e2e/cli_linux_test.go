@@ -32,7 +32,7 @@ type reportHost struct {
 		Kernel string `json:"kernel"`
 		Change string `json:"change"`
 	} `json:"driver"`
-	ElapsedMS int64  `json:"elapsed_ms"`
+	ElapsedMS int64 `json:"elapsed_ms"`
 	GPUs      []struct {
 		Index uint32 `json:"index"`
 		UUID  string `json:"uuid"`
