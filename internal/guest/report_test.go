@@ -44,6 +44,16 @@ func TestCheck(t *testing.T) {
 			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
+			// driver: host: the hook's directory, an old own copy beside it in the image.
+			name: "the host's userspace (driver: host) wins over an old own copy",
+			setup: []func(*tree){installNVML("570.86.15"), func(f *tree) {
+				f.symlink("usr/lib/gpupass-driver/lib/libnvidia-ml.so.1", "libnvidia-ml.so.580.159.04")
+				f.file("usr/lib/gpupass-driver/lib/libnvidia-ml.so.580.159.04", "ELF")
+			}},
+			exp: base, ready: true,
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/usr/lib/gpupass-driver/lib/libnvidia-ml.so.580.159.04", UserspaceSource: "host"},
+		},
+		{
 			name: "version mismatch", setup: []func(*tree){installNVML("580.126.09")}, exp: base,
 			reasons: []string{"driver/library version mismatch: kernel 580.159.04, libnvidia-ml 580.126.09"},
 			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.126.09", UserspacePath: "/" + lib + "libnvidia-ml.so.580.126.09", UserspaceSource: "own"},

@@ -136,3 +136,51 @@ func TestLinks(t *testing.T) {
 		})
 	}
 }
+
+func TestRestartReason(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		wantHost bool
+		run      Running
+		loaded   string
+		kind     string
+	}{
+		{name: "host, got the loaded version", wantHost: true, run: Running{Present: true, Version: v2}, loaded: v2},
+		{name: "host, the module changed since the start", wantHost: true, run: Running{Present: true, Version: v1}, loaded: v2, kind: KindHostDriverChanged},
+		{name: "host, started without the hook", wantHost: true, loaded: v2, kind: KindHostDriverMissing},
+		{name: "own, still has the host's", run: Running{Present: true, Version: v1}, loaded: v2, kind: KindHostDriverUnwanted},
+		{name: "own, without the hook", loaded: v2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kind, text := RestartReason(tc.wantHost, tc.run, tc.loaded)
+			if kind != tc.kind || (kind == "") != (text == "") {
+				t.Errorf("RestartReason = %q, %q; want kind %q", kind, text, tc.kind)
+			}
+			if kind == KindHostDriverChanged && text != "host driver changed "+v1+" -> "+v2+": the running container has the userspace of "+v1 {
+				t.Errorf("text %q", text)
+			}
+		})
+	}
+}
+
+func TestForecastUpgrade(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		wantHost       bool
+		own            string
+		want           Forecast
+		wantTextPrefix string
+	}{
+		{name: "host realigns", wantHost: true, own: v1, want: Forecast{Realigns: true}, wantTextPrefix: "realigns by itself"},
+		{name: "own of another version breaks", own: v1, want: Forecast{Breaks: true}, wantTextPrefix: "would break: its own userspace is " + v1},
+		{name: "own of the new version keeps matching", own: v2, wantTextPrefix: "keeps matching"},
+		{name: "own without userspace", wantTextPrefix: "no userspace driver reported"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ForecastUpgrade(tc.wantHost, tc.own, v2)
+			if got.Realigns != tc.want.Realigns || got.Breaks != tc.want.Breaks || !strings.HasPrefix(got.Text, tc.wantTextPrefix) {
+				t.Errorf("ForecastUpgrade = %+v, want realigns %v breaks %v text %q...", got, tc.want.Realigns, tc.want.Breaks, tc.wantTextPrefix)
+			}
+		})
+	}
+}
