@@ -97,7 +97,7 @@ func (a *Agent) noteDriver(inv *gpu.Inventory) {
 	defer w.mu.Unlock()
 	if !w.loaded {
 		w.loaded = true
-		if b, err := os.ReadFile(path); err == nil {
+		if b, err := os.ReadFile(path); err == nil && a.cfg.StateDir != "" {
 			_ = json.Unmarshal(b, &w.last)
 		}
 	}
@@ -114,6 +114,9 @@ func (a *Agent) noteDriver(inv *gpu.Inventory) {
 		a.log.WithField("from", w.last.Version).WithField("to", cur.Version).WithField("change", w.change).Warn("host driver changed")
 	}
 	w.last = cur
+	if a.cfg.StateDir == "" {
+		return
+	}
 	b, _ := json.Marshal(cur)
 	tmp := path + ".tmp"
 	if err := os.MkdirAll(a.cfg.StateDir, 0o755); err == nil {
