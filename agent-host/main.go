@@ -50,7 +50,7 @@ Run it under systemd (packaging/gpupass-host-agent.service, Type=notify).`,
 		},
 	}
 	root.Flags().StringVar(&configPath, "config", hostconfig.DefaultPath, "host agent configuration file")
-	root.AddCommand(conftool.NewCommand(), newSimulateCmd(), newCheckConfigCmd(), newGPUSnapshotCmd(), manpage.Command("8", buildinfo.Version))
+	root.AddCommand(conftool.NewCommand(), newSimulateCmd(), newCheckConfigCmd(), newGPUSnapshotCmd(), newDriverCmd(), manpage.Command("8", buildinfo.Version))
 	return root
 }
 

@@ -266,17 +266,23 @@ func explainContainer(d *Diagnosis) []Finding {
 		kernel = st.GetDriver().GetKernel()
 	}
 	switch {
+	case st.GetGuestConnected() && user != "" && kernel != "" && user != kernel && st.GetDriver().GetUserspaceSource() == "host":
+		out = append(out, Finding{
+			Problem: fmt.Sprintf("the container runs the host's userspace driver %s (driver: host) but the host's kernel module is now %s", user, kernel),
+			Cause:   fmt.Sprintf("the host driver changed %s -> %s after the container started; the driver hook provides the loaded module's userspace at every start", user, kernel),
+			Fix:     apply + " restarts it with the " + kernel + " userspace (docs/driver.md)",
+		})
 	case st.GetGuestConnected() && user != "" && kernel != "" && user != kernel:
 		out = append(out, Finding{
 			Problem: fmt.Sprintf("the container's userspace driver (libnvidia-ml %s) does not match the host's kernel module %s", user, kernel),
 			Cause:   "the template's NVIDIA libraries come from another driver release; NVML refuses with \"Driver/library version mismatch\" (even a patch level differs)",
-			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container", kernel, kernel, kernel),
+			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container; or set driver: host for it in fleet.yaml and %s: the host's userspace of the loaded module at every start (docs/driver.md)", kernel, kernel, kernel, apply),
 		})
 	case st.GetGuestConnected() && user == "" && len(st.GetDevices()) > 0:
 		out = append(out, Finding{
 			Problem: "the container has no userspace driver (libnvidia-ml); passthrough works but CUDA and nvidia-smi will not",
 			Cause:   "the template lacks the NVIDIA userspace libraries",
-			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module)", kernel, kernel),
+			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module), or set driver: host for it in fleet.yaml and %s (docs/driver.md)", kernel, kernel, apply),
 			Warning: true,
 		})
 	}

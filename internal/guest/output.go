@@ -45,6 +45,8 @@ type JSONDriver struct {
 	Kernel        string `json:"kernel"`
 	Userspace     string `json:"userspace"`
 	UserspacePath string `json:"userspace_path,omitempty"`
+	// Source is "host" (driver: host, bound in at start) or "own" (the template's).
+	Source string `json:"source,omitempty"`
 }
 
 // JSONSmi is the nvidia-smi deep check.
@@ -85,7 +87,7 @@ func ToJSON(r *pb.GuestReport) JSONReport {
 		ContainerID: r.GetContainerId(), BootID: r.GetBootId(), AgentBuild: r.GetAgentBuild(),
 		Trigger: r.GetTrigger(), Ready: r.GetReady(), State: "not-ready",
 		Reasons: nonNil(r.GetReasons()), Warnings: nonNil(r.GetWarnings()), Devices: []JSONDevice{},
-		Driver:  JSONDriver{Kernel: r.GetDriver().GetKernel(), Userspace: r.GetDriver().GetUserspace(), UserspacePath: r.GetDriver().GetUserspacePath()},
+		Driver:  JSONDriver{Kernel: r.GetDriver().GetKernel(), Userspace: r.GetDriver().GetUserspace(), UserspacePath: r.GetDriver().GetUserspacePath(), Source: r.GetDriver().GetUserspaceSource()},
 		Network: JSONNetwork{OK: r.GetNetwork().GetOk(), DefaultRoute: r.GetNetwork().GetDefaultRoute(), Reason: r.GetNetwork().GetReason(), Links: []JSONLink{}},
 	}
 	if r.GetReady() {
@@ -151,7 +153,11 @@ func (j JSONReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Path, d.Status, mm, d.Detail)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintf(tw, "DRIVER\tkernel %s\tuserspace %s\t%s\n", orDash(j.Driver.Kernel), orDash(j.Driver.Userspace), j.Driver.UserspacePath)
+	from := ""
+	if j.Driver.Source == "host" {
+		from = " (the host's, driver: host)"
+	}
+	fmt.Fprintf(tw, "DRIVER\tkernel %s\tuserspace %s\t%s%s\n", orDash(j.Driver.Kernel), orDash(j.Driver.Userspace), j.Driver.UserspacePath, from)
 	switch s := j.Smi; {
 	case s == nil:
 		fmt.Fprintf(tw, "NVIDIA-SMI\tnot run\n")

@@ -35,6 +35,7 @@ type Agent struct {
 	journal *journal.Journal
 	log     *log.Entry
 	metrics *Metrics
+	drv     *driverWatch
 	name    string
 	now     func() time.Time
 
@@ -91,6 +92,7 @@ func New(cfg *hostconfig.Config, opts Options) (*Agent, error) {
 		journal: &journal.Journal{Dir: filepath.Join(cfg.StateDir, "journal"), Now: opts.Now, Keep: cfg.JournalKeep, KeepFor: cfg.JournalKeepFor},
 		log:     opts.Log,
 		metrics: opts.Metrics,
+		drv:     opts.Metrics.drv,
 		name:    opts.Name,
 		now:     opts.Now,
 		desired: map[string]*pb.ContainerSpec{},
@@ -115,7 +117,9 @@ func (a *Agent) lock(id string) func() {
 
 // discover reads the host's GPUs now.
 func (a *Agent) discover() (*gpu.Inventory, error) {
-	return gpu.Discover(a.cfg.HostRoot)
+	inv, err := gpu.Discover(a.cfg.HostRoot)
+	a.noteDriver(inv)
+	return inv, err
 }
 
 // procRoot is where the host's processes are seen (/proc/<pid>/root, mountinfo).
@@ -222,6 +226,7 @@ func (a *Agent) inventory(ctx context.Context, withContainers bool) *pb.HostInve
 		h.Simulated = h.Simulated || inv.Simulated
 		h.Driver.Loaded = err == nil || !errors.Is(err, gpu.ErrNoDriver)
 		h.Driver.KernelVersion = inv.DriverVersion
+		h.Driver.Change = a.driverChange()
 		h.Driver.Majors = map[string]uint32{}
 		for k, v := range inv.Majors {
 			h.Driver.Majors[k] = v

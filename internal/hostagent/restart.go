@@ -12,6 +12,7 @@ import (
 
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
+	"gpupass/internal/hostdriver"
 	"gpupass/internal/observe"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/pveconf"
@@ -92,6 +93,13 @@ func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, 
 			}
 		}
 		guestProved = checked == len(want) && len(want) > 0
+	}
+	// 5. The host's driver a driver: host container got at its start (the hook's marker)
+	// against the loaded module: a host driver upgrade needs a restart.
+	if run, err := hostdriver.ReadRunning(a.procRoot(), st.InitPID); err != nil {
+		reasons = append(reasons, err.Error()+"; restarting to be sure")
+	} else if _, why := hostdriver.RestartReason(res.DriverHost, run, inv.DriverVersion); why != "" {
+		reasons = append(reasons, why)
 	}
 	if noRecord && len(reasons) == 0 && len(want) > 0 && !guestProved {
 		reasons = append(reasons, "no record of the device rules the running container was started with, and no guest report proves them; restarting to be sure")

@@ -97,13 +97,31 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	}
 	// As plan says it: whether what the container runs with differs from the desired
 	// state (the same evidence and rule, with the state just read).
+	var driverReasons []string
 	if p, err := a.planKnown(ctx, spec, &st); err == nil {
 		cs.RestartRequired = p.pb.GetRestart().GetRequired()
+		for _, r := range p.pb.GetRestart().GetReasons() {
+			if strings.HasPrefix(r, "host driver changed ") {
+				driverReasons = append(driverReasons, "restart required: "+r)
+			}
+		}
 	}
 	snap, _ := a.guests.Latest(id)
 	// The host's own evidence first: the report's generation, and its own look at /dev.
 	cs.Reasons = append(cs.Reasons, a.hostEvidence(id, st, snap)...)
 	a.judge(cs, spec, snap)
+	if spec.GetDriver() != "host" && a.driverChange() != "" {
+		// An own container after a host driver change: name its mismatch and the fix.
+		if u, k := cs.GetDriver().GetUserspace(), a.loadedDriver(); u != "" && k != "" && u != k {
+			driverReasons = append(driverReasons, fmt.Sprintf("host driver changed to %s but the container's own userspace is %s: install the %s userspace in it, or set driver: host in fleet.yaml (docs/driver.md)", k, u, k))
+		}
+	}
+	for _, r := range driverReasons {
+		// A host driver upgrade: gpupass apply restarts the container into the new
+		// userspace (driver: host).
+		cs.Reasons = dedupe(sortedAppend(cs.Reasons, r))
+		cs.State = StateNotReady
+	}
 	if !snap.Connected && st.InitPID > 0 {
 		// Say why from what the container sees: its socket hidden or never mounted (the
 		// init's pid as the request's runtime state gave it; none: nothing to look at).

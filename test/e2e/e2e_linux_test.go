@@ -53,6 +53,7 @@ var scenarios = []scenario{
 	{"Gate_Busybox_WaitThenExecApp", testBusyboxAppGated},
 	{"Gate_OpenRC_WaitThenExecAppAsTheCommand", testOpenRCAppGated},
 	{"HostBoot_AgentReadyBeforePveGuests", testHostBootOrder},
+	{"DriverHost_UpgradeRestartsAndRealigns", testDriverHostUpgrade},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

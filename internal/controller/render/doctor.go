@@ -143,6 +143,12 @@ func Doctor(w io.Writer, d *controller.Diagnosis, s Style) {
 			if user == "" {
 				user = "not installed"
 			}
+			switch st.GetDriver().GetUserspaceSource() {
+			case "host":
+				user += " (the host's, driver: host)"
+			case "own":
+				user += " (the template's own)"
+			}
 			fmt.Fprintf(w, "  driver   kernel %s, userspace %s\n", orDash(st.GetDriver().GetKernel()), user)
 			fmt.Fprintf(w, "  network  %s\n", network(d))
 		}

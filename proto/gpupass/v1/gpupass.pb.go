@@ -756,6 +756,7 @@ type Driver struct {
 	KernelVersion string                 `protobuf:"bytes,2,opt,name=kernel_version,json=kernelVersion,proto3" json:"kernel_version,omitempty"`                                         // from /proc/driver/nvidia/version
 	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`                                                                              // why it is not loaded
 	Majors        map[string]uint32      `protobuf:"bytes,4,rep,name=majors,proto3" json:"majors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // /proc/devices names -> major
+	Change        string                 `protobuf:"bytes,5,opt,name=change,proto3" json:"change,omitempty"`                                                                            // "host driver changed A -> B[; device majors changed: ...] at T" noticed since the agent started; "" none
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -816,6 +817,13 @@ func (x *Driver) GetMajors() map[string]uint32 {
 		return x.Majors
 	}
 	return nil
+}
+
+func (x *Driver) GetChange() string {
+	if x != nil {
+		return x.Change
+	}
+	return ""
 }
 
 type ContainerSummary struct {
@@ -1022,6 +1030,7 @@ type ContainerSpec struct {
 	RequireNetwork bool                   `protobuf:"varint,4,opt,name=require_network,json=requireNetwork,proto3" json:"require_network,omitempty"`
 	WantState      string                 `protobuf:"bytes,5,opt,name=want_state,json=wantState,proto3" json:"want_state,omitempty"` // "" (leave as is) | running
 	MigCaps        bool                   `protobuf:"varint,6,opt,name=mig_caps,json=migCaps,proto3" json:"mig_caps,omitempty"`      // pass /dev/nvidia-caps/* (MIG config and monitor) too; whole GPUs get none otherwise
+	Driver         string                 `protobuf:"bytes,7,opt,name=driver,proto3" json:"driver,omitempty"`                        // "" or "own": the template's userspace; "host": the host's, bound in at every start (docs/driver.md)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1096,6 +1105,13 @@ func (x *ContainerSpec) GetMigCaps() bool {
 		return x.MigCaps
 	}
 	return false
+}
+
+func (x *ContainerSpec) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
 }
 
 type ConfigChange struct {
@@ -2048,12 +2064,13 @@ func (x *DeviceCheck) GetDetail() string {
 }
 
 type DriverVersions struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kernel        string                 `protobuf:"bytes,1,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	Userspace     string                 `protobuf:"bytes,2,opt,name=userspace,proto3" json:"userspace,omitempty"` // libnvidia-ml version, "" if not installed
-	UserspacePath string                 `protobuf:"bytes,3,opt,name=userspace_path,json=userspacePath,proto3" json:"userspace_path,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Kernel          string                 `protobuf:"bytes,1,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	Userspace       string                 `protobuf:"bytes,2,opt,name=userspace,proto3" json:"userspace,omitempty"` // libnvidia-ml version, "" if not installed
+	UserspacePath   string                 `protobuf:"bytes,3,opt,name=userspace_path,json=userspacePath,proto3" json:"userspace_path,omitempty"`
+	UserspaceSource string                 `protobuf:"bytes,4,opt,name=userspace_source,json=userspaceSource,proto3" json:"userspace_source,omitempty"` // "host" (bound in by the host agent's driver hook) | "own" (the template's) | "" (none)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DriverVersions) Reset() {
@@ -2103,6 +2120,13 @@ func (x *DriverVersions) GetUserspace() string {
 func (x *DriverVersions) GetUserspacePath() string {
 	if x != nil {
 		return x.UserspacePath
+	}
+	return ""
+}
+
+func (x *DriverVersions) GetUserspaceSource() string {
+	if x != nil {
+		return x.UserspaceSource
 	}
 	return ""
 }
@@ -2903,12 +2927,13 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05minor\x18\x03 \x01(\rR\x05minor\x12\x15\n" +
 	"\x06bus_id\x18\x04 \x01(\tR\x05busId\x12\x14\n" +
 	"\x05model\x18\x05 \x01(\tR\x05model\x12)\n" +
-	"\x10persistence_mode\x18\x06 \x01(\tR\x0fpersistenceMode\"\xd0\x01\n" +
+	"\x10persistence_mode\x18\x06 \x01(\tR\x0fpersistenceMode\"\xe8\x01\n" +
 	"\x06Driver\x12\x16\n" +
 	"\x06loaded\x18\x01 \x01(\bR\x06loaded\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x126\n" +
-	"\x06majors\x18\x04 \x03(\v2\x1e.gpupass.v1.Driver.MajorsEntryR\x06majors\x1a9\n" +
+	"\x06majors\x18\x04 \x03(\v2\x1e.gpupass.v1.Driver.MajorsEntryR\x06majors\x12\x16\n" +
+	"\x06change\x18\x05 \x01(\tR\x06change\x1a9\n" +
 	"\vMajorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"|\n" +
@@ -2928,7 +2953,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\v2\x1c.gpupass.v1.ContainerSummaryR\n" +
 	"containers\x12\x18\n" +
 	"\aruntime\x18\a \x01(\tR\aruntime\"\x12\n" +
-	"\x10InventoryRequest\"\xbf\x01\n" +
+	"\x10InventoryRequest\"\xd7\x01\n" +
 	"\rContainerSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12'\n" +
@@ -2936,7 +2961,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x0frequire_network\x18\x04 \x01(\bR\x0erequireNetwork\x12\x1d\n" +
 	"\n" +
 	"want_state\x18\x05 \x01(\tR\twantState\x12\x19\n" +
-	"\bmig_caps\x18\x06 \x01(\bR\amigCaps\"\xa5\x01\n" +
+	"\bmig_caps\x18\x06 \x01(\bR\amigCaps\x12\x16\n" +
+	"\x06driver\x18\a \x01(\tR\x06driver\"\xa5\x01\n" +
 	"\fConfigChange\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.gpupass.v1.ConfigChange.OpR\x02op\x12\x12\n" +
 	"\x04line\x18\x02 \x01(\tR\x04line\x12\x1f\n" +
@@ -3028,11 +3054,12 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\x0e2\x18.gpupass.v1.DeviceStatusR\x06status\x12\x14\n" +
 	"\x05major\x18\x03 \x01(\rR\x05major\x12\x14\n" +
 	"\x05minor\x18\x04 \x01(\rR\x05minor\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"m\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x98\x01\n" +
 	"\x0eDriverVersions\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x1c\n" +
 	"\tuserspace\x18\x02 \x01(\tR\tuserspace\x12%\n" +
-	"\x0euserspace_path\x18\x03 \x01(\tR\ruserspacePath\"\x97\x01\n" +
+	"\x0euserspace_path\x18\x03 \x01(\tR\ruserspacePath\x12)\n" +
+	"\x10userspace_source\x18\x04 \x01(\tR\x0fuserspaceSource\"\x97\x01\n" +
 	"\x06SmiGPU\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
