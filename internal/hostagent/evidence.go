@@ -47,16 +47,6 @@ func (a *Agent) liveGeneration(st runtime.State, snap guestchan.Snapshot) (guest
 	return g, true
 }
 
-// fromLiveGeneration says whether snap's report may count for the container running as
-// gen: a report whose generation is known must be of gen; one of unknown generation (its
-// container could not be read) counts only where the live one is unknown too.
-func fromLiveGeneration(snap guestchan.Snapshot, gen guestchan.Generation, genKnown bool) bool {
-	if !genKnown {
-		return true
-	}
-	return snap.Generation == gen
-}
-
 // hostEvidence checks a running container's guest report against what the host itself
 // sees: the report must come from the running container's generation, and a ready report
 // must agree with the host's observation of the container's real /dev
