@@ -29,6 +29,7 @@ var allowedDeps = []string{
 	"github.com/vishvananda/netns",
 	"golang.org/x/sys/unix",
 	"golang.org/x/term",
+	"golang.org/x/time/rate",
 	"google.golang.org/protobuf/...",
 }
 

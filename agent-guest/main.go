@@ -3,8 +3,12 @@
 //
 //	gpupass-guest-agent [--socket PATH] [--id ID] [--heartbeat D]
 //	gpupass-guest-agent --once [-o json|table] [--expect-file FILE] [--socket PATH]
+//	gpupass-guest-agent wait [--timeout D] [--require-network] [-o json|table]
 //
 // --once checks once, prints the report and exits 0 when ready, 2 when not, 1 on error.
+// wait blocks until the container is ready (exit 0); at the deadline it prints the
+// reasons and exits 2 (1 on error). The running agent keeps /run/gpupass/ready existing
+// exactly while ready; wait follows it, or checks by itself when no agent runs.
 // Its expectation comes from --expect-file, else from the host agent over the socket, else
 // from the NVIDIA nodes found under /dev (docs/guest-agent.md).
 package main
@@ -48,12 +52,26 @@ type options struct {
 	logLevel   string
 	root       string
 	version    bool
+	stateDir   string
+	// wait subcommand
+	wait           bool
+	waitTimeout    time.Duration
+	requireNetwork bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("gpupass-guest-agent", flag.ContinueOnError)
+	name := "gpupass-guest-agent"
+	if len(args) > 0 && args[0] == "wait" {
+		o.wait, args, name = true, args[1:], name+" wait"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.StringVar(&o.stateDir, "state-dir", guest.DefaultStateDir, "the agent's own directory in the container: "+guest.ReadyFile+" exists exactly while ready, "+guest.StatusFile+" says why not (\"\" disables)")
+	if o.wait {
+		fs.DurationVar(&o.waitTimeout, "timeout", 5*time.Minute, "give up after this long (exit 2 with the reasons); 0 waits forever")
+		fs.BoolVar(&o.requireNetwork, "require-network", false, "also wait for the network (an up link with an address and a default route)")
+	}
 	fs.StringVar(&o.socket, "socket", "", "the host agent's unix socket (a host directory bind-mounted into the container); default "+guest.DefaultSocket+", then "+guest.LegacySocket+" (containers started before the move)")
 	fs.BoolVar(&o.once, "once", false, "check once, print the report and exit: 0 ready, 2 not ready, 1 error")
 	fs.StringVar(&o.output, "o", "table", "output of --once: json or table")
@@ -72,6 +90,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.output != "json" && o.output != "table" {
 		return o, fmt.Errorf("-o %q: want json or table", o.output)
+	}
+	if o.wait && (o.once || o.expectFile != "") {
+		return o, errors.New("wait takes neither --once nor --expect-file")
+	}
+	if o.waitTimeout < 0 {
+		return o, fmt.Errorf("--timeout %v: want 0 (forever) or a positive duration", o.waitTimeout)
 	}
 	if o.expectFile != "" && !o.once {
 		return o, errors.New("--expect-file needs --once")
@@ -121,11 +145,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if o.once {
 		return once(ctx, o, cfg, stdout, stderr)
 	}
+	if o.wait {
+		return wait(ctx, o, cfg, stdout, stderr)
+	}
 	st := &statusNotifier{log: logger}
+	mk := newMarker(o.stateDir, logger)
+	defer mk.close()
 	cfg.Started = func() { notify(logger, daemon.SdNotifyReady, "STATUS=connecting to the host agent") }
 	cfg.OnState = func(s string) {
 		if strings.HasPrefix(s, "disconnected") {
 			st.set("waiting for the host agent (" + s + ")")
+			mk.notConnected(s)
 		}
 	}
 	cfg.OnReport = func(r *pb.GuestReport) {
@@ -133,6 +163,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			st.set("connected; ready")
 		} else {
 			st.set("connected; not ready: " + strings.Join(r.GetReasons(), "; "))
+		}
+		mk.update(r)
+	}
+	cfg.OnLocalCheck = func(r *pb.GuestReport) {
+		if !r.GetReady() { // only a full check with the host's expectation marks ready
+			st.set("waiting for the host agent; not ready: " + strings.Join(r.GetReasons(), "; "))
+			mk.update(r)
 		}
 	}
 	a, err := guest.New(cfg)

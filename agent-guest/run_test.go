@@ -38,6 +38,10 @@ func TestRunFlags(t *testing.T) {
 		{name: "stray argument", args: []string{"--once", "extra"}, code: exitError, stderr: `unexpected argument "extra"`},
 		{name: "bad heartbeat", args: []string{"--heartbeat", "0s"}, code: exitError, stderr: "--heartbeat 0s: want a positive duration"},
 		{name: "help", args: []string{"-h"}, code: exitReady, stderr: "-socket string"},
+		{name: "wait help", args: []string{"wait", "-h"}, code: exitReady, stderr: "-require-network"},
+		{name: "wait negative timeout", args: []string{"wait", "--timeout", "-1s"}, code: exitError, stderr: "--timeout -1s: want 0 (forever) or a positive duration"},
+		{name: "wait with once", args: []string{"wait", "--once"}, code: exitError, stderr: "wait takes neither --once nor --expect-file"},
+		{name: "wait stray argument", args: []string{"wait", "now"}, code: exitError, stderr: `unexpected argument "now"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -151,5 +155,25 @@ func TestRunOnceFromHost(t *testing.T) {
 	}
 	if !r.Ready || r.Trigger != guest.TriggerOnce {
 		t.Errorf("host got ready %v trigger %q", r.Ready, r.Trigger)
+	}
+}
+
+// wait with no agent and no host agent: exit 2 at the deadline, the reason on stdout in
+// the table of --once, the progress on stderr.
+func TestRunWaitNotReady(t *testing.T) {
+	dir := t.TempDir()
+	stdout, stderr, code := runMain(t, "wait", "--timeout", "400ms", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "none.sock"))
+	if code != exitNotReady {
+		t.Fatalf("exit %d, want %d\nstdout %s\nstderr %s", code, exitNotReady, stdout, stderr)
+	}
+	for _, want := range []string{"NOT-READY", "no report: the host agent is not reachable (disconnected: dial host agent"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	for _, want := range []string{"wait: no guest agent runs here", "wait: not ready after"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
 	}
 }

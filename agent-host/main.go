@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,15 +24,7 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		var ee *conftool.ExitError
-		if errors.As(err, &ee) {
-			if ee.Err != nil {
-				fmt.Fprintln(os.Stderr, "gpupass-host-agent:", ee.Err)
-			}
-			os.Exit(ee.Code)
-		}
-		fmt.Fprintln(os.Stderr, "gpupass-host-agent:", err)
-		os.Exit(1)
+		os.Exit(conftool.Report(os.Stderr, "gpupass-host-agent", err))
 	}
 }
 
@@ -60,7 +50,7 @@ Run it under systemd (packaging/gpupass-host-agent.service, Type=notify).`,
 		},
 	}
 	root.Flags().StringVar(&configPath, "config", hostconfig.DefaultPath, "host agent configuration file")
-	root.AddCommand(conftool.NewCommand(), newSimulateCmd(), newCheckConfigCmd(), newGPUSnapshotCmd(), manpage.Command("8", buildinfo.Version))
+	root.AddCommand(conftool.NewCommand(), newSimulateCmd(), newCheckConfigCmd(), newGPUSnapshotCmd(), newDriverCmd(), manpage.Command("8", buildinfo.Version))
 	return root
 }
 

@@ -96,6 +96,11 @@ func (r *Results) JSON() ([]byte, error) {
 	for _, f := range r.Ratios {
 		add(f)
 	}
+	return renderJSON(m), nil
+}
+
+// renderJSON writes m with its keys sorted, one a line.
+func renderJSON(m map[string]float64) []byte {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -112,7 +117,7 @@ func (r *Results) JSON() ([]byte, error) {
 		b.WriteString("\n")
 	}
 	b.WriteString("}\n")
-	return b.Bytes(), nil
+	return b.Bytes()
 }
 
 // Markdown is docs/benchmarks.md.
@@ -162,9 +167,12 @@ func (r *Results) Markdown() []byte {
 	p("```sh\nmake bench            # builds, runs every section (about 3 minutes on 2 cores),\n")
 	p("                      # writes bench/results.json and docs/benchmarks.md, cleans up\n")
 	p("./scripts/bench.sh -only fleet -fleet-sizes 1000 -profile /tmp/prof\n")
-	p("                      # one section (readiness, fleet, hostagent, guest, apply), written to\n")
+	p("                      # one section (readiness, fleet, hostagent, guest, apply, pct), written to\n")
 	p("                      # /tmp/gpupass-bench-results.json and /tmp/gpupass-bench.md,\n")
-	p("                      # with CPU profiles: go tool pprof -top bin/gpupass-bench /tmp/prof/status-cold.pprof\n```\n\n")
+	p("                      # with CPU profiles: go tool pprof -top bin/gpupass-bench /tmp/prof/status-cold.pprof\n")
+	p("./scripts/bench.sh -only pct -merge\n")
+	p("                      # the pct section (needs the PVE lab: bash test/pvelab/setup.sh), its figures and\n")
+	p("                      # section merged into bench/results.json and this page\n```\n\n")
 	p("The program runs in a private mount namespace with cgroup2 mounted on /sys/fs/cgroup ")
 	p("(`scripts/bench.sh` sets it up), as on Proxmox; its containers, processes and cgroups are ")
 	p("named `gpb-*` and removed at the end, also when it is interrupted.\n")
@@ -209,4 +217,133 @@ func (r *Results) Write(jsonPath, mdPath string) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// WriteMerged writes a partial run (-only) into existing results: its figures and ratios
+// replace or join those in jsonPath and in the Figures table of mdPath, its sections replace
+// those with the same title (or are added at the end), and the Machine list gains a line for
+// this run; the aims and every other section stay as the full run wrote them.
+func (r *Results) WriteMerged(jsonPath, mdPath string, only string) error {
+	oldJSON, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return fmt.Errorf("merge results: %w", err)
+	}
+	m := map[string]float64{}
+	if err := json.Unmarshal(oldJSON, &m); err != nil {
+		return fmt.Errorf("merge results: %s: %w", jsonPath, err)
+	}
+	newJSON, err := r.JSON()
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(newJSON, &m); err != nil {
+		return err
+	}
+	md, err := os.ReadFile(mdPath)
+	if err != nil {
+		return fmt.Errorf("merge report: %w", err)
+	}
+	merged, err := r.mergeMarkdown(string(md), only)
+	if err != nil {
+		return fmt.Errorf("merge report %s: %w", mdPath, err)
+	}
+	if err := os.WriteFile(jsonPath, renderJSON(m), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if err := os.WriteFile(mdPath, []byte(merged), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+func (r *Results) mergeMarkdown(md, only string) (string, error) {
+	full := string(r.Markdown())
+	block := func(text, title string) (int, int) { // the "## title" block: start, end
+		i := strings.Index(text, "\n## "+title+"\n")
+		if i < 0 {
+			return -1, -1
+		}
+		j := strings.Index(text[i+1:], "\n## ")
+		if j < 0 {
+			return i, len(text)
+		}
+		return i, i + 1 + j
+	}
+	// Figures table rows, by key.
+	row := func(f Figure) string {
+		return fmt.Sprintf("| `%s` | %s | %s | %s |", f.Key, num(f.Value), f.Unit, f.What)
+	}
+	var rows []Figure
+	for _, s := range r.Sections {
+		rows = append(rows, s.Figures...)
+	}
+	rows = append(rows, r.Ratios...)
+	fs, fe := block(md, "Figures")
+	if fs < 0 {
+		return "", fmt.Errorf("no Figures table")
+	}
+	lines := strings.Split(md[fs:fe], "\n")
+	for _, f := range rows {
+		// A new figure goes before the ratios, a new ratio after the last row.
+		prefix := "| `" + f.Key + "` |"
+		last, at := -1, -1
+		for i, l := range lines {
+			if !strings.HasPrefix(l, "| `") {
+				continue
+			}
+			if strings.HasPrefix(l, prefix) {
+				at = i
+			}
+			if strings.HasPrefix(f.Key, "ratio_") || !strings.HasPrefix(l, "| `ratio_") {
+				last = i
+			}
+		}
+		switch {
+		case at >= 0:
+			lines[at] = row(f)
+		case last >= 0:
+			lines = append(lines[:last+1], append([]string{row(f)}, lines[last+1:]...)...)
+		default:
+			return "", fmt.Errorf("no rows in the Figures table")
+		}
+	}
+	md = md[:fs] + strings.Join(lines, "\n") + md[fe:]
+	// This run's line in the Machine list.
+	ms, me := block(md, "Machine")
+	if ms < 0 {
+		return "", fmt.Errorf("no Machine list")
+	}
+	mach := r.Machine
+	tag := fmt.Sprintf("- `-only %s` merged: ", only)
+	note := fmt.Sprintf("%s%s, %s, %.0f s", tag, mach.Build, mach.Date, r.Seconds)
+	var kept []string
+	for _, l := range strings.Split(strings.TrimRight(md[ms:me], "\n"), "\n") {
+		if !strings.HasPrefix(l, tag) {
+			kept = append(kept, l)
+		}
+	}
+	md = md[:ms] + strings.Join(append(kept, note), "\n") + "\n" + md[me:]
+	// The aims, judged on the merged figures, and the generator's own text.
+	for _, title := range []string{"Aims", "How to reproduce"} {
+		as, ae := block(md, title)
+		ns, ne := block(full, title)
+		if as < 0 || ns < 0 {
+			return "", fmt.Errorf("no %s section", title)
+		}
+		md = md[:as] + full[ns:ne] + md[ae:]
+	}
+	// The sections, as this run wrote them.
+	for _, s := range r.Sections {
+		ns, ne := block(full, s.Title)
+		olds, olde := block(md, s.Title)
+		if olds < 0 {
+			md = strings.TrimRight(md, "\n") + "\n" + full[ns:ne]
+			continue
+		}
+		md = md[:olds] + full[ns:ne] + md[olde:]
+	}
+	if !strings.HasSuffix(md, "\n") {
+		md += "\n"
+	}
+	return md, nil
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -221,8 +220,5 @@ func (allRunning) ConfigPath(id string) string           { return "/nonexistent/
 func (allRunning) ConfigFormat() runtime.Format          { return runtime.FormatLXC }
 func (allRunning) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
 	return nil, runtime.ErrNoStartedConfig
-}
-func (allRunning) List(context.Context) ([]string, error) {
-	return strings.Fields(strings.Join(simContainers, " ")), nil
 }
 func (allRunning) LockPath(id string) string { return "/nonexistent/" + id + ".lock" }

@@ -36,7 +36,16 @@ cleanup() {
       [ -d "$cg" ] || continue
       for pid in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
       rmdir "$cg" 2>/dev/null || true
-    done' sh "$WORK" || true
+    done
+    # The pct section'"'"'s lab containers (ids 9990-9999, hostname gpb-pct-<id>).
+    if command -v pct >/dev/null; then
+      for conf in /etc/pve/lxc/99[9][0-9].conf; do
+        [ -f "$conf" ] && grep -q "^hostname: gpb-pct-" "$conf" || continue
+        id=$(basename "$conf" .conf)
+        lxc-stop -n "$id" -k >/dev/null 2>&1 || true
+        pct destroy "$id" --purge >/dev/null 2>&1 || true
+      done
+    fi' sh "$WORK" || true
   rm -rf "$WORK"
   echo "$inotify_max" >/proc/sys/fs/inotify/max_user_instances 2>/dev/null || true
 }
@@ -44,12 +53,17 @@ trap cleanup EXIT
 
 # A partial run (any argument, e.g. -only fleet) must not overwrite the committed results
 # with some of the figures: it writes beside them unless told otherwise (-json, -md).
+# With -merge (and -only), the sections run replace theirs in the committed files and the
+# rest stays as the last full run wrote it.
 out=(-json bench/results.json -md docs/benchmarks.md)
-if [ $# -gt 0 ]; then
+if [ $# -gt 0 ] && [[ " $* " != *" -merge "* ]]; then
   out=(-json /tmp/gpupass-bench-results.json -md /tmp/gpupass-bench.md)
 fi
 
+# The old /sys/fs/cgroup (tmpfs and v1 mounts) is taken away rather than mounted over:
+# Proxmox decides its cgroup mode from the first /proc/mounts entry there
+# (pve-common:src/PVE/CGroup.pm, cgroup_mode), and the pct section wants PVE 9's pure cgroup2.
 mount_cg='true'
-[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || mount_cg='mount -t cgroup2 none /sys/fs/cgroup'
+[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || mount_cg='umount -l /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup'
 unshare -m --propagation private sh -c "$mount_cg"' && exec "$@"' sh \
   bin/gpupass-bench -bin bin -work "$WORK" "${out[@]}" "$@"

@@ -13,6 +13,7 @@ for pve in pve-cluster.service pve-guests.service; do
 done
 export SYSTEMD_UNIT_PATH="$tmp:"
 shopt -s nullglob
+cp packaging/*.target "$tmp/" # gpu-ready.target, which gpupass-gpu-ready.service orders before
 for u in packaging/*.service; do
   # ExecStart must exist for the verifier: point it at the built binaries.
   sed -e "s#/usr/local/bin/#$PWD/bin/#g" "$u" > "$tmp/$(basename "$u")"

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"gpupass/internal/gpu"
+	"gpupass/internal/hostdriver"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/pveconf"
 )
@@ -65,6 +66,7 @@ const DefaultStateDir = "/var/lib/gpupass"
 
 type options struct {
 	conf, gpus, style, hostRoot, stateDir, format, guestDir string
+	driver, driverHook                                      string
 	lockTimeout                                             time.Duration
 	migCaps                                                 bool
 }
@@ -133,6 +135,8 @@ func newSub(e env, apply bool) *cobra.Command {
 	f.StringVar(&o.hostRoot, "host-root", "/", "prefix for /proc, /dev and /run (test and simulated hosts)")
 	f.StringVar(&o.format, "format", "auto", "config syntax: auto, pve (key: value) or lxc (key = value)")
 	f.BoolVar(&o.migCaps, "mig-caps", false, "also pass /dev/nvidia-caps/* (MIG config and monitor capabilities); whole GPUs get none without it")
+	f.StringVar(&o.driver, "driver", "own", "own (the template brings its NVIDIA userspace) or host (the host's userspace of the loaded module is bound in at every start by an lxc.hook.mount; docs/driver.md)")
+	f.StringVar(&o.driverHook, "driver-hook", "", `with --driver host: the hook command line (default: this program's path, "driver hook", and --host-root when not /)`)
 	f.StringVar(&o.guestDir, "guest-socket-dir", "", "host directory bind-mounted at /dev/gpupass in the container for the guest agent (an entry at the old run/gpupass is moved there); empty: no guest mount (an existing one is removed)")
 	if apply {
 		f.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "state directory; the previous config is kept under <state-dir>/backups")
@@ -151,6 +155,14 @@ func run(e env, o options, apply bool, stdout, stderr io.Writer) error {
 	desired, err := desiredFrom(o)
 	if err != nil {
 		return &ExitError{Code: ExitError1, Err: err}
+	}
+	if desired.DriverHook != "" {
+		// Preflight: the hook refuses the start on the same grounds, later.
+		set, err := hostdriver.Find(o.hostRoot)
+		if err != nil {
+			return fail("--driver host: %w", err)
+		}
+		fmt.Fprintf(stderr, "driver: host %s (%d libraries, %d tools from %s)\n", set.Version, len(set.Libs), len(set.Tools), strings.Join(set.Dirs, ", "))
 	}
 	file := fileFor(o)
 	file.Now = e.now
@@ -227,6 +239,19 @@ func desiredFrom(o options) (passthrough.Desired, error) {
 		return d, fmt.Errorf("--style: %w", err)
 	}
 	d.Style, d.GuestSocketDir, d.Label, d.MIGCaps = style, o.guestDir, o.conf, o.migCaps
+	switch o.driver {
+	case "own", "":
+		if o.driverHook != "" {
+			return d, errors.New("--driver-hook needs --driver host")
+		}
+	case "host":
+		d.DriverHook = o.driverHook
+		if d.DriverHook == "" {
+			d.DriverHook = hostdriver.HookCommand(o.hostRoot)
+		}
+	default:
+		return d, fmt.Errorf("--driver %q: want own or host", o.driver)
+	}
 	switch strings.TrimSpace(o.gpus) {
 	case "":
 		return d, errors.New(`--gpus is empty: list GPUs (index, UUID or bus id, comma separated) or say "none"`)

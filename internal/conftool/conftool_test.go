@@ -123,6 +123,17 @@ var cliCases = []cliCase{
 				t.Error("the input has no caps entry: the case proves nothing")
 			}
 		}},
+	{name: "driver_host_apply", fixture: "pve-2gpu", in: "12-cloned.conf", setup: hostUserspace("580.159.04", "580.159.04"),
+		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--driver", "host", "--state-dir", "$ROOT/state"}, wantCode: 0,
+		check: func(t *testing.T, _, out []byte, root string) {
+			if !bytes.Contains(out, []byte("\nlxc.hook.mount: /usr/bin/gpupass-host-agent driver hook --host-root "+root+"\n")) {
+				t.Error("--driver host did not write the driver hook")
+			}
+		}},
+	{name: "driver_host_mismatch_refused", fixture: "pve-2gpu", in: "12-cloned.conf", setup: hostUserspace("580.159.04", "580.173.02"),
+		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--driver", "host", "--state-dir", "$ROOT/state"}, wantCode: 1, check: untouched},
+	{name: "bad_driver", fixture: "pve-2gpu", in: "12-cloned.conf",
+		args: []string{"plan", "--conf", "$CONF", "--gpus", "0", "--driver", "hots"}, wantCode: 1, check: untouched},
 	{name: "mig_caps_flag", fixture: "mig", in: "12-cloned.conf",
 		args: []string{"apply", "--conf", "$CONF", "--gpus", "0", "--mig-caps", "--state-dir", "$ROOT/state"}, wantCode: 0,
 		check: func(t *testing.T, _, out []byte, _ string) {
@@ -190,6 +201,26 @@ func runCLI(t *testing.T, e env, args []string) (code int, stdout, stderr string
 	err := cmd.Execute()
 	code = Report(&errb, "gpupass-host-agent conf", err)
 	return code, out.String(), errb.String()
+}
+
+// hostUserspace gives the host root a loaded module of version kernel and the userspace
+// libraries of version libs (what hostdriver.Find reads for --driver host).
+func hostUserspace(kernel, libs string) func(t *testing.T, root, conf string) func() {
+	return func(t *testing.T, root, _ string) func() {
+		files := map[string]string{"proc/driver/nvidia/version": "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  " + kernel + "  Release Build\n"}
+		for _, l := range []string{"libcuda", "libnvidia-ml"} {
+			files["usr/lib/x86_64-linux-gnu/"+l+".so."+libs] = ""
+		}
+		for p, c := range files {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return nil
+	}
 }
 
 func TestCLI(t *testing.T) {

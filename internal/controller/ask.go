@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gpupass/internal/fleet"
+	"gpupass/internal/hostdriver"
 	"gpupass/internal/wire"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -143,6 +144,26 @@ func (c *Controller) statusFor(ctx context.Context, s *conn, w *hostWork, warn b
 // report; hosts that could not be asked are marked in it.
 func (c *Controller) Status(ctx context.Context) *Report {
 	return c.ask(ctx, KindStatus, c.status)
+}
+
+// PlanDriverVersion is Plan plus, for each container, what a host driver change to
+// version to would do (gpupass plan --driver-version): driver: host containers realign at
+// their next start, own ones break unless their guest reported the userspace of to.
+func (c *Controller) PlanDriverVersion(ctx context.Context, to string) *Report {
+	r := c.Plan(ctx)
+	for i, e := range c.opts.Fleet.Containers {
+		if i >= len(r.Containers) {
+			break
+		}
+		ct := &r.Containers[i]
+		f := hostdriver.ForecastUpgrade(e.Driver == fleet.DriverHost, ct.Driver.Userspace, to)
+		mode := e.Driver
+		if mode == "" {
+			mode = fleet.DriverOwn
+		}
+		ct.DriverUpgrade = &DriverUpgrade{To: to, Mode: mode, Realigns: f.Realigns, Breaks: f.Breaks, Message: f.Text}
+	}
+	return r
 }
 
 // Plan asks every host what apply would change, and for the current readiness of the

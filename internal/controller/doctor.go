@@ -151,8 +151,21 @@ func (c *Controller) doctorCalls(ctx context.Context, s *conn, d *Diagnosis) err
 }
 
 // explain turns what the host, the config and the guest say into findings, most
-// fundamental first.
+// fundamental first, then what is worth knowing about the host's GPUs.
 func explain(d *Diagnosis) []Finding {
+	out := explainContainer(d)
+	if off := persistenceOff(d.Inventory); len(off) > 0 {
+		out = append(out, Finding{
+			Problem: "persistence mode is off on " + strings.Join(off, ", "),
+			Cause:   "without it the driver tears a GPU down when its last user closes it, and the next open (an app starting, nvidia-smi, the guest agent's check) initialises it again: NVIDIA documents 1-3 s per GPU",
+			Fix:     fmt.Sprintf("on %s: systemctl enable --now nvidia-persistenced (it ships with the driver), or nvidia-smi -pm 1 until the next boot", d.Host.Name),
+			Warning: true,
+		})
+	}
+	return out
+}
+
+func explainContainer(d *Diagnosis) []Finding {
 	var out []Finding
 	file := d.FleetFile
 	if file == "" {
@@ -241,6 +254,13 @@ func explain(d *Diagnosis) []Finding {
 			Fix:      fmt.Sprintf("on %s: journalctl -u gpupass-host-agent shows the peer's pid and cgroup; run gpupass-guest-agent inside container %s itself, on the socket the host agent mounts there", d.Host.Name, d.Entry.ID),
 			explains: guestAgentKinds,
 		})
+	} else if hidden := reasonOf(st, pb.ReasonKind_REASON_KIND_GUEST_SOCKET_HIDDEN); st.GetRunState() == "running" && !st.GetGuestConnected() && hidden != nil {
+		out = append(out, Finding{
+			Problem:  "the guest agent cannot reach its socket: " + pb.ReasonText(hidden),
+			Cause:    "the container's init (systemd, OpenRC) mounts a tmpfs on /run at boot, over the /run/gpupass socket mount of earlier gpupass versions; gpupass now mounts it at /dev/gpupass, which no init mounts over",
+			Fix:      apply + " (it moves the mount entry to dev/gpupass and restarts the container)",
+			explains: append([]pb.ReasonKind{pb.ReasonKind_REASON_KIND_GUEST_SOCKET_HIDDEN}, guestAgentKinds...),
+		})
 	} else if st.GetRunState() == "running" && !st.GetGuestConnected() && len(d.Container.GPUs) > 0 {
 		out = append(out, Finding{
 			Problem:  "no report from the guest agent",
@@ -255,18 +275,25 @@ func explain(d *Diagnosis) []Finding {
 		kernel = st.GetDriver().GetKernel()
 	}
 	switch {
+	case st.GetGuestConnected() && user != "" && kernel != "" && user != kernel && st.GetDriver().GetUserspaceSource() == "host":
+		out = append(out, Finding{
+			Problem:  fmt.Sprintf("the container runs the host's userspace driver %s (driver: host) but the host's kernel module is now %s", user, kernel),
+			Cause:    fmt.Sprintf("the host driver changed %s -> %s after the container started; the driver hook provides the loaded module's userspace at every start", user, kernel),
+			Fix:      apply + " restarts it with the " + kernel + " userspace (docs/driver.md)",
+			explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, pb.ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER, pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED},
+		})
 	case st.GetGuestConnected() && user != "" && kernel != "" && user != kernel:
 		out = append(out, Finding{
 			Problem:  fmt.Sprintf("the container's userspace driver (libnvidia-ml %s) does not match the host's kernel module %s", user, kernel),
 			Cause:    "the template's NVIDIA libraries come from another driver release; NVML refuses with \"Driver/library version mismatch\" (even a patch level differs)",
-			Fix:      fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container", kernel, kernel, kernel),
-			explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH},
+			Fix:      fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module, or the distribution's packages pinned to %s), then restart the container; or set driver: host for it in fleet.yaml and %s: the host's userspace of the loaded module at every start (docs/driver.md)", kernel, kernel, kernel, apply),
+			explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, pb.ReasonKind_REASON_KIND_OWN_USERSPACE_MISMATCH},
 		})
 	case st.GetGuestConnected() && user == "" && len(st.GetDevices()) > 0:
 		out = append(out, Finding{
 			Problem: "the container has no userspace driver (libnvidia-ml); passthrough works but CUDA and nvidia-smi will not",
 			Cause:   "the template lacks the NVIDIA userspace libraries",
-			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module)", kernel, kernel),
+			Fix:     fmt.Sprintf("install libnvidia-ml %s in the template (NVIDIA-Linux-x86_64-%s.run --no-kernel-module), or set driver: host for it in fleet.yaml and %s (docs/driver.md)", kernel, kernel, apply),
 			Warning: true,
 		})
 	}
@@ -315,6 +342,17 @@ func pveFindings(d *Diagnosis, p *pb.ContainerPlan, apply string) []Finding {
 			Fix:   apply + ", then on " + d.Host.Name + ": " + p.GetHaCommand()})
 	}
 	return out
+}
+
+// persistenceOff names the host's GPUs whose persistence mode is known to be off.
+func persistenceOff(inv *pb.HostInventory) []string {
+	var off []string
+	for _, g := range inv.GetGpus() {
+		if g.GetPersistenceMode() == "disabled" {
+			off = append(off, fmt.Sprintf("GPU %d (%s)", g.GetIndex(), g.GetBusId()))
+		}
+	}
+	return off
 }
 
 // runtimeCmd is the host's own command for verb ("start", "config") on the container: pct
@@ -399,10 +437,14 @@ var guestAgentKinds = []pb.ReasonKind{
 }
 
 // explained reports whether a host reason is covered by a finding: a finding that
-// explains its kind, or, for a device check, one about the same device.
+// explains its kind, one whose problem quotes it, or, for a device check, one about the
+// same device.
 func explained(reason *pb.Reason, fs []Finding) bool {
 	for _, f := range fs {
 		if slices.Contains(f.explains, reason.GetKind()) {
+			return true
+		}
+		if strings.Contains(f.Problem, pb.ReasonText(reason)) {
 			return true
 		}
 		if reason.GetKind() == pb.ReasonKind_REASON_KIND_DEVICE_CHECK && slices.Contains(f.devices, reason.GetDevice()) {
@@ -439,4 +481,14 @@ func port(addr string) string {
 		return addr[i+1:]
 	}
 	return fleet.DefaultPort
+}
+
+// reasonOf is the status's first reason of kind k, or nil.
+func reasonOf(st *pb.ContainerStatus, k pb.ReasonKind) *pb.Reason {
+	for _, r := range statusReasons(st) {
+		if r.GetKind() == k {
+			return r
+		}
+	}
+	return nil
 }

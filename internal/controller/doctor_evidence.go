@@ -37,7 +37,7 @@ func evidenceFindings(d *Diagnosis, st *pb.ContainerStatus, apply string) []Find
 		case pb.ReasonKind_REASON_KIND_HOST_OBSERVATION:
 			out = append(out, Finding{Problem: r,
 				Cause: "the guest's report says ready but the host's own look at the container's /dev (through its init's root) disagrees: the report is not from a working gpupass-guest-agent, or the nodes went away since",
-				Fix:   fmt.Sprintf("on %s: journalctl -u gpupass-host-agent; check which process in container %s talks on /run/gpupass/agent.sock, then %s", d.Host.Name, d.Entry.ID, apply)})
+				Fix:   fmt.Sprintf("on %s: journalctl -u gpupass-host-agent; check which process in container %s talks on /dev/gpupass/agent.sock, then %s", d.Host.Name, d.Entry.ID, apply)})
 		case pb.ReasonKind_REASON_KIND_PREVIOUS_GENERATION:
 			out = append(out, Finding{Problem: r,
 				Cause: "the container was restarted and its guest agent has not reported since: the last report is from before the restart",

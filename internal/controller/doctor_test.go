@@ -36,6 +36,10 @@ func TestExplain(t *testing.T) {
 			Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, 195, 0))},
 			[]string{"the NVIDIA kernel driver is not loaded on pve1: module nvidia not found", "/dev/nvidia0 (195:0) is present but no driver answers"},
 			[]string{"load the driver", "load the NVIDIA driver"}},
+		{"persistence off", Diagnosis{Host: host, Inventory: &pb.HostInventory{Driver: &pb.Driver{Loaded: true, KernelVersion: "580.95.05"}, Gpus: []*pb.GPU{
+			{Index: 0, BusId: "0000:01:00.0", PersistenceMode: "enabled"}, {Index: 1, BusId: "0000:41:00.0", PersistenceMode: "disabled"}, {Index: 2, BusId: "0000:61:00.0"}}},
+			Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{}, Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_OK, 195, 0))},
+			[]string{"persistence mode is off on GPU 1 (0000:41:00.0)"}, []string{"systemctl enable --now nvidia-persistenced"}},
 		{"not in fleet", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "777"},
 			Status: &pb.ContainerStatus{Id: "777", State: "ready", RunState: "running"}},
 			[]string{"pve1/777 is not in fleet.yaml"}, []string{`add {host: pve1, id: "777"`}},
@@ -66,6 +70,10 @@ func TestExplain(t *testing.T) {
 		{"no guest", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED})}}},
 			[]string{"no report from the guest agent"}, []string{"install gpupass-guest-agent"}},
+		{"guest socket hidden by systemd's /run", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
+			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running",
+				Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED}), pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_SOCKET_HIDDEN, Device: "/run/gpupass", Detail: "/run"})}}},
+			[]string{"the guest agent cannot reach its socket: guest socket hidden inside the container by a mount on /run"}, []string{"it moves the mount entry to dev/gpupass and restarts the container"}},
 		{"optional trap and wrong device", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: running(dev("/dev/nvidia-uvm", pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE, 0, 0),
 				dev("/dev/nvidia-uvm-tools", pb.DeviceStatus_DEVICE_STATUS_NOT_CHAR_DEVICE, 0, 0),
@@ -79,7 +87,7 @@ func TestExplain(t *testing.T) {
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
 				Details: []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_OBSERVATION, Device: "/dev/nvidia0", Want: "195:0"}), pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_JOURNAL_QUARANTINED, Device: "/s/j/q/x.jsonl", Detail: "unexpected EOF"})}}},
 			[]string{"host observation: the guest reports ready, but the host sees no /dev/nvidia0", "journal quarantined: /s/j/q/x.jsonl"},
-			[]string{"talks on /run/gpupass/agent.sock", "its .why says why"}},
+			[]string{"talks on /dev/gpupass/agent.sock", "its .why says why"}},
 		{"no userspace driver, no network", Diagnosis{Host: host, Inventory: loaded, Entry: fleet.Container{Host: "pve1", ID: "901", GPUs: []string{"0"}, RequireNetwork: true}, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true,
 				Devices: []*pb.DeviceCheck{dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_OK, 195, 0)}, Driver: &pb.DriverVersions{Kernel: "580.95.05"},
@@ -132,7 +140,9 @@ func TestDoctorAgainstHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.ExitCode() != ExitPending || len(d.Findings) != 1 || !strings.Contains(d.Findings[0].Fix, "install libnvidia-ml 580.95.05") {
+	// The version mismatch, then the warning that GPU 1's persistence mode is off.
+	if d.ExitCode() != ExitPending || len(d.Problems()) != 1 || len(d.Findings) != 2 || !strings.Contains(d.Findings[0].Fix, "install libnvidia-ml 580.95.05") ||
+		!d.Findings[1].Warning || !strings.HasPrefix(d.Findings[1].Problem, "persistence mode is off on GPU 1") {
 		t.Errorf("pve1/901: exit %d, findings %+v", d.ExitCode(), d.Findings)
 	}
 	for _, m := range []string{MethodInventory, MethodStatus, MethodPlan} {

@@ -77,6 +77,9 @@ type HostDriver struct {
 	Kernel string            `json:"kernel"`
 	Error  string            `json:"error,omitempty"`
 	Majors map[string]uint32 `json:"majors,omitempty"`
+	// Change is the host driver change the agent noticed since it started ("host driver
+	// changed A -> B ..."; docs/driver.md).
+	Change string `json:"change,omitempty"`
 }
 
 // Container is one fleet container entry with what its host said about it.
@@ -130,9 +133,22 @@ type Container struct {
 	PendingReplacesLXC bool     `json:"pending_replaces_lxc,omitempty"`
 	HA                 string   `json:"ha,omitempty"`
 	HACommand          string   `json:"ha_command,omitempty"`
+	// DriverUpgrade is plan --driver-version's answer for this container.
+	DriverUpgrade *DriverUpgrade `json:"driver_upgrade,omitempty"`
 
 	// details are the reasons as data, by text (see ReasonsDetail).
 	details map[string]ReasonDetail
+}
+
+// DriverUpgrade is what a host driver change to To would do to a container: a driver:
+// host container realigns by itself (restarted by apply), an own one keeps matching only
+// when its userspace is To.
+type DriverUpgrade struct {
+	To       string `json:"to"`
+	Mode     string `json:"mode"` // own | host (fleet.yaml driver)
+	Realigns bool   `json:"realigns"`
+	Breaks   bool   `json:"breaks"`
+	Message  string `json:"message"`
 }
 
 // Key is "host/id".
@@ -149,6 +165,9 @@ type Device struct {
 type Driver struct {
 	Kernel    string `json:"kernel"`
 	Userspace string `json:"userspace"`
+	// Source is where the userspace the guest sees came from: "host" (driver: host, bound
+	// in at start) or "own" (the template's); "" when the guest saw none.
+	Source string `json:"source,omitempty"`
 }
 
 // Change is one managed config line added or removed.
@@ -193,7 +212,7 @@ func fillHost(h *Host, inv *pb.HostInventory) {
 	h.Runtime = inv.GetRuntime()
 	h.AgentBuild = inv.GetAgentBuild()
 	d := inv.GetDriver()
-	h.Driver = HostDriver{Loaded: d.GetLoaded(), Kernel: d.GetKernelVersion(), Error: d.GetError()}
+	h.Driver = HostDriver{Loaded: d.GetLoaded(), Kernel: d.GetKernelVersion(), Error: d.GetError(), Change: d.GetChange()}
 	if len(d.GetMajors()) > 0 {
 		h.Driver.Majors = map[string]uint32{}
 		for k, v := range d.GetMajors() {
@@ -223,7 +242,7 @@ func applyStatus(c *Container, st *pb.ContainerStatus) {
 	for _, d := range st.GetDevices() {
 		c.Devices = append(c.Devices, Device{Path: d.GetPath(), Status: DeviceStatusString(d.GetStatus()), Detail: d.GetDetail()})
 	}
-	c.Driver = Driver{Kernel: st.GetDriver().GetKernel(), Userspace: st.GetDriver().GetUserspace()}
+	c.Driver = Driver{Kernel: st.GetDriver().GetKernel(), Userspace: st.GetDriver().GetUserspace(), Source: st.GetDriver().GetUserspaceSource()}
 	c.RestartRequired = st.GetRestartRequired()
 	c.RunState = st.GetRunState()
 	c.GuestConnected = st.GetGuestConnected()

@@ -136,21 +136,3 @@ func number(n int64) string {
 	}
 	return strconv.FormatInt(n, 10)
 }
-
-// Matches reports whether the rule covers the device of type typ ('b' or 'c') major:minor.
-func (r Rule) Matches(typ rune, major, minor uint32) bool {
-	if r.Type != 'a' && r.Type != typ {
-		return false
-	}
-	return (r.Major == Wildcard || r.Major == int64(major)) && (r.Minor == Wildcard || r.Minor == int64(minor))
-}
-
-// Allows reports whether the access set contains every access in want (e.g. "rw").
-func (r Rule) Allows(want string) bool {
-	for _, c := range want {
-		if !strings.ContainsRune(r.Access, c) {
-			return false
-		}
-	}
-	return true
-}

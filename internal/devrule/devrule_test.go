@@ -78,39 +78,6 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-func TestMatchesAllows(t *testing.T) {
-	tests := []struct {
-		name  string
-		rule  string
-		typ   rune
-		maj   uint32
-		min   uint32
-		match bool
-	}{
-		{"exact", "c 195:0 rwm", 'c', 195, 0, true},
-		{"other minor", "c 195:0 rwm", 'c', 195, 1, false},
-		{"wildcard minor", "c 195:* rwm", 'c', 195, 254, true},
-		{"wrong type", "c 195:* rwm", 'b', 195, 0, false},
-		{"all", "a", 'b', 8, 0, true},
-		{"other major", "c 195:* rwm", 'c', 511, 0, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := Parse(tt.rule)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := r.Matches(tt.typ, tt.maj, tt.min); got != tt.match {
-				t.Errorf("Matches = %v, want %v", got, tt.match)
-			}
-		})
-	}
-	r := Char(195, 0, "rw")
-	if !r.Allows("rw") || r.Allows("m") || r.String() != "c 195:0 rw" {
-		t.Errorf("Char(195,0,rw) = %v: Allows(rw)=%v Allows(m)=%v", r, r.Allows("rw"), r.Allows("m"))
-	}
-}
-
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"c 195:* rwm", "a", "b 8:0 r", "c *:* m", "c 511:1 rw", "x", "c 1:2 rr"} {
 		f.Add(s)

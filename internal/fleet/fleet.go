@@ -25,6 +25,9 @@ const (
 	StyleRaw     = "raw"
 	StyleDev     = "dev"
 	StateRunning = "running"
+	// DriverOwn and DriverHost are the values of a container's driver key.
+	DriverOwn  = "own"
+	DriverHost = "host"
 )
 
 // Fleet is a loaded, validated fleet.yaml.
@@ -65,6 +68,10 @@ type Container struct {
 	// MIGCaps passes the MIG capability nodes (/dev/nvidia-caps/*: MIG config and monitor)
 	// too. Whole GPUs get none unless asked: they let a container reconfigure or watch MIG.
 	MIGCaps bool `yaml:"mig_caps"`
+	// Driver is where the container's NVIDIA userspace comes from: own (default: the
+	// template brings it) or host (the host's userspace of the loaded kernel module is
+	// bound in at every start; docs/driver.md).
+	Driver string `yaml:"driver"`
 }
 
 // Key is "host/id", how the CLI names a container.
@@ -78,7 +85,11 @@ func (c Container) Spec() *pb.ContainerSpec {
 	}
 	gpus := make([]string, len(c.GPUs))
 	copy(gpus, c.GPUs)
-	return &pb.ContainerSpec{Id: c.ID, Gpus: gpus, Style: style, RequireNetwork: c.RequireNetwork, WantState: c.State, MigCaps: c.MIGCaps}
+	spec := &pb.ContainerSpec{Id: c.ID, Gpus: gpus, Style: style, RequireNetwork: c.RequireNetwork, WantState: c.State, MigCaps: c.MIGCaps}
+	if c.Driver == DriverHost {
+		spec.Driver = DriverHost
+	}
+	return spec
 }
 
 // Load reads and validates a fleet file.
@@ -245,6 +256,13 @@ func (f *Fleet) validate(doc *strictyaml.Doc) error {
 		case StyleRaw, StyleDev:
 		default:
 			return doc.Errorf(p+".style", "%q: use raw or dev", c.Style)
+		}
+		switch c.Driver {
+		case "":
+			c.Driver = DriverOwn
+		case DriverOwn, DriverHost:
+		default:
+			return doc.Errorf(p+".driver", "%q: use own (the template brings its NVIDIA userspace) or host (the host's, bound in at every start)", c.Driver)
 		}
 		switch c.State {
 		case "", StateRunning:

@@ -28,7 +28,7 @@ containers:
   - {host: pve1, id: 902, gpus: [1], style: dev, require_network: true, state: running}
   - {host: pve2, id: ct-build, gpus: [GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f, "0000:41:00.0"]}
   - {host: pve2, id: "950", gpus: []}
-  - {host: pve2, id: "951", gpus: ["0"], mig_caps: true}
+  - {host: pve2, id: "951", gpus: ["0"], mig_caps: true, driver: host}
 `
 
 func TestParseGood(t *testing.T) {
@@ -44,11 +44,11 @@ func TestParseGood(t *testing.T) {
 			{Name: "pve2", Address: "pve2.example.org:7420", ServerName: "pve2.example.org"},
 		},
 		Containers: []Container{
-			{Host: "pve1", ID: "901", GPUs: []string{"0", "1"}, Style: "raw"},
-			{Host: "pve1", ID: "902", GPUs: []string{"1"}, Style: "dev", RequireNetwork: true, State: "running"},
-			{Host: "pve2", ID: "ct-build", GPUs: []string{"GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f", "0000:41:00.0"}, Style: "raw"},
-			{Host: "pve2", ID: "950", GPUs: []string{}, Style: "raw"},
-			{Host: "pve2", ID: "951", GPUs: []string{"0"}, Style: "raw", MIGCaps: true},
+			{Host: "pve1", ID: "901", GPUs: []string{"0", "1"}, Style: "raw", Driver: "own"},
+			{Host: "pve1", ID: "902", GPUs: []string{"1"}, Style: "dev", RequireNetwork: true, State: "running", Driver: "own"},
+			{Host: "pve2", ID: "ct-build", GPUs: []string{"GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f", "0000:41:00.0"}, Style: "raw", Driver: "own"},
+			{Host: "pve2", ID: "950", GPUs: []string{}, Style: "raw", Driver: "own"},
+			{Host: "pve2", ID: "951", GPUs: []string{"0"}, Style: "raw", MIGCaps: true, Driver: "host"},
 		},
 		File: "fleet.yaml",
 	}
@@ -62,6 +62,10 @@ func TestParseGood(t *testing.T) {
 	// mig_caps travels to the host agent; without it whole GPUs get no caps nodes.
 	if !f.Containers[4].Spec().GetMigCaps() || f.Containers[0].Spec().GetMigCaps() {
 		t.Errorf("mig_caps in Spec: %v, %v; want true, false", f.Containers[4].Spec().GetMigCaps(), f.Containers[0].Spec().GetMigCaps())
+	}
+	// driver: host travels to the host agent; own (the default) is left out.
+	if f.Containers[4].Spec().GetDriver() != "host" || f.Containers[0].Spec().GetDriver() != "" {
+		t.Errorf("driver in Spec: %q, %q; want host, empty", f.Containers[4].Spec().GetDriver(), f.Containers[0].Spec().GetDriver())
 	}
 	if got := f.ByHost(); len(got["pve1"]) != 2 || len(got["pve2"]) != 3 {
 		t.Errorf("ByHost = %v", got)
@@ -99,7 +103,8 @@ func TestParseErrors(t *testing.T) {
 		{"syntax", "version: 1\nhosts: [\n", "f.yaml:2: invalid YAML: did not find expected node content", false},
 		{"trailing document", head + "---\nversion: 1\n", "f.yaml:5: a second YAML document ('---') follows; keep one document per file", false},
 		{"unknown top key", head + "containerz: []\n", "f.yaml:5: containerz: unknown field; known fields here: version, tls, hosts, containers", false},
-		{"unknown nested key", head + "containers:\n  - {host: pve1, id: \"1\", gpu: [0]}\n", "f.yaml:6: containers[0].gpu: unknown field; known fields here: host, id, gpus, style, require_network, state, mig_caps", false},
+		{"unknown nested key", head + "containers:\n  - {host: pve1, id: \"1\", gpu: [0]}\n", "f.yaml:6: containers[0].gpu: unknown field; known fields here: host, id, gpus, style, require_network, state, mig_caps, driver", false},
+		{"bad driver", head + "containers:\n  - {host: pve1, id: \"1\", gpus: [0], driver: hots}\n", "f.yaml:6: containers[0].driver: \"hots\": use own (the template brings its NVIDIA userspace) or host (the host's, bound in at every start)", false},
 		{"duplicate key", head + "containers:\n  - {host: pve1, id: \"1\", id: \"2\"}\n", "f.yaml:6: containers[0].id: set twice", false},
 		{"bad gpu deep", head + "containers:\n  - {host: pve1, id: \"1\"}\n  - {host: pve1, id: \"2\"}\n  - {host: pve1, id: \"3\"}\n  - {host: pve1, id: \"4\", gpus: [\"0\", \"nvidia1\"]}\n",
 			`f.yaml:9: containers[3].gpus[1]: "nvidia1" is not a GPU index (0), UUID (GPU-xxxxxxxx-...) or PCI bus id (0000:01:00.0)`, false},

@@ -136,16 +136,6 @@ func (inv *Inventory) HostPath(p string) string {
 	return filepath.Join(inv.Root, p)
 }
 
-// NVIDIAMajor reports whether major belongs to an NVIDIA name in /proc/devices.
-func (inv *Inventory) NVIDIAMajor(major uint32) bool {
-	for _, m := range inv.Majors {
-		if m == major {
-			return true
-		}
-	}
-	return false
-}
-
 // Discover reads the host under root ("/" or a fixture tree).
 func Discover(root string) (*Inventory, error) {
 	return Discoverer{Root: root}.Discover()

@@ -69,6 +69,10 @@ type Config struct {
 	// OnState, if set, is called when the connection state changes: "connected",
 	// "disconnected: <why>".
 	OnState func(state string)
+	// OnLocalCheck, if set, is called while the host agent is unreachable with the fast
+	// checks (no nvidia-smi) against the last expectation, after every change the Watcher
+	// sees: a device that disappears then still takes the ready marker away.
+	OnLocalCheck func(r *pb.GuestReport)
 }
 
 // Agent keeps the host agent informed: it connects (and reconnects forever, with capped
@@ -80,10 +84,11 @@ type Agent struct {
 	seq     atomic.Uint64
 	limiter *log.Limiter
 
-	netStale atomic.Bool // a network change came since netState was taken
-	netWatch bool        // network changes are watched, so netState may be reused
-	netState *pb.Network // only the session goroutine touches it
-	sockets  []string    // dialled in order by the default Dial
+	netStale atomic.Bool     // a network change came since netState was taken
+	netWatch bool            // network changes are watched, so netState may be reused
+	netState *pb.Network     // only the session goroutine touches it
+	lastExp  *pb.Expectation // the last expectation received; only Run's goroutine touches it
+	sockets  []string        // dialled in order by the default Dial
 }
 
 // Sockets lists the socket paths the agent dials, in order.
@@ -190,14 +195,33 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		// ±20% jitter, so that guests of a restarted host agent do not come back in step.
 		wait := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if err := a.waitBackoff(ctx, wait, changes); err != nil {
 			return nil
-		case <-t.C:
 		}
 		backoff = min(backoff*2, a.cfg.BackoffMax)
+	}
+}
+
+// waitBackoff sleeps before the next dial; changes seen meanwhile are checked locally
+// against the last expectation (OnLocalCheck). It fails only when ctx ends.
+func (a *Agent) waitBackoff(ctx context.Context, wait time.Duration, changes <-chan struct{}) error {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		case <-changes:
+			if a.cfg.OnLocalCheck != nil && a.lastExp != nil {
+				r := a.checker.Observe(a.lastExp)
+				Assess(a.lastExp, r, false)
+				r.ContainerId, r.BootId, r.AgentBuild = a.cfg.ContainerID, a.cfg.BootID, a.cfg.Build
+				r.Trigger, r.TimeUnixNano = TriggerChange, time.Now().UnixNano()
+				a.cfg.OnLocalCheck(r)
+			}
+		}
 	}
 }
 
@@ -346,6 +370,7 @@ func (a *Agent) session(ctx context.Context, changes <-chan struct{}) (establish
 				a.cfg.Log.WithField("devices", len(e.GetDevices())).Info("connected to host agent")
 			}
 			exp = e
+			a.lastExp = e
 			if err := send(trigger); err != nil {
 				return established, err
 			}

@@ -49,6 +49,8 @@ type JSONDriver struct {
 	Kernel        string `json:"kernel"`
 	Userspace     string `json:"userspace"`
 	UserspacePath string `json:"userspace_path,omitempty"`
+	// Source is "host" (driver: host, bound in at start) or "own" (the template's).
+	Source string `json:"source,omitempty"`
 }
 
 // JSONSmi is the nvidia-smi deep check.
@@ -89,7 +91,7 @@ func ToJSON(r *pb.GuestReport) JSONReport {
 		ContainerID: r.GetContainerId(), BootID: r.GetBootId(), AgentBuild: r.GetAgentBuild(),
 		Trigger: r.GetTrigger(), Ready: r.GetReady(), State: "not-ready",
 		Reasons: nonNil(r.GetReasons()), Warnings: nonNil(r.GetWarnings()), Devices: []JSONDevice{},
-		Driver:  JSONDriver{Kernel: r.GetDriver().GetKernel(), Userspace: r.GetDriver().GetUserspace(), UserspacePath: r.GetDriver().GetUserspacePath()},
+		Driver:  JSONDriver{Kernel: r.GetDriver().GetKernel(), Userspace: r.GetDriver().GetUserspace(), UserspacePath: r.GetDriver().GetUserspacePath(), Source: r.GetDriver().GetUserspaceSource()},
 		Network: JSONNetwork{OK: r.GetNetwork().GetOk(), DefaultRoute: r.GetNetwork().GetDefaultRoute(), Reason: r.GetNetwork().GetReason(), Links: []JSONLink{}},
 	}
 	if r.GetReady() {
@@ -125,10 +127,13 @@ func nonNil(s []string) []string {
 }
 
 // WriteJSON writes the report's stable JSON form, indented, with a final newline.
-func WriteJSON(w io.Writer, r *pb.GuestReport) error {
+func WriteJSON(w io.Writer, r *pb.GuestReport) error { return WriteJSONReport(w, ToJSON(r)) }
+
+// WriteJSONReport writes j indented, with a final newline.
+func WriteJSONReport(w io.Writer, j JSONReport) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(ToJSON(r)); err != nil {
+	if err := enc.Encode(j); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
@@ -136,8 +141,10 @@ func WriteJSON(w io.Writer, r *pb.GuestReport) error {
 
 // WriteTable writes the report for a person: a verdict line, the devices, the driver,
 // nvidia-smi, the network, then every reason and warning.
-func WriteTable(w io.Writer, r *pb.GuestReport) error {
-	j := ToJSON(r)
+func WriteTable(w io.Writer, r *pb.GuestReport) error { return ToJSON(r).WriteTable(w) }
+
+// WriteTable writes the report for a person, as the package's WriteTable does.
+func (j JSONReport) WriteTable(w io.Writer) error {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "STATE\t%s\n", strings.ToUpper(j.State))
@@ -154,7 +161,11 @@ func WriteTable(w io.Writer, r *pb.GuestReport) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Path, d.Status, mm, d.Detail)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintf(tw, "DRIVER\tkernel %s\tuserspace %s\t%s\n", orDash(j.Driver.Kernel), orDash(j.Driver.Userspace), j.Driver.UserspacePath)
+	from := ""
+	if j.Driver.Source == "host" {
+		from = " (the host's, driver: host)"
+	}
+	fmt.Fprintf(tw, "DRIVER\tkernel %s\tuserspace %s\t%s%s\n", orDash(j.Driver.Kernel), orDash(j.Driver.Userspace), j.Driver.UserspacePath, from)
 	switch s := j.Smi; {
 	case s == nil:
 		fmt.Fprintf(tw, "NVIDIA-SMI\tnot run\n")

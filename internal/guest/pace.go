@@ -1,6 +1,10 @@
 package guest
 
-import "time"
+import (
+	"time"
+
+	"golang.org/x/time/rate"
+)
 
 // Default pacing of change reports, below what a host agent accepts (gpupass's takes 20 a
 // second with a burst of 40 and drops the excess): a device storm is reported at once and
@@ -10,28 +14,23 @@ const (
 	reportBurst = 20
 )
 
-// pacer is a token bucket. Not safe for concurrent use: the session goroutine owns it.
-type pacer struct {
-	rate   float64 // tokens per second
-	burst  float64
-	tokens float64
-	last   time.Time
-}
+// pacer is a token bucket that says how long to wait instead of dropping. Not safe for
+// concurrent use: the session goroutine owns it.
+type pacer struct{ lim *rate.Limiter }
 
-func newPacer(rate float64, burst int, now time.Time) *pacer {
-	return &pacer{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
+// newPacer starts with a full burst (now is the clock the caller passes to take).
+func newPacer(r float64, burst int, now time.Time) *pacer {
+	lim := rate.NewLimiter(rate.Limit(r), burst)
+	lim.SetBurstAt(now, burst) // fills the bucket as of now
+	return &pacer{lim: lim}
 }
 
 // take spends a token and returns 0, or returns how long until one is available (and
 // spends nothing).
 func (p *pacer) take(now time.Time) time.Duration {
-	if el := now.Sub(p.last).Seconds(); el > 0 {
-		p.tokens = min(p.burst, p.tokens+el*p.rate)
-		p.last = now
+	if tok := p.lim.TokensAt(now); tok < 1 {
+		return time.Duration((1 - tok) / float64(p.lim.Limit()) * float64(time.Second))
 	}
-	if p.tokens >= 1 {
-		p.tokens--
-		return 0
-	}
-	return time.Duration((1 - p.tokens) / p.rate * float64(time.Second))
+	p.lim.AllowN(now, 1)
+	return 0
 }

@@ -22,7 +22,7 @@ func TestPacer(t *testing.T) {
 	if d := p.take(t0.Add(100 * time.Millisecond)); d != 0 {
 		t.Errorf("take 100ms later = %v, want 0", d)
 	}
-	if d := p.take(t0.Add(time.Hour)); d != 0 || p.tokens != 2 {
-		t.Errorf("take an hour later = %v with %v tokens left, want 0 and 2 (capped at the burst)", d, p.tokens)
+	if d := p.take(t0.Add(time.Hour)); d != 0 || p.lim.TokensAt(t0.Add(time.Hour)) != 2 {
+		t.Errorf("take an hour later = %v with %v tokens left, want 0 and 2 (capped at the burst)", d, p.lim.TokensAt(t0.Add(time.Hour)))
 	}
 }

@@ -22,13 +22,35 @@ type Paths struct {
 // DefaultLibDirs are the directories the dynamic linker searches by default on the
 // distributions gpupass templates use, then where NVIDIA's container images put the driver.
 var DefaultLibDirs = []string{
+	HostDriverLibDir,
 	"/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu",
 	"/usr/lib64", "/lib64", "/usr/lib", "/lib",
 	"/usr/local/nvidia/lib64", "/usr/local/nvidia/lib",
 }
 
+// HostDriverDir is where the host agent's driver hook puts the host's userspace driver in
+// a `driver: host` container (package hostdriver, ContainerDir); HostDriverLibDir its
+// libraries. A library found there is the host's (source "host"), any other the
+// template's ("own").
+const (
+	HostDriverDir    = "/usr/lib/gpupass-driver"
+	HostDriverLibDir = HostDriverDir + "/lib"
+)
+
+// UserspaceSource says where the userspace driver at path came from: "host" under
+// HostDriverDir, "own" elsewhere, "" for no path.
+func UserspaceSource(path string) string {
+	switch {
+	case path == "":
+		return ""
+	case strings.HasPrefix(filepath.Clean(path), HostDriverDir+"/"):
+		return "host"
+	}
+	return "own"
+}
+
 // DefaultBinDirs are searched for nvidia-smi after $PATH.
-var DefaultBinDirs = []string{"/usr/local/nvidia/bin", "/usr/bin", "/bin"}
+var DefaultBinDirs = []string{HostDriverDir + "/bin", "/usr/local/nvidia/bin", "/usr/bin", "/bin"}
 
 // withDefaults returns p with every empty field set to its default.
 func (p Paths) withDefaults() Paths {

@@ -59,6 +59,7 @@ func (c *Checker) Observe(exp *pb.Expectation) *pb.GuestReport {
 	switch nvml, err := p.UserspaceDriver(); {
 	case err == nil:
 		r.Driver.Userspace, r.Driver.UserspacePath = nvml.Version, nvml.Path
+		r.Driver.UserspaceSource = UserspaceSource(nvml.Path)
 	case errors.Is(err, ErrNVMLNotInstalled) && len(exp.GetDevices()) == 0 && len(exp.GetGpus()) == 0:
 		// No GPU assigned: no CUDA program here needs the libraries, nothing to warn about.
 	case errors.Is(err, ErrNVMLNotInstalled):

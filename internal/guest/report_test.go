@@ -41,12 +41,22 @@ func TestCheck(t *testing.T) {
 	}{
 		{
 			name: "ready", setup: []func(*tree){installNVML("580.159.04")}, exp: base, ready: true,
-			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
+		},
+		{
+			// driver: host: the hook's directory, an old own copy beside it in the image.
+			name: "the host's userspace (driver: host) wins over an old own copy",
+			setup: []func(*tree){installNVML("570.86.15"), func(f *tree) {
+				f.symlink("usr/lib/gpupass-driver/lib/libnvidia-ml.so.1", "libnvidia-ml.so.580.159.04")
+				f.file("usr/lib/gpupass-driver/lib/libnvidia-ml.so.580.159.04", "ELF")
+			}},
+			exp: base, ready: true,
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/usr/lib/gpupass-driver/lib/libnvidia-ml.so.580.159.04", UserspaceSource: "host"},
 		},
 		{
 			name: "version mismatch", setup: []func(*tree){installNVML("580.126.09")}, exp: base,
 			reasons: []string{"driver/library version mismatch: kernel 580.159.04, libnvidia-ml 580.126.09"},
-			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.126.09", UserspacePath: "/" + lib + "libnvidia-ml.so.580.126.09"},
+			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.126.09", UserspacePath: "/" + lib + "libnvidia-ml.so.580.126.09", UserspaceSource: "own"},
 		},
 		{
 			name: "userspace not installed is a warning", exp: base, ready: true,
@@ -67,12 +77,12 @@ func TestCheck(t *testing.T) {
 				return e
 			},
 			reasons: []string{"host kernel driver not loaded"},
-			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
 			name: "nvidia-smi sees the assigned GPU", setup: []func(*tree){installNVML("580.159.04"), withSmi}, exp: base,
 			smiOut: &runner.Response{Stdout: smiH100}, ready: true,
-			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
 			name: "nvidia-smi sees another GPU", setup: []func(*tree){installNVML("580.159.04"), withSmi},
@@ -82,23 +92,23 @@ func TestCheck(t *testing.T) {
 				"nvidia-smi sees GPU " + uuidA + " that is not assigned to this container",
 				"nvidia-smi does not see assigned GPU GPU-other",
 			},
-			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
 			name: "nvidia-smi fails", setup: []func(*tree){installNVML("580.159.04"), withSmi}, exp: base,
 			smiOut:  &runner.Response{Stdout: "Failed to initialize NVML: Unknown Error\n", ExitCode: 255},
 			reasons: []string{"nvidia-smi: exit 255: Failed to initialize NVML: Unknown Error"},
-			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver:  &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
 			name: "network required and down", setup: []func(*tree){installNVML("580.159.04")},
 			exp:     func() *pb.Expectation { e := base(); e.RequireNetwork = true; return e },
 			network: badNet, reasons: []string{"network: no default route"},
-			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
 			name: "network down but not required", setup: []func(*tree){installNVML("580.159.04")}, exp: base, network: badNet, ready: true,
-			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04"},
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.159.04", UserspacePath: "/" + lib + "libnvidia-ml.so.580.159.04", UserspaceSource: "own"},
 		},
 		{
 			name: "missing node and wrong device, every reason named", setup: []func(*tree){installNVML("580.126.09")},
@@ -112,7 +122,7 @@ func TestCheck(t *testing.T) {
 				"/dev/nvidia1: wrong-device: char device 1:5, want 1:3",
 				"driver/library version mismatch: kernel 580.159.04, libnvidia-ml 580.126.09",
 			},
-			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.126.09", UserspacePath: "/" + lib + "libnvidia-ml.so.580.126.09"},
+			driver: &pb.DriverVersions{Kernel: "580.159.04", Userspace: "580.126.09", UserspacePath: "/" + lib + "libnvidia-ml.so.580.126.09", UserspaceSource: "own"},
 		},
 	}
 	for _, tc := range tests {

@@ -8,9 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/google/go-cmp/cmp"
 
 	"gpupass/internal/log"
 	pb "gpupass/proto/gpupass/v1"
@@ -147,34 +144,6 @@ func FuzzContainerOfCgroup(f *testing.F) {
 		}
 		t.Fatalf("ContainerOfCgroup(%q) = %q without a container segment", path, id)
 	})
-}
-
-func TestBucket(t *testing.T) {
-	t0 := time.Unix(1000, 0)
-	tests := []struct {
-		name  string
-		rate  float64
-		burst int
-		at    []time.Duration // offsets from t0 of each take
-		want  []bool
-	}{
-		{"burst then empty", 1, 3, []time.Duration{0, 0, 0, 0}, []bool{true, true, true, false}},
-		{"refills at the rate", 10, 1, []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}, []bool{true, false, true, true}},
-		{"capped at burst", 100, 2, []time.Duration{time.Hour, time.Hour, time.Hour}, []bool{true, true, false}},
-		{"clock going back", 1, 1, []time.Duration{time.Second, 0, 0}, []bool{true, false, false}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			b := newBucket(tt.rate, tt.burst, t0)
-			var got []bool
-			for _, d := range tt.at {
-				got = append(got, b.take(t0.Add(d)))
-			}
-			if d := cmp.Diff(got, tt.want); d != "" {
-				t.Errorf("takes (-got +want):\n%s", d)
-			}
-		})
-	}
 }
 
 // TestRefusals: who may use container 901's socket. The kernel's identity (cgroup of the

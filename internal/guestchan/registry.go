@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"gpupass/internal/log"
@@ -216,7 +217,7 @@ type container struct {
 	bootID  string
 	stale   bool // staleness as last announced
 	dropped uint64
-	bucket  bucket
+	limit   *rate.Limiter // reports accepted (ReportRate, ReportBurst)
 
 	refusal   string    // why the latest refused guest was refused ("" none since the last accept)
 	refusedAt time.Time // when
@@ -250,7 +251,7 @@ func (r *Registry) lookupOrAdd(id string) *container {
 			id:      id,
 			expCh:   make(chan struct{}),
 			changed: make(chan struct{}),
-			bucket:  newBucket(r.cfg.ReportRate, r.cfg.ReportBurst, r.cfg.Now()),
+			limit:   rate.NewLimiter(rate.Limit(r.cfg.ReportRate), r.cfg.ReportBurst),
 		}
 		r.containers[id] = c
 	}

@@ -307,7 +307,7 @@ func (r *Registry) acceptReport(c *container, gen Generation, rep *pb.GuestRepor
 		return true // its session is closing; nobody reads this record any more
 	}
 	now := r.cfg.Now()
-	if !c.bucket.take(now) {
+	if !c.limit.AllowN(now, 1) {
 		c.dropped++
 		return false
 	}

@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostconfig"
@@ -35,6 +36,7 @@ type Agent struct {
 	journal *journal.Journal
 	log     *log.Entry
 	metrics *Metrics
+	drv     *driverWatch
 	name    string
 	now     func() time.Time
 
@@ -51,6 +53,7 @@ type Agent struct {
 	base        context.Context // the agent's lifetime (Service.Run); applies outlive their callers
 
 	refusals *log.Limiter // rate limits logs of refused connections
+	persist  persistence  // the GPUs' persistence mode (persistence.go)
 }
 
 // Options are the agent's dependencies; zero values get production defaults.
@@ -90,6 +93,7 @@ func New(cfg *hostconfig.Config, opts Options) (*Agent, error) {
 		journal: &journal.Journal{Dir: filepath.Join(cfg.StateDir, "journal"), Now: opts.Now, Keep: cfg.JournalKeep, KeepFor: cfg.JournalKeepFor},
 		log:     opts.Log,
 		metrics: opts.Metrics,
+		drv:     opts.Metrics.drv,
 		name:    opts.Name,
 		now:     opts.Now,
 		desired: map[string]*pb.ContainerSpec{},
@@ -114,7 +118,9 @@ func (a *Agent) lock(id string) func() {
 
 // discover reads the host's GPUs now.
 func (a *Agent) discover() (*gpu.Inventory, error) {
-	return gpu.Discover(a.cfg.HostRoot)
+	inv, err := gpu.Discover(a.cfg.HostRoot)
+	a.noteDriver(inv)
+	return inv, err
 }
 
 // procRoot is where the host's processes are seen (/proc/<pid>/root, mountinfo).
@@ -150,11 +156,10 @@ func (a *Agent) remember(spec *pb.ContainerSpec) error {
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
 		return nil // the same spec: an apply that changes nothing writes nothing
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write desired spec: %w", err)
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return fmt.Errorf("remember desired spec: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 func (a *Agent) loadDesired() error {
@@ -222,12 +227,16 @@ func (a *Agent) inventory(ctx context.Context, withContainers bool) *pb.HostInve
 		h.Simulated = h.Simulated || inv.Simulated
 		h.Driver.Loaded = err == nil || !errors.Is(err, gpu.ErrNoDriver)
 		h.Driver.KernelVersion = inv.DriverVersion
+		h.Driver.Change = a.driverChange()
 		h.Driver.Majors = map[string]uint32{}
 		for k, v := range inv.Majors {
 			h.Driver.Majors[k] = v
 		}
+		modes := a.persistenceModes(ctx, withContainers)
 		for _, g := range inv.GPUs {
-			h.Gpus = append(h.Gpus, gpuToPB(g))
+			pg := gpuToPB(g)
+			pg.PersistenceMode = modes[g.BusID]
+			h.Gpus = append(h.Gpus, pg)
 		}
 	}
 	a.metrics.gpus.Set(float64(len(h.Gpus)))

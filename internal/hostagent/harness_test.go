@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -59,16 +58,6 @@ func (m *memRuntime) StartedConfig(context.Context, string, runtime.State) ([]by
 	return nil, runtime.ErrNoStartedConfig
 }
 func (m *memRuntime) LockPath(id string) string { return filepath.Join(m.dir, id+".lock") }
-func (m *memRuntime) List(context.Context) ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for id := range m.ids {
-		out = append(out, id)
-	}
-	sort.Strings(out)
-	return out, nil
-}
 
 // testPKI is a fleet CA with the certificates the TLS tests present, and a second CA.
 type testPKI struct {

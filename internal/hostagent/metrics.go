@@ -18,6 +18,7 @@ type Metrics struct {
 	guests        prometheus.Gauge
 	state         *prometheus.GaugeVec
 	reason        *prometheus.GaugeVec
+	drv           *driverWatch // host driver changes (driverwatch.go)
 }
 
 // NewMetrics registers the metrics on a fresh registry.
@@ -47,6 +48,7 @@ func NewMetrics() *Metrics {
 	m.reason = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "gpupass_container_not_ready_reason", Help: "1 for each reason the GPU container's last status gave (text shortened to 120 characters).",
 	}, []string{"container", "reason"})
+	m.drv = newDriverWatch(m.reg)
 	m.reg.MustRegister(m.ready, m.gpus, m.applies, m.applyDuration, m.guests, m.state, m.reason,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"gpupass/internal/gpu"
+	"gpupass/internal/hostdriver"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runtime"
@@ -88,7 +89,15 @@ func (a *Agent) planKnown(ctx context.Context, spec *pb.ContainerSpec, known *ru
 		inv = &gpu.Inventory{Root: a.cfg.HostRoot, Majors: map[string]uint32{}, Nodes: map[string]gpu.Node{}}
 	}
 	p.inv = inv
-	res, err := passthrough.Plan(cfg, inv, passthrough.Desired{GPUs: spec.GetGpus(), Style: styleOf(spec.GetStyle()), GuestSocketDir: a.guestDir(id), MIGCaps: spec.GetMigCaps()})
+	desired := passthrough.Desired{GPUs: spec.GetGpus(), Style: styleOf(spec.GetStyle()), GuestSocketDir: a.guestDir(id), MIGCaps: spec.GetMigCaps()}
+	if spec.GetDriver() == "host" {
+		// Preflight: the hook refuses the start on the same grounds (docs/driver.md).
+		if _, err := hostdriver.Find(a.cfg.HostRoot); err != nil {
+			return p, fmt.Errorf("container %s wants driver: host: %w", id, err)
+		}
+		desired.DriverHook = hostdriver.HookCommand(a.cfg.HostRoot)
+	}
+	res, err := passthrough.Plan(cfg, inv, desired)
 	if err != nil {
 		return p, fmt.Errorf("plan container %s: %w", id, err)
 	}

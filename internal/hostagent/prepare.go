@@ -20,6 +20,9 @@ import (
 // /proc/devices gives now. When the driver is not loaded it says so; GPU containers are
 // then reported not ready with that reason.
 func (a *Agent) Prepare(ctx context.Context, r runner.Runner) error {
+	a.persist.mu.Lock()
+	a.persist.runner = r // host.Inventory reads the persistence mode with it
+	a.persist.mu.Unlock()
 	err := a.prepare(ctx, r)
 	a.mu.Lock()
 	a.prepErr = err

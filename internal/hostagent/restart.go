@@ -10,6 +10,7 @@ import (
 
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
+	"gpupass/internal/hostdriver"
 	"gpupass/internal/observe"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/restartrule"
@@ -22,7 +23,10 @@ var gpuNodeName = regexp.MustCompile(`^nvidia[0-9]+$`)
 // decideRestart applies the restart rule (internal/restartrule) to a running container:
 // it gathers the evidence, all observed state, and lets the rule decide.
 func (a *Agent) decideRestart(ctx context.Context, id string, st runtime.State, res *passthrough.Result, inv *gpu.Inventory, style pb.Style) *pb.RestartDecision {
-	want := restartrule.Desired{Devices: res.Devices, Rules: res.Set, Inventory: inv, Style: style}
+	want := restartrule.Desired{Devices: res.Devices, Rules: res.Set, Inventory: inv, Style: style, DriverHost: res.DriverHost}
+	if inv != nil {
+		want.Driver = inv.DriverVersion
+	}
 	return restartrule.Decide(a.restartEvidence(ctx, id, st, want), want)
 }
 
@@ -54,6 +58,9 @@ func (a *Agent) restartEvidence(ctx context.Context, id string, st runtime.State
 	if snap, ok := a.guests.Latest(id); ok && snap.Connected && snap.Report != nil {
 		ev.Guest = snap.Report
 	}
+	// The host's driver a driver: host container got at its start (the hook's marker).
+	run, err := hostdriver.ReadRunning(a.procRoot(), st.InitPID)
+	ev.Driver = restartrule.Driver{Present: run.Present, Version: run.Version, Err: err}
 	return ev
 }
 

@@ -53,10 +53,9 @@ func (f *fakeRuntime) Restart(_ context.Context, id string) error {
 	f.calls = append(f.calls, "restart "+id)
 	return nil
 }
-func (f *fakeRuntime) ConfigPath(id string) string            { return filepath.Join(f.dir, id, "config") }
-func (f *fakeRuntime) ConfigFormat() runtime.Format           { return runtime.FormatLXC }
-func (f *fakeRuntime) LockPath(id string) string              { return filepath.Join(f.dir, id+".lock") }
-func (f *fakeRuntime) List(context.Context) ([]string, error) { return nil, nil }
+func (f *fakeRuntime) ConfigPath(id string) string  { return filepath.Join(f.dir, id, "config") }
+func (f *fakeRuntime) ConfigFormat() runtime.Format { return runtime.FormatLXC }
+func (f *fakeRuntime) LockPath(id string) string    { return filepath.Join(f.dir, id+".lock") }
 func (f *fakeRuntime) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
 	if f.started == nil {
 		return nil, runtime.ErrNoStartedConfig
@@ -78,6 +77,8 @@ type restartFixture struct {
 	rt     *fakeRuntime
 	agent  *Agent
 	guests *guestchan.Registry
+	// reportDriver is what guestReport says about the driver (nil: nothing).
+	reportDriver *pb.DriverVersions
 }
 
 func newRestartFixture(t *testing.T) *restartFixture {
@@ -211,7 +212,7 @@ func (f *restartFixture) guestReport(status pb.DeviceStatus) {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	rep := &pb.GuestReport{ContainerId: "901", Ready: status == pb.DeviceStatus_DEVICE_STATUS_OK}
+	rep := &pb.GuestReport{ContainerId: "901", Ready: status == pb.DeviceStatus_DEVICE_STATUS_OK, Driver: f.reportDriver}
 	for _, d := range [][3]any{{"/dev/nvidia1", 7, 1}, {"/dev/nvidiactl", 7, 128}, {"/dev/nvidia-uvm", 10, 229}, {"/dev/nvidia-uvm-tools", 10, 200}} {
 		rep.Devices = append(rep.Devices, &pb.DeviceCheck{Path: d[0].(string), Major: uint32(d[1].(int)), Minor: uint32(d[2].(int)), Status: status})
 	}

@@ -142,6 +142,7 @@ func (s *Service) Run(ctx context.Context) error {
 		g.Go(func() error { <-gctx.Done(); return srv.Close() })
 	}
 	g.Go(func() error { return agent.trackGuests(gctx, metrics) })
+	g.Go(func() error { return agent.watchDriver(gctx, driverWatchInterval) })
 	if iv, err := daemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		g.Go(func() error { return watchdog(gctx, iv/2) })
 	}
@@ -177,6 +178,10 @@ func watchdog(ctx context.Context, every time.Duration) error {
 }
 
 // trackGuests keeps the readiness gauges current as guests report.
+// driverWatchInterval is how often the running agent re-reads the host's driver (a
+// module reload or upgrade without a reboot).
+const driverWatchInterval = 30 * time.Second
+
 func (a *Agent) trackGuests(ctx context.Context, m *Metrics) error {
 	events, cancel := a.guests.Subscribe(256)
 	defer cancel()

@@ -102,16 +102,36 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	}
 	// As plan says it: whether what the container runs with differs from the desired
 	// state (the same evidence and rule, with the state just read).
+	var driverReasons []*pb.Reason
 	if p, err := a.planKnown(ctx, spec, &st); err == nil {
 		cs.RestartRequired = p.pb.GetRestart().GetRequired()
 		cs.Resolved, cs.Configured = p.pb.GetResolved(), p.pb.GetConfigured()
+		for _, r := range p.pb.GetRestart().GetDetails() {
+			if r.GetKind() == pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED {
+				driverReasons = append(driverReasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER, Got: r.GetGot(), Want: r.GetWant()}))
+			}
+		}
 	}
 	snap, _ := a.guests.Latest(id)
 	// The host's own evidence first: the report's generation, and its own look at /dev.
 	addReasons(cs, a.hostEvidence(id, st, snap)...)
 	a.judge(cs, spec, snap)
-	if !snap.Connected {
-		// Say why from what the container sees: its socket hidden or never mounted.
+	if spec.GetDriver() != "host" && a.driverChange() != "" {
+		// An own container after a host driver change: name its mismatch and the fix.
+		if u, k := cs.GetDriver().GetUserspace(), a.loadedDriver(); u != "" && k != "" && u != k {
+			driverReasons = append(driverReasons, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_OWN_USERSPACE_MISMATCH, Want: k, Got: u}))
+		}
+	}
+	if len(driverReasons) > 0 {
+		// A host driver upgrade: gpupass apply restarts the container into the new
+		// userspace (driver: host).
+		addReasons(cs, driverReasons...)
+		sortReasons(cs)
+		cs.State = readiness.State(cs.Details, snap.Report)
+	}
+	if !snap.Connected && st.InitPID > 0 {
+		// Say why from what the container sees: its socket hidden or never mounted (the
+		// init's pid as the request's runtime state gave it; none: nothing to look at).
 		if r := restartrule.SocketReason(a.guestSocket(st.InitPID, id)); r != nil {
 			addReasons(cs, r)
 			sortReasons(cs)

@@ -120,6 +120,11 @@ func NewContainer(t testing.TB, spec Spec) *Container {
 		if err := os.WriteFile(filepath.Join(c.Rootfs(), "etc", "hostname"), []byte(c.name+"\n"), 0o644); err != nil {
 			t.Fatalf("lxctest: %v", err)
 		}
+		if spec.Kind == KindOpenRC {
+			if err := haltOnPowerfail(c.Rootfs()); err != nil {
+				t.Fatalf("lxctest: %v", err)
+			}
+		}
 	} else if err := buildRootfs(c.Rootfs(), bb, spec.Unprivileged); err != nil {
 		t.Fatalf("lxctest: build rootfs: %v", err)
 	}

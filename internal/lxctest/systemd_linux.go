@@ -157,6 +157,28 @@ func buildScript() (string, error) {
 	}
 }
 
+// haltOnPowerfail makes sysvinit halt on SIGPWR (openrcConfig's lxc.signal.halt), as
+// Proxmox does to every Debian container at start (pve-container:
+// src/PVE/LXC/Setup/Debian.pm:88-97: the power lines removed, "p0::powerfail:/sbin/init
+// 0" added). Debian's own inittab runs /etc/init.d/powerfail, which the rootfs lacks, so
+// a clean lxc-stop would otherwise wait out its whole timeout.
+func haltOnPowerfail(rootfs string) error {
+	p := filepath.Join(rootfs, "etc", "inittab")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("halt on powerfail: %w", err)
+	}
+	var keep []string
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if t := strings.TrimSpace(l); len(t) >= 3 && t[0] == 'p' && strings.ContainsRune("fno0", rune(t[1])) && t[2] == ':' {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	keep = append(keep, "p0::powerfail:/sbin/init 0")
+	return os.WriteFile(p, []byte(strings.Join(keep, "\n")+"\n"), 0o644)
+}
+
 // unpackRootfs unpacks the tarball into dir (made 0755: dbus refuses a root it cannot
 // traverse) and, for an unprivileged container, shifts every owner into the mapped
 // range.

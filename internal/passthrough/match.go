@@ -21,6 +21,12 @@ const (
 	KeyAllow   = "lxc.cgroup2.devices.allow"
 	KeyAllowV1 = "lxc.cgroup.devices.allow"
 	KeyMount   = "lxc.mount.entry"
+	// KeyHookMount carries the driver hook (Desired.DriverHook). LXC runs it in the
+	// container's mount namespace before pivot_root (lxc-6.0.5:src/lxc/conf.c:3931,
+	// run_lxc_hooks "mount"), as "exec <value> <name> lxc mount" through a shell
+	// (lxc-6.0.5:src/lxc/utils.c:622); PVE accepts the raw key
+	// (pve-container:src/PVE/LXC/Config.pm:768, $valid_lxc_conf_keys).
+	KeyHookMount = "lxc.hook.mount"
 	// GuestMountTarget is where the guest socket directory appears in the container: under
 	// /dev, which LXC mounts (lxc.autodev tmpfs) before the mount entries and which no init
 	// mounts over (systemd, OpenRC and busybox init all do mount a tmpfs on /run), as
@@ -40,6 +46,7 @@ var devKey = regexp.MustCompile(`^dev[0-9]+$`)
 //     /dev/nvidia-caps/*, also under a test host root), with or without "optional";
 //   - a devN entry for such a path;
 //   - the guest socket mount (target dev/gpupass, or run/gpupass as written before);
+//   - the driver hook (an lxc.hook.mount running "gpupass-host-agent driver hook");
 //   - a cgroup allow rule (cgroup2 or the v1 key) for a char major that /proc/devices
 //     gives an NVIDIA name now, or that a host /dev/nvidia* node has;
 //   - a stale allow rule: a char rule with one major that is NVIDIA's registered 195 or
@@ -88,8 +95,17 @@ func (m *Matcher) IsManaged(key, value string) bool {
 		return err == nil && r.Type == 'c' && r.Major != devrule.Wildcard && m.majors[uint32(r.Major)]
 	case devKey.MatchString(key):
 		return isNvidiaTarget(strings.TrimPrefix(devPath(value), "/"))
+	case key == KeyHookMount:
+		return IsDriverHook(value)
 	}
 	return false
+}
+
+// IsDriverHook reports whether a hook command line is the host agent's driver hook:
+// "<dir>/gpupass-host-agent driver hook [flags]". Other mount hooks are never touched.
+func IsDriverHook(value string) bool {
+	f := strings.Fields(value)
+	return len(f) >= 3 && strings.HasPrefix(filepath.Base(f[0]), "gpupass-host-agent") && f[1] == "driver" && f[2] == "hook"
 }
 
 // IsManaged is NewMatcher(inv).IsManaged(key, value).

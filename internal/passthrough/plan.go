@@ -82,6 +82,12 @@ type Desired struct {
 	// container toolkit does): they let a container reconfigure or watch MIG. A plan
 	// without it removes caps entries a config already has.
 	MIGCaps bool
+	// DriverHook, when set, is the command line of the host agent's driver hook
+	// ("/usr/bin/gpupass-host-agent driver hook"): the plan renders it as an
+	// lxc.hook.mount entry, which provides the host's userspace driver at every start
+	// (fleet.yaml `driver: host`; package hostdriver). "" (driver: own) renders none and
+	// removes an existing one.
+	DriverHook string
 }
 
 // Op is the kind of a Change.
@@ -138,6 +144,8 @@ type Result struct {
 	Changed bool
 	// Warnings are things the plan cannot fix but a person should know.
 	Warnings []string
+	// DriverHost is true when the plan renders the driver hook (Desired.DriverHook).
+	DriverHost bool
 }
 
 // Plan renders the desired managed entries and edits a copy of cfg (which it does not
@@ -156,7 +164,7 @@ func Plan(cfg *pveconf.Config, inv *gpu.Inventory, d Desired) (*Result, error) {
 	if len(d.GPUs) > 0 && inv == nil {
 		return nil, fmt.Errorf("GPUs %s desired but no driver inventory: %w", strings.Join(d.GPUs, ","), gpu.ErrNoDriver)
 	}
-	res := &Result{Old: cfg.Bytes()}
+	res := &Result{Old: cfg.Bytes(), DriverHost: d.DriverHook != ""}
 	var nodes []gpu.Node
 	if len(d.GPUs) > 0 {
 		gpus, err := inv.ResolveAll(d.GPUs)
@@ -282,6 +290,12 @@ func render(cfg *pveconf.Config, inv *gpu.Inventory, nodes []gpu.Node, d Desired
 	}
 	if d.GuestSocketDir != "" {
 		out = append(out, pveconf.Entry{Key: KeyMount, Value: d.GuestSocketDir + " " + GuestMountTarget + " none bind,create=dir 0 0"})
+	}
+	if d.DriverHook != "" {
+		if !IsDriverHook(d.DriverHook) {
+			return nil, fmt.Errorf("driver hook %q: want \"<path>/gpupass-host-agent driver hook [flags]\": %w", d.DriverHook, ErrInvalid)
+		}
+		out = append(out, pveconf.Entry{Key: KeyHookMount, Value: d.DriverHook})
 	}
 	return out, nil
 }

@@ -366,6 +366,11 @@ func TestIsManaged(t *testing.T) {
 		{"devices", "/dev/nvidia0", false},
 		{"lxc.environment", "NVIDIA_VISIBLE_DEVICES=all", false},
 		{"mp0", "/dev/nvidia0,mp=/x", false},
+		{"lxc.hook.mount", "/usr/bin/gpupass-host-agent driver hook", true},
+		{"lxc.hook.mount", "/opt/gpupass/gpupass-host-agent driver hook --host-root /srv/sim", true},
+		{"lxc.hook.mount", "/usr/share/lxc/hooks/nvidia", false},
+		{"lxc.hook.mount", "/usr/bin/gpupass-host-agent conf plan", false},
+		{"lxc.hook.pre-start", "/usr/bin/gpupass-host-agent driver hook", false},
 	}
 	for _, tt := range tests {
 		if got := m.IsManaged(tt.key, tt.value); got != tt.want {
@@ -492,5 +497,42 @@ func TestPlanRemovesCapsEntriesItWrote(t *testing.T) {
 	}
 	if diff := cmp.Diff(removed, want); diff != "" {
 		t.Errorf("removed lines (-got +want)\n%s", diff)
+	}
+}
+
+// TestPlanDriverHook: driver: host adds the hook line once (a second plan changes nothing),
+// driver: own removes exactly it, and another tool's mount hook is never touched.
+func TestPlanDriverHook(t *testing.T) {
+	inv := gputest.Inventory(t, "pve-2gpu")
+	_, in := readIn(t, "12-cloned.conf")
+	cfg, err := pveconf.Parse(append([]byte("lxc.hook.mount: /usr/share/lxc/hooks/nvidia\n"), in...), pveconf.PVE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hook = "/usr/bin/gpupass-host-agent driver hook"
+	with, err := Plan(cfg, inv, Desired{GPUs: []string{"0"}, DriverHook: hook})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !with.DriverHost || !bytes.Contains(with.New, []byte("\nlxc.hook.mount: "+hook+"\n")) || !bytes.Contains(with.New, []byte("lxc.hook.mount: /usr/share/lxc/hooks/nvidia\n")) {
+		t.Fatalf("driver: host plan:\n%s", with.New)
+	}
+	again, err := Plan(with.Config, inv, Desired{GPUs: []string{"0"}, DriverHook: hook})
+	if err != nil || again.Changed {
+		t.Fatalf("second plan: changed %v, err %v\n%s", again.Changed, err, again.Diff)
+	}
+	without, err := Plan(with.Config, inv, Desired{GPUs: []string{"0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var changes []string
+	for _, c := range without.Changes {
+		changes = append(changes, c.Op.String()+" "+c.Line)
+	}
+	if diff := cmp.Diff(changes, []string{"remove lxc.hook.mount: " + hook}); diff != "" {
+		t.Errorf("driver: own changes (-got +want)\n%s", diff)
+	}
+	if _, err := Plan(cfg, inv, Desired{GPUs: []string{"0"}, DriverHook: "/usr/bin/other driver hook"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a hook that is not the agent's: err %v, want ErrInvalid", err)
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"gpupass/internal/atomicfile"
 )
 
 // File names inside a PKI directory.
@@ -116,10 +118,10 @@ func InitCA(dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("init CA: %w", err)
 	}
-	if err := writeFile(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
 		return nil, fmt.Errorf("init CA: %w", err)
 	}
 	return &CA{Cert: cert, Key: key, PEM: certPEM}, nil
@@ -308,10 +310,10 @@ func IssueFiles(dir string, req IssueRequest, opts Options) (certPath, keyPath s
 	if err != nil {
 		return "", "", err
 	}
-	if err := writeFile(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return "", "", fmt.Errorf("issue certificate: %w", err)
 	}
-	if err := writeFile(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
 		return "", "", fmt.Errorf("issue certificate: %w", err)
 	}
 	return certPath, keyPath, nil
@@ -377,32 +379,4 @@ func parseKey(b []byte) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("key is %T, want ECDSA", k)
 	}
 	return ek, nil
-}
-
-// writeFile writes atomically (temp file + rename) with the given mode.
-func writeFile(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

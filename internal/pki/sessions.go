@@ -13,6 +13,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"gpupass/internal/atomicfile"
 )
 
 // SessionCache is a tls.ClientSessionCache that is loaded from and saved to a file, so that
@@ -155,7 +157,7 @@ func (c *SessionCache) Save() error {
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("save TLS session cache: %w", err)
 	}
-	if err := writeFile(c.path, b, 0o600); err != nil {
+	if err := atomicfile.Write(c.path, b, 0o600); err != nil {
 		return fmt.Errorf("save TLS session cache: %w", err)
 	}
 	c.dirty = false

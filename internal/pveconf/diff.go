@@ -3,6 +3,8 @@ package pveconf
 import (
 	"fmt"
 	"strings"
+
+	"github.com/aymanbagabas/go-udiff"
 )
 
 // Op is the kind of an Edit.
@@ -27,132 +29,47 @@ type Edit struct {
 	OldLine, NewLine int
 }
 
-// maxDiffWork bounds the Myers search (edit distance times the size of the changed
-// middle); beyond it the middle is shown as removed and re-added, which is still a
-// correct diff.
-const maxDiffWork = 20_000_000
-
-// Edits is the shortest line edit script from a to b (Myers), lines compared with their
-// line ends.
+// Edits is a line edit script from a to b, lines compared with their line ends. The
+// longest common subsequence comes from github.com/aymanbagabas/go-udiff (the diff of
+// golang.org/x/tools, which bounds its work on large inputs); the script and its line
+// numbers are ours.
 func Edits(a, b []byte) []Edit {
-	al, bl := splitKeepEOL(string(a)), splitKeepEOL(string(b))
-	// Common prefix and suffix.
-	pre := 0
-	for pre < len(al) && pre < len(bl) && al[pre] == bl[pre] {
-		pre++
-	}
-	suf := 0
-	for suf < len(al)-pre && suf < len(bl)-pre && al[len(al)-1-suf] == bl[len(bl)-1-suf] {
-		suf++
-	}
-	out := make([]Edit, 0, len(al)+len(bl)-pre-suf)
-	emit := func(op Op, ai, bi int) {
+	as, bs := string(a), string(b)
+	al := splitKeepEOL(as)
+	out := make([]Edit, 0, len(al))
+	ai, bi, off := 0, 0, 0 // next old line, next new line, byte offset of old line ai
+	emit := func(op Op, s string) {
 		e := Edit{Op: op}
-		var s string
-		if op == Insert {
-			s, e.NewLine = bl[bi], bi+1
-		} else {
-			s, e.OldLine = al[ai], ai+1
-			if op == Equal {
-				e.NewLine = bi + 1
-			}
+		switch op {
+		case Insert:
+			bi++
+			e.NewLine = bi
+		case Delete:
+			ai++
+			e.OldLine = ai
+		default:
+			ai, bi = ai+1, bi+1
+			e.OldLine, e.NewLine = ai, bi
+		}
+		if op != Insert {
+			off += len(s)
 		}
 		e.Text, e.NoEOL = trimEOL(s)
 		out = append(out, e)
 	}
-	for i := 0; i < pre; i++ {
-		emit(Equal, i, i)
-	}
-	for _, st := range myers(al[pre:len(al)-suf], bl[pre:len(bl)-suf]) {
-		emit(st.op, pre+st.a, pre+st.b)
-	}
-	for i := 0; i < suf; i++ {
-		emit(Equal, len(al)-suf+i, len(bl)-suf+i)
-	}
-	return out
-}
-
-type step struct {
-	op   Op
-	a, b int
-}
-
-func myers(a, b []string) []step {
-	n, m := len(a), len(b)
-	if n == 0 || m == 0 || (n+m)*(n+m) > maxDiffWork && (n+m) > 4000 {
-		return replaceAll(n, m)
-	}
-	max := n + m
-	off := max
-	v := make([]int, 2*max+2)
-	var trace [][]int
-	found := false
-	for d := 0; d <= max && !found; d++ {
-		if d*(n+m) > maxDiffWork {
-			return replaceAll(n, m)
+	for _, d := range udiff.Lines(as, bs) { // sorted, at line boundaries
+		for off < d.Start {
+			emit(Equal, al[ai])
 		}
-		trace = append(trace, append([]int(nil), v...))
-		for k := -d; k <= d; k += 2 {
-			var x int
-			if k == -d || (k != d && v[off+k-1] < v[off+k+1]) {
-				x = v[off+k+1]
-			} else {
-				x = v[off+k-1] + 1
-			}
-			y := x - k
-			for x < n && y < m && a[x] == b[y] {
-				x++
-				y++
-			}
-			v[off+k] = x
-			if x >= n && y >= m {
-				found = true
-				break
-			}
+		for off < d.End {
+			emit(Delete, al[ai])
+		}
+		for _, l := range splitKeepEOL(d.New) {
+			emit(Insert, l)
 		}
 	}
-	// Backtrack.
-	var rev []step
-	x, y := n, m
-	for d := len(trace) - 1; d >= 0; d-- {
-		vv := trace[d]
-		k := x - y
-		var pk int
-		if k == -d || (k != d && vv[off+k-1] < vv[off+k+1]) {
-			pk = k + 1
-		} else {
-			pk = k - 1
-		}
-		px := vv[off+pk]
-		py := px - pk
-		for x > px && y > py {
-			x--
-			y--
-			rev = append(rev, step{Equal, x, y})
-		}
-		if d > 0 {
-			if x == px {
-				rev = append(rev, step{Insert, px, py})
-			} else {
-				rev = append(rev, step{Delete, px, py})
-			}
-		}
-		x, y = px, py
-	}
-	out := make([]step, len(rev))
-	for i := range rev {
-		out[i] = rev[len(rev)-1-i]
-	}
-	return out
-}
-
-func replaceAll(n, m int) []step {
-	out := make([]step, 0, n+m)
-	for i := 0; i < n; i++ {
-		out = append(out, step{Delete, i, 0})
-	}
-	for j := 0; j < m; j++ {
-		out = append(out, step{Insert, n, j})
+	for ai < len(al) {
+		emit(Equal, al[ai])
 	}
 	return out
 }

@@ -47,7 +47,7 @@ var lab struct {
 func Require(t testing.TB) {
 	t.Helper()
 	testenv.RequireRoot(t)
-	lab.once.Do(func() { lab.pct, lab.mode, lab.err = probe() })
+	lab.once.Do(func() { lab.pct, lab.mode, lab.err = probe(true) })
 	if lab.err != nil {
 		testenv.Skip(t, "PVE lab unavailable: "+lab.err.Error()+"; "+setupHint)
 	}
@@ -57,7 +57,9 @@ func Require(t testing.TB) {
 // CgroupMode is what PVE::CGroup::cgroup_mode() answers in this process (after Require).
 func CgroupMode() int { return lab.mode }
 
-func probe() (pct string, mode int, err error) {
+// probe checks the lab from this process; testBinary also wants the private mount namespace
+// that Main makes for a test binary.
+func probe(testBinary bool) (pct string, mode int, err error) {
 	pct, err = exec.LookPath("pct")
 	if err != nil {
 		if _, serr := os.Stat("/usr/sbin/pct"); serr != nil {
@@ -69,17 +71,23 @@ func probe() (pct string, mode int, err error) {
 	if err := unix.Statfs(EtcPVE, &st); err != nil || st.Type != unix.FUSE_SUPER_MAGIC {
 		return "", 0, errors.New("/etc/pve is not mounted (pmxcfs is not running)")
 	}
-	if !lxctest.InPrivateNS() {
+	if testBinary && !lxctest.InPrivateNS() {
 		return "", 0, errors.New("the test binary is not in a private mount namespace: call pvelab.Main(m) from TestMain")
 	}
+	mode, err = probeMode()
+	return pct, mode, err
+}
+
+// probeMode asks PVE which cgroup mode it sees from this mount namespace; the lab wants 2.
+func probeMode() (int, error) {
 	out, err := exec.Command("perl", "-MPVE::CGroup", "-e", "print PVE::CGroup::cgroup_mode()").CombinedOutput()
 	if err != nil {
-		return "", 0, fmt.Errorf("ask PVE for its cgroup mode: %v: %s", err, bytes.TrimSpace(out))
+		return 0, fmt.Errorf("ask PVE for its cgroup mode: %v: %s", err, bytes.TrimSpace(out))
 	}
 	if string(out) != "2" {
-		return "", 0, fmt.Errorf("PVE chose cgroup mode %q here, the lab wants 2 (pure cgroup2)", out)
+		return 0, fmt.Errorf("PVE chose cgroup mode %q here, the lab wants 2 (pure cgroup2)", out)
 	}
-	return pct, 2, nil
+	return 2, nil
 }
 
 // Result is one pct call: what ran and what it printed.

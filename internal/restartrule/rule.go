@@ -32,6 +32,11 @@ type Desired struct {
 	// Style: dev style entries are rendered by PVE itself, so the start-time config's rules
 	// are not compared (the nodes and the guest judge them).
 	Style pb.Style
+	// DriverHost: the container is desired `driver: host` (the hook provides the host's
+	// userspace at its start); Driver is the host driver it should have, the loaded kernel
+	// module's version ("" unknown).
+	DriverHost bool
+	Driver     string
 }
 
 // Evidence is what the host observed of the running container, without exec.
@@ -48,6 +53,18 @@ type Evidence struct {
 	Started Started
 	// Guest is the latest report of its connected guest; nil when none.
 	Guest *pb.GuestReport
+	// Driver is the host driver the running container got from the driver hook at its
+	// start (internal/hostdriver's marker).
+	Driver Driver
+}
+
+// Driver is the evidence of the host driver the running container started with.
+type Driver struct {
+	// Present: it has the hook's marker; Version is the driver version it names.
+	Present bool
+	Version string
+	// Err: the marker could not be read.
+	Err error
 }
 
 // Socket is the evidence on the guest socket as the running container sees it.
@@ -84,6 +101,7 @@ var Checks = []Check{
 	{"guest socket", CheckSocket},
 	{"started config", CheckStarted},
 	{"guest report", CheckGuest},
+	{"host driver", CheckHostDriver},
 }
 
 // Decide applies the rule: restart iff a check gives a reason, or the evidence cannot
@@ -227,6 +245,24 @@ func CheckGuest(ev Evidence, want Desired) []*pb.Reason {
 		}
 	}
 	return out
+}
+
+// CheckHostDriver: a `driver: host` container runs with the host driver that is loaded
+// now (a host driver upgrade shows as HostDriverChanged, old -> new), and a container no
+// longer desired `driver: host` does not have it.
+func CheckHostDriver(ev Evidence, want Desired) []*pb.Reason {
+	run := ev.Driver
+	switch {
+	case run.Err != nil:
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_DRIVER_UNREADABLE, Detail: run.Err.Error()})}
+	case want.DriverHost && !run.Present:
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_DRIVER_MISSING})}
+	case want.DriverHost && want.Driver != "" && run.Version != want.Driver:
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED, Got: run.Version, Want: want.Driver})}
+	case !want.DriverHost && run.Present:
+		return []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_HOST_DRIVER_UNWANTED})}
+	}
+	return nil
 }
 
 // guestChecks are the report's checks of desired nodes (same path and major:minor).

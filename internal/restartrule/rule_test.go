@@ -73,10 +73,11 @@ type want struct {
 // its reasons out.
 func TestDecide(t *testing.T) {
 	tests := []struct {
-		name  string
-		style pb.Style
-		edit  func(ev *Evidence)
-		want  want // no reasons: no restart
+		name   string
+		style  pb.Style
+		edit   func(ev *Evidence)
+		desire func(d *Desired) // nil: as desired, driver: own
+		want   want             // no reasons: no restart
 	}{
 		{name: "running as desired: no restart", edit: func(ev *Evidence) {}},
 		{
@@ -202,6 +203,40 @@ func TestDecide(t *testing.T) {
 			want: want{Kinds: []string{"GuestSocketForeign"}, Texts: []string{"guest socket at /dev/gpupass inside the container is not the host's /run/gpupass/guests/901/agent.sock"}},
 		},
 		{
+			name:   "driver: host, started with the loaded driver: no restart",
+			desire: func(d *Desired) { d.DriverHost, d.Driver = true, "580.159.04" },
+			edit:   func(ev *Evidence) { ev.Driver = Driver{Present: true, Version: "580.159.04"} },
+		},
+		{
+			name:   "driver: host after a host driver upgrade",
+			desire: func(d *Desired) { d.DriverHost, d.Driver = true, "580.159.04" },
+			edit:   func(ev *Evidence) { ev.Driver = Driver{Present: true, Version: "570.133.20"} },
+			want:   want{Kinds: []string{"HostDriverChanged"}, Texts: []string{"host driver changed 570.133.20 -> 580.159.04: the running container has the userspace of 570.133.20"}},
+		},
+		{
+			name:   "driver: host, the loaded module unknown: the started one stands",
+			desire: func(d *Desired) { d.DriverHost = true },
+			edit:   func(ev *Evidence) { ev.Driver = Driver{Present: true, Version: "570.133.20"} },
+		},
+		{
+			name:   "driver: host, started without the hook",
+			desire: func(d *Desired) { d.DriverHost, d.Driver = true, "580.159.04" },
+			edit:   func(ev *Evidence) {},
+			want:   want{Kinds: []string{"HostDriverMissing"}, Texts: []string{"running container was started without the host's driver (driver: host provides it at start)"}},
+		},
+		{
+			name: "driver: own, still has the host's",
+			edit: func(ev *Evidence) { ev.Driver = Driver{Present: true, Version: "580.159.04"} },
+			want: want{Kinds: []string{"HostDriverUnwanted"}, Texts: []string{"running container still has the host's driver (driver: own now)"}},
+		},
+		{
+			name: "the driver marker cannot be read: restart to be sure",
+			edit: func(ev *Evidence) {
+				ev.Driver = Driver{Err: errors.New("read /usr/lib/gpupass-driver/source of the running container: permission denied")}
+			},
+			want: want{Kinds: []string{"HostDriverUnreadable"}, Texts: []string{"read /usr/lib/gpupass-driver/source of the running container: permission denied; restarting to be sure"}},
+		},
+		{
 			name: "the host's socket directory is gone",
 			edit: func(ev *Evidence) { ev.Socket = Socket{HostDir: "/run/gpupass/guests/901", HostDirMissing: true} },
 			want: want{Kinds: []string{"GuestSocketDirMissing"}, Texts: []string{"guest socket directory /run/gpupass/guests/901 is missing on the host"}},
@@ -211,7 +246,11 @@ func TestDecide(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := asDesired()
 			tc.edit(&ev)
-			d := Decide(ev, Desired{Devices: devices, Rules: managed(t, desiredConfig), Inventory: inv, Style: tc.style})
+			desired := Desired{Devices: devices, Rules: managed(t, desiredConfig), Inventory: inv, Style: tc.style}
+			if tc.desire != nil {
+				tc.desire(&desired)
+			}
+			d := Decide(ev, desired)
 			var got want
 			for _, r := range d.GetDetails() {
 				got.Kinds = append(got.Kinds, pb.ReasonKindName(r.GetKind()))

@@ -8,11 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/inputlimit"
 	"gpupass/internal/runner"
 )
@@ -163,7 +163,7 @@ func (l *LXC) Start(ctx context.Context, id string) error {
 			return fmt.Errorf("start %s: %w", id, err)
 		}
 	}
-	if err := writeFileAtomic(l.startedPath(id), cfg, 0o600); err != nil {
+	if err := atomicfile.Write(l.startedPath(id), cfg, 0o600); err != nil {
 		return fmt.Errorf("start %s: snapshot config: %w", id, err)
 	}
 	timeout := orDefault(l.StartTimeout, DefaultStartTimeout)
@@ -190,7 +190,7 @@ func (l *LXC) Start(ctx context.Context, id string) error {
 		return fmt.Errorf("start %s: record init %d: %w", id, st.InitPID, err)
 	}
 	rec, _ := json.Marshal(startRecord{InitPID: st.InitPID, StartTicks: ticks, Started: time.Now().UTC().Format(time.RFC3339Nano)})
-	if err := writeFileAtomic(l.recordPath(id), rec, 0o600); err != nil {
+	if err := atomicfile.Write(l.recordPath(id), rec, 0o600); err != nil {
 		return fmt.Errorf("start %s: record start: %w", id, err)
 	}
 	return nil
@@ -316,52 +316,4 @@ func (l *LXC) StartedConfig(ctx context.Context, id string, st State) ([]byte, e
 		return nil, fmt.Errorf("read start-time config: %w", err)
 	}
 	return cfg, nil
-}
-
-// List implements Runtime: the directories of the lxcpath that hold a config, sorted.
-func (l *LXC) List(ctx context.Context) ([]string, error) {
-	ents, err := os.ReadDir(l.lxcpath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return []string{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
-	}
-	ids := []string{}
-	for _, e := range ents {
-		if !e.IsDir() || checkName(e.Name()) != nil {
-			continue
-		}
-		if fi, err := os.Stat(filepath.Join(l.lxcpath(), e.Name(), "config")); err == nil && fi.Mode().IsRegular() {
-			ids = append(ids, e.Name())
-		}
-	}
-	sort.Strings(ids)
-	return ids, nil
-}
-
-// writeFileAtomic writes b to a temporary file beside path, syncs it and renames it over path.
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -63,39 +63,6 @@ func TestParseStartTicks(t *testing.T) {
 	}
 }
 
-func TestParseBadPCTOutput(t *testing.T) {
-	if _, err := parsePCTList([]byte("VMID Status Lock Name\nabc running  x\n")); err == nil || !strings.Contains(err.Error(), "line 2") {
-		t.Errorf("pct list with a bad id: %v, want an error naming line 2", err)
-	}
-	for _, bad := range []string{"cur arch amd64\n", "upd arch: amd64\n", "cur : x\n", "cur a b: x\n"} {
-		if _, err := parsePending([]byte(bad)); err == nil {
-			t.Errorf("parsePending(%q): no error", bad)
-		}
-	}
-}
-
-func FuzzParsePending(f *testing.F) {
-	f.Add([]byte("cur arch: amd64\ncur cores: 4\nnew cores: 8\ndel swap: 512\nnew dev0: /dev/nvidia0,mode=0660\n"))
-	f.Add([]byte("new description: a%3Ab: c\n\n"))
-	f.Add([]byte("cur x:\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		entries, err := parsePending(b)
-		if err != nil {
-			return
-		}
-		seen := map[string]bool{}
-		for _, e := range entries {
-			if e.Key == "" || strings.ContainsAny(e.Key, " \t") || seen[e.Key] {
-				t.Fatalf("bad or repeated key %q in %q", e.Key, b)
-			}
-			seen[e.Key] = true
-			if e.Changed() != (e.HasNew || e.Delete) || (e.Delete && !e.HasCurrent) {
-				t.Fatalf("inconsistent entry %+v", e)
-			}
-		}
-	})
-}
-
 func FuzzParseLXCInfo(f *testing.F) {
 	f.Add([]byte("State:          RUNNING\nPID:            7155\n"))
 	f.Add([]byte("STOPPED\n"))
@@ -113,21 +80,5 @@ func FuzzParseStartTicks(f *testing.F) {
 	f.Add([]byte("1 ())) R"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseStartTicks(b)
-	})
-}
-
-func FuzzParsePCTList(f *testing.F) {
-	f.Add([]byte("VMID       Status     Lock         Name                \n101        running                 ct1\n"))
-	f.Add([]byte(""))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ids, err := parsePCTList(b)
-		if err != nil {
-			return
-		}
-		for _, id := range ids {
-			if checkVMID(id) != nil {
-				t.Fatalf("invalid id %q accepted from %q", id, b)
-			}
-		}
 	})
 }

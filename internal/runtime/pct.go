@@ -9,11 +9,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/inputlimit"
 	"gpupass/internal/pveconf"
 	"gpupass/internal/runner"
@@ -84,9 +84,10 @@ func (p *PCT) pct(ctx context.Context, timeout time.Duration, id string, args ..
 
 // action runs a pct command that changes the container (start, stop, reboot). Killing pct
 // at its deadline does not end the PVE task: pct forks a worker that runs on and holds the
-// config lock for the whole start/stop (pve-container:src/PVE/API2/LXC/Status.pm: the
-// worker runs under PVE::LXC::Config->lock_config; pve-common:src/PVE/RESTEnvironment.pm:520
-// fork_worker). So after a timeout it waits, bounded by TaskWait, until that lock is free:
+// config lock for the whole start/stop (the workers run under PVE::LXC::Config->lock_config:
+// pve-container:src/PVE/API2/LXC/Status.pm:184 start, :295 stop; reboot under
+// src/PVE/LXC.pm:3276; forked by pve-common:src/PVE/RESTEnvironment.pm:520 fork_worker;
+// seen on the lab: TestLabPctTimeoutWaitsForTask). So after a timeout it waits, bounded by TaskWait, until that lock is free:
 // whatever comes next (a rollback, a second start) never races the task. When the lock is
 // still held at the bound, the error wraps ErrTaskRunning.
 func (p *PCT) action(ctx context.Context, timeout time.Duration, id string, args ...string) ([]byte, error) {
@@ -378,11 +379,11 @@ func (p *PCT) record(id string, rec startRecord, cfg []byte) error {
 		return fmt.Errorf("record start of CT %s: %w", id, err)
 	}
 	// The config first: a record file names only a config that is complete.
-	if err := writeFileAtomic(cp, cfg, 0o600); err != nil {
+	if err := atomicfile.Write(cp, cfg, 0o600); err != nil {
 		return fmt.Errorf("record start of CT %s: %w", id, err)
 	}
 	j, _ := json.Marshal(rec)
-	if err := writeFileAtomic(rp, j, 0o600); err != nil {
+	if err := atomicfile.Write(rp, j, 0o600); err != nil {
 		return fmt.Errorf("record start of CT %s: %w", id, err)
 	}
 	return nil
@@ -415,119 +416,6 @@ func (p *PCT) recordStart(ctx context.Context, id string) {
 	if st, err := p.State(ctx, id); err == nil {
 		_, _ = p.StartedConfig(ctx, id, st)
 	}
-}
-
-// List implements Runtime from `pct list` (the containers of this node), numerically sorted.
-func (p *PCT) List(ctx context.Context) ([]string, error) {
-	out, err := run(ctx, p.Runner, orDefault(p.QueryTimeout, DefaultQueryTimeout), "pct", "list")
-	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
-	}
-	return parsePCTList(out)
-}
-
-func parsePCTList(out []byte) ([]string, error) {
-	ids := []string{}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	first := true
-	for n := 1; sc.Scan(); n++ {
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 {
-			continue
-		}
-		if first && f[0] == "VMID" {
-			first = false
-			continue
-		}
-		first = false
-		if err := checkVMID(f[0]); err != nil {
-			return nil, fmt.Errorf("parse pct list line %d %q: %w", n, sc.Text(), err)
-		}
-		ids = append(ids, f[0])
-	}
-	sort.Slice(ids, func(i, j int) bool {
-		a, _ := strconv.Atoi(ids[i])
-		b, _ := strconv.Atoi(ids[j])
-		return a < b
-	})
-	return ids, nil
-}
-
-// CurrentConfig returns `pct config <id> --current`: the main section as PVE reads it,
-// pending changes not applied, description encoded on one line, raw lxc.* keys last.
-func (p *PCT) CurrentConfig(ctx context.Context, id string) ([]byte, error) {
-	if err := checkVMID(id); err != nil {
-		return nil, err
-	}
-	out, err := p.pct(ctx, orDefault(p.QueryTimeout, DefaultQueryTimeout), id, "config", id, "--current")
-	if err != nil {
-		return nil, fmt.Errorf("read config of CT %s: %w", id, err)
-	}
-	return out, nil
-}
-
-// PendingEntry is one key of `pct pending <id>`.
-type PendingEntry struct {
-	Key        string
-	Current    string // value in effect ("cur" or "del" line)
-	New        string // pending value ("new" line)
-	HasCurrent bool
-	HasNew     bool
-	Delete     bool // pending deletion ("del" line)
-}
-
-// Changed reports whether the key has a pending change.
-func (e PendingEntry) Changed() bool { return e.HasNew || e.Delete }
-
-// Pending returns `pct pending <id>`: each key with its current and pending value.
-func (p *PCT) Pending(ctx context.Context, id string) ([]PendingEntry, error) {
-	if err := checkVMID(id); err != nil {
-		return nil, err
-	}
-	out, err := p.pct(ctx, orDefault(p.QueryTimeout, DefaultQueryTimeout), id, "pending", id)
-	if err != nil {
-		return nil, fmt.Errorf("read pending changes of CT %s: %w", id, err)
-	}
-	return parsePending(out)
-}
-
-// parsePending parses the lines "cur KEY: VALUE", "new KEY: VALUE", "del KEY: VALUE"
-// (PVE::GuestHelpers::format_pending), keeping the order of first appearance.
-func parsePending(out []byte) ([]PendingEntry, error) {
-	var entries []PendingEntry
-	index := map[string]int{}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
-		kind, rest, ok := strings.Cut(line, " ")
-		key, value, ok2 := strings.Cut(rest, ":")
-		if !ok || !ok2 || key == "" || strings.ContainsAny(key, " \t") {
-			return nil, fmt.Errorf("parse pct pending line %d %q: want \"cur|new|del KEY: VALUE\"", n, line)
-		}
-		value = strings.TrimPrefix(value, " ")
-		i, seen := index[key]
-		if !seen {
-			i = len(entries)
-			index[key] = i
-			entries = append(entries, PendingEntry{Key: key})
-		}
-		e := &entries[i]
-		switch kind {
-		case "cur":
-			e.Current, e.HasCurrent = value, true
-		case "new":
-			e.New, e.HasNew = value, true
-		case "del":
-			e.Current, e.HasCurrent, e.Delete = value, true, true
-		default:
-			return nil, fmt.Errorf("parse pct pending line %d %q: unknown kind %q", n, line, kind)
-		}
-	}
-	return entries, nil
 }
 
 // parseColonLines parses "key: value" lines; later keys win, other lines are skipped.

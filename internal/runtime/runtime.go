@@ -38,8 +38,6 @@ type Runtime interface {
 	// when there is no trustworthy record of it (not running, started by someone else, or
 	// the record was changed after the start).
 	StartedConfig(ctx context.Context, id string, st State) ([]byte, error)
-	// List returns the ids of the containers of this node, sorted.
-	List(ctx context.Context) ([]string, error)
 	// LockPath is the flock file that guards edits of ConfigPath (its directory may not
 	// exist yet).
 	LockPath(id string) string

@@ -91,7 +91,7 @@ type Session struct {
 // mux serves streams the peer opens (nil: none).
 func Client(ctx context.Context, conn net.Conn, cfg Config, mux *Mux) (*Session, error) {
 	cfg = cfg.withDefaults()
-	ys, err := yamux.Client(&coalescingConn{Conn: conn}, yamuxConfig(cfg))
+	ys, err := yamux.Client(conn, yamuxConfig(cfg))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start yamux client: %w", err)
@@ -107,7 +107,7 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, mux *Mux) (*Session,
 // Server accepts the handshake over conn and returns the session. cfg.Accept may refuse.
 func Server(ctx context.Context, conn net.Conn, cfg Config, mux *Mux) (*Session, error) {
 	cfg = cfg.withDefaults()
-	ys, err := yamux.Server(&coalescingConn{Conn: conn}, yamuxConfig(cfg))
+	ys, err := yamux.Server(conn, yamuxConfig(cfg))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start yamux server: %w", err)
@@ -213,9 +213,6 @@ func (s *Session) serverHello(ctx context.Context) error {
 
 // Peer is the peer's Hello (on the dialing side: its role and build from the reply).
 func (s *Session) Peer() *pb.Hello { return s.peer }
-
-// Conn is the underlying connection (for peer credentials, TLS state).
-func (s *Session) Conn() net.Conn { return s.conn }
 
 // Done is closed when the session ends.
 func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }

@@ -64,9 +64,6 @@ func (s *Stream) CancelOnPeerClose() {
 	}()
 }
 
-// Method is the method this stream calls.
-func (s *Stream) Method() string { return s.method }
-
 // Send writes one raw frame (after the Call frame, when that is still pending: one write
 // carries both, which saves a yamux frame and a wake-up of the callee per call).
 func (s *Stream) Send(m proto.Message) error {

@@ -152,13 +152,20 @@ func stageFiles(bin, stage, version string, when time.Time) error {
 		}
 	}
 	// The units name /usr/local/bin (make install); the packages install to /usr/bin.
-	for _, unit := range []string{"gpupass-host-agent", "gpupass-guest-agent"} {
-		b, err := os.ReadFile(filepath.Join("packaging", unit+".service"))
+	// The guest package also carries the readiness gate (gpupass-gpu-ready.service and
+	// gpu-ready.target) for app units to order after.
+	for _, u := range []struct{ pkg, file string }{
+		{"gpupass-host-agent", "gpupass-host-agent.service"},
+		{"gpupass-guest-agent", "gpupass-guest-agent.service"},
+		{"gpupass-guest-agent", "gpupass-gpu-ready.service"},
+		{"gpupass-guest-agent", "gpu-ready.target"},
+	} {
+		b, err := os.ReadFile(filepath.Join("packaging", u.file))
 		if err != nil {
 			return fmt.Errorf("read the unit: %w", err)
 		}
 		b = bytes.ReplaceAll(b, []byte("/usr/local/bin/"), []byte("/usr/bin/"))
-		if err := os.WriteFile(filepath.Join(stage, unit, unit+".service"), b, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(stage, u.pkg, u.file), b, 0o644); err != nil {
 			return err
 		}
 	}

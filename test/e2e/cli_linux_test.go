@@ -28,7 +28,11 @@ type reportHost struct {
 	Reachable bool   `json:"reachable"`
 	Simulated bool   `json:"simulated"`
 	Error     string `json:"error"`
-	ElapsedMS int64  `json:"elapsed_ms"`
+	Driver    struct {
+		Kernel string `json:"kernel"`
+		Change string `json:"change"`
+	} `json:"driver"`
+	ElapsedMS int64 `json:"elapsed_ms"`
 	GPUs      []struct {
 		Index uint32 `json:"index"`
 		UUID  string `json:"uuid"`
@@ -55,6 +59,7 @@ type reportCt struct {
 	Driver struct {
 		Kernel    string `json:"kernel"`
 		Userspace string `json:"userspace"`
+		Source    string `json:"source"`
 	} `json:"driver"`
 	Warnings []string `json:"warnings"`
 	Error    string   `json:"error"`
@@ -78,6 +83,10 @@ type reportCt struct {
 		Device string `json:"device"`
 		Got    string `json:"got"`
 	} `json:"reasons_detail"`
+	// plan --driver-version
+	DriverUpgrade *struct {
+		Message string `json:"message"`
+	} `json:"driver_upgrade"`
 }
 
 // ct finds a container of the report; it fails the test when it is absent.
@@ -120,6 +129,7 @@ type fleetCt struct {
 	GPUs           []string
 	RequireNetwork bool
 	State          string
+	Driver         string // fleet.yaml driver: own | host ("" leaves it out)
 }
 
 // fleetHost is an extra host entry (one with no agent behind it).
@@ -154,6 +164,9 @@ func (f *fabric) writeFleet(t testing.TB, name string, cts []fleetCt, extra ...f
 		}
 		if c.State != "" {
 			fmt.Fprintf(&b, ", state: %s", c.State)
+		}
+		if c.Driver != "" {
+			fmt.Fprintf(&b, ", driver: %s", c.Driver)
 		}
 		b.WriteString("}\n")
 	}

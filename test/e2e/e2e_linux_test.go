@@ -49,6 +49,11 @@ var scenarios = []scenario{
 	{"Systemd_LegacyRunGpupassHiddenIsTheReason", testSystemdLegacyRunHidden},
 	{"LegacyRunGpupassMovedWithoutRestart", testLegacyRunMigratesWithoutRestart},
 	{"OpenRC_ReadyPushedByTheInitScript", testOpenRCReadiness},
+	{"Gate_Systemd_AppAfterGPUReadyTargetWaitsForTheFix", testSystemdAppGated},
+	{"Gate_Busybox_WaitThenExecApp", testBusyboxAppGated},
+	{"Gate_OpenRC_WaitThenExecAppAsTheCommand", testOpenRCAppGated},
+	{"HostBoot_AgentReadyBeforePveGuests", testHostBootOrder},
+	{"DriverHost_UpgradeRestartsAndRealigns", testDriverHostUpgrade},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

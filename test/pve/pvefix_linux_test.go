@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"gpupass/internal/gpu"
 	"gpupass/internal/guestchan"
 	"gpupass/internal/hostagent"
@@ -49,20 +51,20 @@ func (c *countingRunner) take(prog string) []string {
 	return out
 }
 
-// labAgent is a host agent with the real pct runtime; its host root is the one
-// pvelab.SimulateGPUHost gives (the GPU driver fixture in proc/, the real /etc/pve, /dev,
-// /var/lib/lxc and /run through symlinks).
+// labAgent is a host agent with the real pct runtime on the simulated GPU host's root
+// (pvelab.SimulateGPUHost: its proc/ is the GPU fixture, its etc/pve, var/lib/lxc, dev and
+// run lead to the real ones).
 type labAgent struct {
 	agent    *hostagent.Agent
 	run      *countingRunner
 	stateDir string
 }
 
-func newLabAgent(t *testing.T, root string) *labAgent {
+func newLabAgent(t *testing.T, hostRoot string) *labAgent {
 	t.Helper()
 	base := t.TempDir()
 	cfg := hostconfig.Default()
-	cfg.HostRoot = root
+	cfg.HostRoot = hostRoot
 	cfg.StateDir = filepath.Join(base, "state")
 	cfg.GuestSocketDir = filepath.Join(base, "g")
 	cfg.Heartbeat = time.Second
@@ -74,7 +76,7 @@ func newLabAgent(t *testing.T, root string) *labAgent {
 	go func() { defer wg.Done(); _ = guests.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	cr := &countingRunner{}
-	rt := &runtime.PCT{Runner: cr, HostRoot: root, ProcRoot: "/proc", StateDir: filepath.Join(cfg.StateDir, "pct")}
+	rt := &runtime.PCT{Runner: cr, HostRoot: hostRoot, ProcRoot: hostagent.ProcRoot(hostRoot), StateDir: filepath.Join(cfg.StateDir, "pct")}
 	a, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: guests, Log: log.ForTest(t, "hostagent"), Name: "pvelab"})
 	if err != nil {
 		t.Fatal(err)
@@ -219,6 +221,22 @@ func TestLabPVEGuards(t *testing.T) {
 		pvelab.ParseStrict(t, ct.ConfPath())
 	})
 
+	// What the plan warns of, as PVE does it: a pending lxc.* line replaces ALL raw lxc.*
+	// lines of the main section at the next start.
+	t.Run("pending lxc line replaces the raw lxc lines", func(t *testing.T) {
+		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{"lxc.cgroup2.devices.allow: c 10:200 rwm"}})
+		ct.WriteConf(t, ct.Conf(t)+"\n[pve:pending]\nlxc.cgroup2.devices.allow: c 10:229 rwm\n")
+		if p := lab.plan(t, ct); !p.GetPendingReplacesLxc() {
+			t.Errorf("plan does not flag the pending lxc line")
+		}
+		ct.Start(t)
+		conf := ct.Conf(t)
+		t.Logf("config after the start:\n%s", conf)
+		if strings.Contains(conf, "c 10:200 rwm") || !strings.Contains(conf, "lxc.cgroup2.devices.allow: c 10:229 rwm") {
+			t.Errorf("PVE's start did not replace the raw lxc lines with the pending one")
+		}
+	})
+
 	t.Run("ha", func(t *testing.T) {
 		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true})
 		ct.Start(t)
@@ -244,26 +262,28 @@ func TestLabPVEGuards(t *testing.T) {
 		pvelab.ParseStrict(t, ct.ConfPath())
 	})
 
-	t.Run("guest identity from the kernel, hostname differs", func(t *testing.T) {
-		bin := buildGuestAgent(t)
-		ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{
-			"lxc.mount.entry: " + bin + " usr/local/bin/gpupass-guest-agent none bind,ro,create=file 0 0"}})
-		ct.Start(t)
-		if r := lab.apply(t, ct, false); !r.GetRestarted() {
-			t.Fatalf("apply did not restart with the guest socket mount: %q", r.GetError())
-		}
-		// The guest agent claims its hostname, ai-<id>: the host takes the id from the kernel.
-		out, code := ct.Exec(t, "/usr/local/bin/gpupass-guest-agent", "--once", "-o", "json")
-		t.Logf("guest agent --once in %s (hostname %s): exit %d\n%s", fmt.Sprint(ct.ID), ct.Hostname, code, out)
-		if code != 0 && code != 2 {
-			t.Fatalf("guest agent --once: exit %d", code)
-		}
-		st := lab.agent.Status(context.Background(), &pb.StatusRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
-		cs := st.GetContainers()[0]
-		if cs.GetGuestRefused() != "" || cs.GetReport().GetContainerId() != fmt.Sprint(ct.ID) {
-			t.Errorf("guest refused %q, report of container %q; want accepted as %d", cs.GetGuestRefused(), cs.GetReport().GetContainerId(), ct.ID)
-		}
-	})
+	for _, privileged := range []bool{true, false} {
+		t.Run(fmt.Sprintf("guest identity from the kernel, hostname differs, privileged %v", privileged), func(t *testing.T) {
+			bin := buildGuestAgent(t)
+			ct := pvelab.NewCT(t, pvelab.Spec{Privileged: privileged, Conf: []string{
+				"lxc.mount.entry: " + bin + " usr/local/bin/gpupass-guest-agent none bind,ro,create=file 0 0"}})
+			ct.Start(t)
+			if r := lab.apply(t, ct, false); !r.GetRestarted() {
+				t.Fatalf("apply did not restart with the guest socket mount: %q", r.GetError())
+			}
+			// The guest agent claims its hostname, ai-<id>: the host takes the id from the kernel.
+			out, code := ct.Exec(t, "/usr/local/bin/gpupass-guest-agent", "--once", "-o", "json")
+			t.Logf("guest agent --once in %d (hostname %s): exit %d\n%s", ct.ID, ct.Hostname, code, out)
+			if code != 0 && code != 2 {
+				t.Fatalf("guest agent --once: exit %d", code)
+			}
+			st := lab.agent.Status(context.Background(), &pb.StatusRequest{Containers: []*pb.ContainerSpec{{Id: fmt.Sprint(ct.ID), Gpus: []string{"0"}}}})
+			cs := st.GetContainers()[0]
+			if cs.GetGuestRefused() != "" || cs.GetReport().GetContainerId() != fmt.Sprint(ct.ID) {
+				t.Errorf("guest refused %q, report of container %q; want accepted as %d", cs.GetGuestRefused(), cs.GetReport().GetContainerId(), ct.ID)
+			}
+		})
+	}
 
 	t.Run("dev style after PVE rewrote the config", func(t *testing.T) {
 		// A devN written by hand with its path key last, and a managed one with deny-write.
@@ -387,4 +407,40 @@ func TestLabConftoolGoldens(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d written configs parsed by PVE (strict), the others refused exactly as their inputs", accepted, len(files))
+}
+
+// TestLabPctTimeoutWaitsForTask: pct start is killed at its (3s) deadline while the PVE task
+// it started runs on (a pre-start hook that takes 12s), holding the config lock. The runtime
+// returns only once the task released the lock, so whatever comes next never races it.
+func TestLabPctTimeoutWaitsForTask(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hook := filepath.Join(dir, "slow-hook")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\nsleep 12\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ct := pvelab.NewCT(t, pvelab.Spec{Privileged: true, Conf: []string{"lxc.hook.pre-start: " + hook}})
+	id := fmt.Sprint(ct.ID)
+	rt := &runtime.PCT{Runner: runner.Exec{}, HostRoot: "/", ProcRoot: "/proc", StartTimeout: 3 * time.Second, TaskWait: time.Minute}
+	start := time.Now()
+	err := rt.Start(context.Background(), id)
+	took := time.Since(start)
+	t.Logf("Start returned after %v: %v", took.Round(time.Millisecond), err)
+	if err == nil || !strings.Contains(err.Error(), "the PVE task ran on after pct was killed") {
+		t.Fatalf("error %v, want the timeout and the wait for the task", err)
+	}
+	if took < 10*time.Second {
+		t.Errorf("returned after %v, before the 12s task could have ended", took)
+	}
+	f, err := os.OpenFile(rt.LockPath(id), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Errorf("config lock still held when Start returned: %v", err)
+	}
+	t.Logf("after the task: pct status says %s", ct.Status(t))
 }

@@ -184,7 +184,10 @@ if [ "$(cat "$TPL.src" 2>/dev/null)" != "$bbsum" ] || [ ! -f "$TPL" ]; then
 fi
 
 # ------------------------------------------------------------------ sanity
-quiet pct list
+# pct list asks each running container's status: where the tests run it, in a pure cgroup2
+# namespace (in this hybrid namespace a lab container left running by a killed test answers
+# "short read on command socket", PVE asking for the v1 memory cgroup).
+quiet unshare -m sh -c 'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && pct list'
 mode=$(unshare -m sh -c 'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup &&
 	perl -MPVE::CGroup -e "print PVE::CGroup::cgroup_mode()"' 2>>"$PVELAB_LOG" || echo "?")
 step "ready: pct works; PVE::CGroup::cgroup_mode() is $(perl -MPVE::CGroup -e 'print PVE::CGroup::cgroup_mode()') here, $mode in a pure cgroup2 namespace (where the tests run)"

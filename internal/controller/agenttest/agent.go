@@ -48,8 +48,8 @@ func New(name string) *Agent {
 	return &Agent{
 		Name: name,
 		GPUs: []*pb.GPU{
-			{Index: 0, Uuid: "GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f", Minor: 0, BusId: "0000:41:00.0", Model: "NVIDIA H100 80GB HBM3"},
-			{Index: 1, Uuid: "GPU-9c0d1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f", Minor: 1, BusId: "0000:61:00.0", Model: "NVIDIA H100 80GB HBM3"},
+			{Index: 0, Uuid: "GPU-5f2b7c1e-8a3d-4c2b-9e1f-0a1b2c3d4e5f", Minor: 0, BusId: "0000:41:00.0", Model: "NVIDIA H100 80GB HBM3", PersistenceMode: "enabled"},
+			{Index: 1, Uuid: "GPU-9c0d1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f", Minor: 1, BusId: "0000:61:00.0", Model: "NVIDIA H100 80GB HBM3", PersistenceMode: "disabled"},
 		},
 		Driver: &pb.Driver{Loaded: true, KernelVersion: KernelVersion,
 			Majors: map[string]uint32{"nvidia-frontend": 195, "nvidia-uvm": 238, "nvidia-caps": 241}},

@@ -74,7 +74,7 @@ func newWorld(t *testing.T, withDead bool) *world {
 	b.WriteString("  - {host: pve1, id: \"902\", gpus: [1]}\n")
 	b.WriteString("  - {host: pve1, id: \"903\", gpus: [\"0\"], state: running}\n")
 	b.WriteString("  - {host: pve2, id: \"950\", gpus: [\"0\"]}\n")
-	b.WriteString("  - {host: pve2, id: \"951\", gpus: [\"1\"], require_network: true}\n")
+	b.WriteString("  - {host: pve2, id: \"951\", gpus: [\"1\"], require_network: true, driver: host}\n")
 	if withDead {
 		b.WriteString("  - {host: pve3, id: \"960\", gpus: [\"0\"]}\n")
 	}
@@ -171,6 +171,9 @@ func TestPlanStatusApplyDoctor(t *testing.T) {
 	}{
 		{"plan table", []string{"plan", "-f", f}, 2, "plan.txt"},
 		{"plan json", []string{"plan", "-f", f, "-o", "json"}, 2, "plan.json"},
+		// Before a host driver upgrade to 580.159.04: 951 (driver: host) realigns, the own
+		// ones with another userspace (901 580.95.05, 902 550.54.14) would break.
+		{"plan driver version", []string{"plan", "-f", f, "--driver-version", "580.159.04"}, 2, "plan-driver-version.txt"},
 		{"status table", []string{"status", "-f", f}, 2, "status.txt"},
 		{"status json", []string{"status", "-f", f, "-o", "json"}, 2, "status.json"},
 		{"doctor version mismatch", []string{"doctor", "-f", f, "pve1/902"}, 2, "doctor-902.txt"},

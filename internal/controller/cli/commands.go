@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -34,8 +35,12 @@ func report(io *IO, output string, r *controller.Report) error {
 	return nil
 }
 
+// driverVersionRE is an NVIDIA driver version: 580.159.04, 535.104.05, 418.87.
+var driverVersionRE = regexp.MustCompile(`^[0-9]{2,4}\.[0-9]{1,4}(\.[0-9]{1,4})?$`)
+
 func newPlan(io *IO) *cobra.Command {
 	var f fleetFlags
+	var driverVersion string
 	cmd := &cobra.Command{
 		Use:   "plan -f fleet.yaml [-o table|json]",
 		Short: "Show what apply would change on every host, and which containers it would restart",
@@ -50,10 +55,17 @@ Exit codes: 0 nothing to change, 2 changes pending, 1 error (a host could not be
 				return err
 			}
 			defer s.close()
+			if driverVersion != "" {
+				if !driverVersionRE.MatchString(driverVersion) {
+					return fmt.Errorf("--driver-version %q: want an NVIDIA driver version such as 580.159.04", driverVersion)
+				}
+				return report(io, f.output, s.ctl.PlanDriverVersion(cmd.Context(), driverVersion))
+			}
 			return report(io, f.output, s.ctl.Plan(cmd.Context()))
 		},
 	}
 	f.add(cmd, "per host: connect, TLS, hello and answer", controller.DefaultTimeout.String(), controller.DefaultParallel, "hosts asked at once")
+	cmd.Flags().StringVar(&driverVersion, "driver-version", "", "also say what a host driver change to this version (580.159.04) would do to each container: driver: host ones realign at their next start, own ones break unless their userspace is that version")
 	return cmd
 }
 

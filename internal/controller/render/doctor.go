@@ -57,7 +57,7 @@ func Doctor(w io.Writer, d *controller.Diagnosis, s Style) {
 			if i == 0 {
 				label = "GPUs"
 			}
-			t.add(c(fmt.Sprintf("  %-7s", label)), c(fmt.Sprint(g.Index)), c(g.Model), c(g.Bus), c(fmt.Sprintf("/dev/nvidia%d", g.Minor)), c(g.UUID))
+			t.add(c(fmt.Sprintf("  %-7s", label)), c(fmt.Sprint(g.Index)), c(g.Model), c(g.Bus), c(fmt.Sprintf("/dev/nvidia%d", g.Minor)), c(g.UUID), c(persistence(d.Inventory, g.Bus)))
 		}
 		t.write(w, s)
 		fmt.Fprintln(w)
@@ -143,6 +143,12 @@ func Doctor(w io.Writer, d *controller.Diagnosis, s Style) {
 			if user == "" {
 				user = "not installed"
 			}
+			switch st.GetDriver().GetUserspaceSource() {
+			case "host":
+				user += " (the host's, driver: host)"
+			case "own":
+				user += " (the template's own)"
+			}
 			fmt.Fprintf(w, "  driver   kernel %s, userspace %s\n", orDash(st.GetDriver().GetKernel()), user)
 			fmt.Fprintf(w, "  network  %s\n", network(d))
 		}
@@ -188,4 +194,19 @@ func network(d *controller.Diagnosis) string {
 		out += " (not required: the fleet entry does not set require_network)"
 	}
 	return out
+}
+
+// persistence says the GPU's persistence mode as the host agent read it.
+func persistence(inv *pb.HostInventory, bus string) string {
+	for _, g := range inv.GetGpus() {
+		if g.GetBusId() == bus {
+			switch g.GetPersistenceMode() {
+			case "enabled":
+				return "persistence on"
+			case "disabled":
+				return "persistence OFF"
+			}
+		}
+	}
+	return "persistence ?"
 }

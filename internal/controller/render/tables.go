@@ -49,6 +49,10 @@ func hosts(w io.Writer, r *controller.Report, s Style) {
 			note = append(note, h.Error)
 		}
 		nc := ""
+		if h.Driver.Change != "" {
+			note = append(note, h.Driver.Change)
+			nc = yellow
+		}
 		if h.Error != "" {
 			nc = red
 		}
@@ -206,6 +210,13 @@ func planBody(w io.Writer, r *controller.Report, s Style) {
 			for _, r := range ct.Reasons {
 				fmt.Fprintf(w, "    %s\n", r)
 			}
+		}
+		if u := ct.DriverUpgrade; u != nil {
+			color := green
+			if u.Breaks {
+				color = red
+			}
+			fmt.Fprintf(w, "    host driver -> %s (driver: %s): %s\n", u.To, u.Mode, s.paint(color, u.Message))
 		}
 		for _, wn := range ct.Warnings {
 			if first, ok := warned[wn]; ok {

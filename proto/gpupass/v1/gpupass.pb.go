@@ -253,6 +253,14 @@ const (
 	ReasonKind_REASON_KIND_SMI_MISSING_GPU        ReasonKind = 38 // device: the assigned UUID nvidia-smi does not see
 	// A reason from a peer that sent only text (older than details), or a controller's own.
 	ReasonKind_REASON_KIND_OTHER ReasonKind = 39
+	// The host's driver (internal/hostdriver, driver: host): the restart rule's check
+	// (internal/restartrule) and the host's status judge.
+	ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED     ReasonKind = 40 // got: the host driver the running container started with; want: the loaded module's
+	ReasonKind_REASON_KIND_HOST_DRIVER_MISSING     ReasonKind = 41 // driver: host, but the running container started without the host's driver
+	ReasonKind_REASON_KIND_HOST_DRIVER_UNWANTED    ReasonKind = 42 // driver: own, but the running container still has the host's driver
+	ReasonKind_REASON_KIND_HOST_DRIVER_UNREADABLE  ReasonKind = 43 // the running container's driver marker cannot be read; detail: the error
+	ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER ReasonKind = 44 // status: a HOST_DRIVER_CHANGED restart pending (gpupass apply restarts it); got, want as it
+	ReasonKind_REASON_KIND_OWN_USERSPACE_MISMATCH  ReasonKind = 45 // status: driver: own after a host driver change; want: the loaded module's; got: the container's userspace
 )
 
 // Enum value maps for ReasonKind.
@@ -298,6 +306,12 @@ var (
 		37: "REASON_KIND_SMI_UNASSIGNED_GPU",
 		38: "REASON_KIND_SMI_MISSING_GPU",
 		39: "REASON_KIND_OTHER",
+		40: "REASON_KIND_HOST_DRIVER_CHANGED",
+		41: "REASON_KIND_HOST_DRIVER_MISSING",
+		42: "REASON_KIND_HOST_DRIVER_UNWANTED",
+		43: "REASON_KIND_HOST_DRIVER_UNREADABLE",
+		44: "REASON_KIND_RESTART_FOR_HOST_DRIVER",
+		45: "REASON_KIND_OWN_USERSPACE_MISMATCH",
 	}
 	ReasonKind_value = map[string]int32{
 		"REASON_KIND_UNSPECIFIED":               0,
@@ -340,6 +354,12 @@ var (
 		"REASON_KIND_SMI_UNASSIGNED_GPU":        37,
 		"REASON_KIND_SMI_MISSING_GPU":           38,
 		"REASON_KIND_OTHER":                     39,
+		"REASON_KIND_HOST_DRIVER_CHANGED":       40,
+		"REASON_KIND_HOST_DRIVER_MISSING":       41,
+		"REASON_KIND_HOST_DRIVER_UNWANTED":      42,
+		"REASON_KIND_HOST_DRIVER_UNREADABLE":    43,
+		"REASON_KIND_RESTART_FOR_HOST_DRIVER":   44,
+		"REASON_KIND_OWN_USERSPACE_MISMATCH":    45,
 	}
 )
 
@@ -877,14 +897,18 @@ func (x *GPUSet) GetGpus() []*GPU {
 }
 
 type GPU struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // position in PCI bus order
-	Uuid          string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
-	Minor         uint32                 `protobuf:"varint,3,opt,name=minor,proto3" json:"minor,omitempty"`             // "Device Minor": /dev/nvidia<minor>
-	BusId         string                 `protobuf:"bytes,4,opt,name=bus_id,json=busId,proto3" json:"bus_id,omitempty"` // e.g. 0000:01:00.0
-	Model         string                 `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // position in PCI bus order
+	Uuid  string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Minor uint32                 `protobuf:"varint,3,opt,name=minor,proto3" json:"minor,omitempty"`             // "Device Minor": /dev/nvidia<minor>
+	BusId string                 `protobuf:"bytes,4,opt,name=bus_id,json=busId,proto3" json:"bus_id,omitempty"` // e.g. 0000:01:00.0
+	Model string                 `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
+	// "enabled" or "disabled" (nvidia-smi's persistence_mode on the host); "" when unknown:
+	// no nvidia-smi on the host, or a simulated host. The driver's /proc and sysfs files do
+	// not say (testdata/real-gpu/h200-persistence).
+	PersistenceMode string `protobuf:"bytes,6,opt,name=persistence_mode,json=persistenceMode,proto3" json:"persistence_mode,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GPU) Reset() {
@@ -952,12 +976,20 @@ func (x *GPU) GetModel() string {
 	return ""
 }
 
+func (x *GPU) GetPersistenceMode() string {
+	if x != nil {
+		return x.PersistenceMode
+	}
+	return ""
+}
+
 type Driver struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Loaded        bool                   `protobuf:"varint,1,opt,name=loaded,proto3" json:"loaded,omitempty"`
 	KernelVersion string                 `protobuf:"bytes,2,opt,name=kernel_version,json=kernelVersion,proto3" json:"kernel_version,omitempty"`                                         // from /proc/driver/nvidia/version
 	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`                                                                              // why it is not loaded
 	Majors        map[string]uint32      `protobuf:"bytes,4,rep,name=majors,proto3" json:"majors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // /proc/devices names -> major
+	Change        string                 `protobuf:"bytes,5,opt,name=change,proto3" json:"change,omitempty"`                                                                            // "host driver changed A -> B[; device majors changed: ...] at T" noticed since the agent started; "" none
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1018,6 +1050,13 @@ func (x *Driver) GetMajors() map[string]uint32 {
 		return x.Majors
 	}
 	return nil
+}
+
+func (x *Driver) GetChange() string {
+	if x != nil {
+		return x.Change
+	}
+	return ""
 }
 
 type ContainerSummary struct {
@@ -1224,6 +1263,7 @@ type ContainerSpec struct {
 	RequireNetwork bool                   `protobuf:"varint,4,opt,name=require_network,json=requireNetwork,proto3" json:"require_network,omitempty"`
 	WantState      string                 `protobuf:"bytes,5,opt,name=want_state,json=wantState,proto3" json:"want_state,omitempty"` // "" (leave as is) | running
 	MigCaps        bool                   `protobuf:"varint,6,opt,name=mig_caps,json=migCaps,proto3" json:"mig_caps,omitempty"`      // pass /dev/nvidia-caps/* (MIG config and monitor) too; whole GPUs get none otherwise
+	Driver         string                 `protobuf:"bytes,7,opt,name=driver,proto3" json:"driver,omitempty"`                        // "" or "own": the template's userspace; "host": the host's, bound in at every start (docs/driver.md)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1298,6 +1338,13 @@ func (x *ContainerSpec) GetMigCaps() bool {
 		return x.MigCaps
 	}
 	return false
+}
+
+func (x *ContainerSpec) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
 }
 
 type ConfigChange struct {
@@ -2360,12 +2407,13 @@ func (x *DeviceCheck) GetDetail() string {
 }
 
 type DriverVersions struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kernel        string                 `protobuf:"bytes,1,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	Userspace     string                 `protobuf:"bytes,2,opt,name=userspace,proto3" json:"userspace,omitempty"` // libnvidia-ml version, "" if not installed
-	UserspacePath string                 `protobuf:"bytes,3,opt,name=userspace_path,json=userspacePath,proto3" json:"userspace_path,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Kernel          string                 `protobuf:"bytes,1,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	Userspace       string                 `protobuf:"bytes,2,opt,name=userspace,proto3" json:"userspace,omitempty"` // libnvidia-ml version, "" if not installed
+	UserspacePath   string                 `protobuf:"bytes,3,opt,name=userspace_path,json=userspacePath,proto3" json:"userspace_path,omitempty"`
+	UserspaceSource string                 `protobuf:"bytes,4,opt,name=userspace_source,json=userspaceSource,proto3" json:"userspace_source,omitempty"` // "host" (bound in by the host agent's driver hook) | "own" (the template's) | "" (none)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DriverVersions) Reset() {
@@ -2415,6 +2463,13 @@ func (x *DriverVersions) GetUserspace() string {
 func (x *DriverVersions) GetUserspacePath() string {
 	if x != nil {
 		return x.UserspacePath
+	}
+	return ""
+}
+
+func (x *DriverVersions) GetUserspaceSource() string {
+	if x != nil {
+		return x.UserspaceSource
 	}
 	return ""
 }
@@ -3242,18 +3297,20 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\v2\x11.gpupass.v1.ErrorH\x00R\x05errorB\x06\n" +
 	"\x04body\"-\n" +
 	"\x06GPUSet\x12#\n" +
-	"\x04gpus\x18\x01 \x03(\v2\x0f.gpupass.v1.GPUR\x04gpus\"r\n" +
+	"\x04gpus\x18\x01 \x03(\v2\x0f.gpupass.v1.GPUR\x04gpus\"\x9d\x01\n" +
 	"\x03GPU\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x14\n" +
 	"\x05minor\x18\x03 \x01(\rR\x05minor\x12\x15\n" +
 	"\x06bus_id\x18\x04 \x01(\tR\x05busId\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xd0\x01\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\x12)\n" +
+	"\x10persistence_mode\x18\x06 \x01(\tR\x0fpersistenceMode\"\xe8\x01\n" +
 	"\x06Driver\x12\x16\n" +
 	"\x06loaded\x18\x01 \x01(\bR\x06loaded\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x126\n" +
-	"\x06majors\x18\x04 \x03(\v2\x1e.gpupass.v1.Driver.MajorsEntryR\x06majors\x1a9\n" +
+	"\x06majors\x18\x04 \x03(\v2\x1e.gpupass.v1.Driver.MajorsEntryR\x06majors\x12\x16\n" +
+	"\x06change\x18\x05 \x01(\tR\x06change\x1a9\n" +
 	"\vMajorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"|\n" +
@@ -3273,7 +3330,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\v2\x1c.gpupass.v1.ContainerSummaryR\n" +
 	"containers\x12\x18\n" +
 	"\aruntime\x18\a \x01(\tR\aruntime\"\x12\n" +
-	"\x10InventoryRequest\"\xbf\x01\n" +
+	"\x10InventoryRequest\"\xd7\x01\n" +
 	"\rContainerSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04gpus\x18\x02 \x03(\tR\x04gpus\x12'\n" +
@@ -3281,7 +3338,8 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x0frequire_network\x18\x04 \x01(\bR\x0erequireNetwork\x12\x1d\n" +
 	"\n" +
 	"want_state\x18\x05 \x01(\tR\twantState\x12\x19\n" +
-	"\bmig_caps\x18\x06 \x01(\bR\amigCaps\"\xa5\x01\n" +
+	"\bmig_caps\x18\x06 \x01(\bR\amigCaps\x12\x16\n" +
+	"\x06driver\x18\a \x01(\tR\x06driver\"\xa5\x01\n" +
 	"\fConfigChange\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.gpupass.v1.ConfigChange.OpR\x02op\x12\x12\n" +
 	"\x04line\x18\x02 \x01(\tR\x04line\x12\x1f\n" +
@@ -3385,11 +3443,12 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\x0e2\x18.gpupass.v1.DeviceStatusR\x06status\x12\x14\n" +
 	"\x05major\x18\x03 \x01(\rR\x05major\x12\x14\n" +
 	"\x05minor\x18\x04 \x01(\rR\x05minor\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"m\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x98\x01\n" +
 	"\x0eDriverVersions\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x1c\n" +
 	"\tuserspace\x18\x02 \x01(\tR\tuserspace\x12%\n" +
-	"\x0euserspace_path\x18\x03 \x01(\tR\ruserspacePath\"\x97\x01\n" +
+	"\x0euserspace_path\x18\x03 \x01(\tR\ruserspacePath\x12)\n" +
+	"\x10userspace_source\x18\x04 \x01(\tR\x0fuserspaceSource\"\x97\x01\n" +
 	"\x06SmiGPU\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -3488,8 +3547,7 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x05Style\x12\x15\n" +
 	"\x11STYLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSTYLE_RAW\x10\x01\x12\r\n" +
-	"\tSTYLE_DEV\x10\x02*\xd7\n" +
-	"\n" +
+	"\tSTYLE_DEV\x10\x02*\xc0\f\n" +
 	"\n" +
 	"ReasonKind\x12\x1b\n" +
 	"\x17REASON_KIND_UNSPECIFIED\x10\x00\x12 \n" +
@@ -3532,7 +3590,13 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x17REASON_KIND_SMI_RUNNING\x10$\x12\"\n" +
 	"\x1eREASON_KIND_SMI_UNASSIGNED_GPU\x10%\x12\x1f\n" +
 	"\x1bREASON_KIND_SMI_MISSING_GPU\x10&\x12\x15\n" +
-	"\x11REASON_KIND_OTHER\x10'*\xd8\x01\n" +
+	"\x11REASON_KIND_OTHER\x10'\x12#\n" +
+	"\x1fREASON_KIND_HOST_DRIVER_CHANGED\x10(\x12#\n" +
+	"\x1fREASON_KIND_HOST_DRIVER_MISSING\x10)\x12$\n" +
+	" REASON_KIND_HOST_DRIVER_UNWANTED\x10*\x12&\n" +
+	"\"REASON_KIND_HOST_DRIVER_UNREADABLE\x10+\x12'\n" +
+	"#REASON_KIND_RESTART_FOR_HOST_DRIVER\x10,\x12&\n" +
+	"\"REASON_KIND_OWN_USERSPACE_MISMATCH\x10-*\xd8\x01\n" +
 	"\fDeviceStatus\x12\x1d\n" +
 	"\x19DEVICE_STATUS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DEVICE_STATUS_OK\x10\x01\x12\x19\n" +

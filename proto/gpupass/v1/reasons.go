@@ -119,6 +119,18 @@ func RenderReason(r *Reason) string {
 		return "nvidia-smi sees GPU " + dev + " that is not assigned to this container"
 	case ReasonKind_REASON_KIND_SMI_MISSING_GPU:
 		return "nvidia-smi does not see assigned GPU " + dev
+	case ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED:
+		return fmt.Sprintf("host driver changed %s -> %s: the running container has the userspace of %s", got, want, got)
+	case ReasonKind_REASON_KIND_HOST_DRIVER_MISSING:
+		return "running container was started without the host's driver (driver: host provides it at start)"
+	case ReasonKind_REASON_KIND_HOST_DRIVER_UNWANTED:
+		return "running container still has the host's driver (driver: own now)"
+	case ReasonKind_REASON_KIND_HOST_DRIVER_UNREADABLE:
+		return detail + "; restarting to be sure"
+	case ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER:
+		return fmt.Sprintf("restart required: host driver changed %s -> %s: the running container has the userspace of %s", got, want, got)
+	case ReasonKind_REASON_KIND_OWN_USERSPACE_MISMATCH:
+		return fmt.Sprintf("host driver changed to %s but the container's own userspace is %s: install the %s userspace in it, or set driver: host in fleet.yaml (docs/driver.md)", want, got, want)
 	}
 	return strings.TrimSpace(fmt.Sprintf("reason %s %s %s %s %s", ReasonKindName(r.GetKind()), dev, want, got, detail))
 }

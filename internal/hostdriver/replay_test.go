@@ -1,0 +1,148 @@
+package hostdriver
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/guest"
+)
+
+// realH200 is what scripts/driver-host/proof.sh captured on an H200 host (driver
+// 580.159.04, the userspace under /usr/local/nvidia): the host's loader cache, module
+// version and driver directory listings; what `driver show` found there; the loader
+// cache the driver hook built in the containers and what their guest agents reported.
+const realH200 = "../../testdata/real-gpu/h200-driver-host"
+
+// treeFromListing recreates a captured `ls -la --time-style=+` of dir under root: empty
+// regular files, the same symbolic links.
+func treeFromListing(t *testing.T, root, dir, listing string) {
+	t.Helper()
+	b, err := os.ReadFile(listing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			t.Fatalf("listing %s: line %q", listing, line)
+		}
+		p := filepath.Join(root, dir, f[5])
+		switch f[0][0] {
+		case 'l':
+			if len(f) != 8 || f[6] != "->" {
+				t.Fatalf("listing %s: link line %q", listing, line)
+			}
+			if err := os.Symlink(f[7], p); err != nil {
+				t.Fatal(err)
+			}
+		case '-':
+			write(t, p, "", 0o755)
+		}
+	}
+}
+
+func copyFixture(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, dst, string(b), 0o644)
+}
+
+// TestReplayH200 runs Find on the H200 host's captured tree and compares with what the
+// real `gpupass-host-agent driver show` printed there; then lays out the driver
+// directory the way the hook does (links from the captured sonames) under the loader
+// cache the hook's ldconfig built in each container, and runs the guest's userspace
+// check: it must say what the real guest agents said (580.159.04 from the host), for
+// the container with no NVIDIA files (g1) and for the one whose own old libnvidia-ml
+// 570.86.15 is still in its image (g2, switched to driver: host).
+func TestReplayH200(t *testing.T) {
+	var shown Set
+	b, err := os.ReadFile(filepath.Join(realH200, "driver-show.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &shown); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("host: driver show", func(t *testing.T) {
+		root := t.TempDir()
+		fx := filepath.Join(realH200, "fixture/host")
+		copyFixture(t, filepath.Join(fx, "proc/driver/nvidia/version"), filepath.Join(root, "proc/driver/nvidia/version"))
+		copyFixture(t, filepath.Join(fx, "etc/ld.so.cache"), filepath.Join(root, "etc/ld.so.cache"))
+		treeFromListing(t, root, "/usr/local/nvidia/lib64", filepath.Join(fx, "ls_usr_local_nvidia_lib64.txt"))
+		treeFromListing(t, root, "/usr/local/nvidia/bin", filepath.Join(fx, "ls_usr_local_nvidia_bin.txt"))
+		treeFromListing(t, root, "/usr/bin", filepath.Join(fx, "ls_usr_bin.txt"))
+		got, err := Find(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sonames come from the ELF files, which the fixture does not carry.
+		want := shown
+		want.Libs = append([]File(nil), shown.Libs...)
+		for i := range want.Libs {
+			want.Libs[i].Soname = ""
+		}
+		if diff := cmp.Diff(*got, want); diff != "" {
+			t.Errorf("Find on the captured host vs the real driver show (-replay +real):\n%s", diff)
+		}
+	})
+
+	for _, tc := range []struct {
+		name, container, report string
+		ownOld                  bool
+	}{
+		{name: "g1: no NVIDIA files in the template", container: "g1", report: "guest-g1.json"},
+		{name: "g2: own libnvidia-ml 570.86.15, switched to driver: host", container: "g2", report: "guest-g2-host.json", ownOld: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			copyFixture(t, filepath.Join(realH200, "fixture", tc.container, "ld.so.cache"), filepath.Join(root, "etc/ld.so.cache"))
+			lib := filepath.Join(root, ContainerDir, "lib")
+			for _, f := range shown.Libs {
+				write(t, filepath.Join(lib, f.Name), "", 0o644)
+				for _, l := range links(f) {
+					if err := os.Symlink(f.Name, filepath.Join(lib, l)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if tc.ownOld {
+				own := filepath.Join(root, "usr/local/nvidia/lib64")
+				write(t, filepath.Join(own, "libnvidia-ml.so.570.86.15"), "", 0o644)
+				if err := os.Symlink("libnvidia-ml.so.570.86.15", filepath.Join(own, "libnvidia-ml.so.1")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var rep guest.JSONReport
+			b, err := os.ReadFile(filepath.Join(realH200, tc.report))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(b, &rep); err != nil {
+				t.Fatal(err)
+			}
+			nvml, err := guest.Paths{Root: root}.UserspaceDriver()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := guest.JSONDriver{Kernel: rep.Driver.Kernel, Userspace: nvml.Version, UserspacePath: nvml.Path, Source: guest.UserspaceSource(nvml.Path)}
+			if diff := cmp.Diff(got, rep.Driver); diff != "" {
+				t.Errorf("guest check on the replayed container vs the real guest report (-replay +real):\n%s", diff)
+			}
+			if rep.Driver.Kernel != rep.Driver.Userspace || rep.Driver.Source != "host" || !rep.Ready {
+				t.Errorf("the real report is not ready with kernel = userspace from the host: %+v ready=%v", rep.Driver, rep.Ready)
+			}
+		})
+	}
+}
