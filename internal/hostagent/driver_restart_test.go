@@ -68,9 +68,10 @@ func TestDriverRestartRule(t *testing.T) {
 		name       string
 		spec       *pb.ContainerSpec
 		setup      func(f *restartFixture)
-		wantReason string // "" means no restart
-		wantStatus string // a reason status gives ("" none about the driver)
-		wantErr    string // plan refuses
+		wantReason string          // "" means no restart
+		wantStatus string          // a reason status gives ("" none about the driver)
+		wantKinds  []pb.ReasonKind // the driver kinds of the restart decision, then of the status
+		wantErr    string          // plan refuses
 	}{
 		{
 			name:  "host: started with the loaded module's userspace",
@@ -86,18 +87,21 @@ func TestDriverRestartRule(t *testing.T) {
 			},
 			wantReason: "host driver changed " + drvOld + " -> " + drvNew + ": the running container has the userspace of " + drvOld,
 			wantStatus: "restart required: host driver changed " + drvOld + " -> " + drvNew + ": the running container has the userspace of " + drvOld,
+			wantKinds:  []pb.ReasonKind{pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED, pb.ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER},
 		},
 		{
 			name:       "host: switched from own, running without the hook",
 			spec:       host,
 			setup:      func(f *restartFixture) {},
 			wantReason: "running container was started without the host's driver",
+			wantKinds:  []pb.ReasonKind{pb.ReasonKind_REASON_KIND_HOST_DRIVER_MISSING},
 		},
 		{
 			name:       "own: switched back, still has the host's",
 			spec:       own,
 			setup:      func(f *restartFixture) { f.hookRan(drvOld) },
 			wantReason: "running container still has the host's driver (driver: own now)",
+			wantKinds:  []pb.ReasonKind{pb.ReasonKind_REASON_KIND_HOST_DRIVER_UNWANTED},
 		},
 		{
 			name:  "own: the upgrade does not restart it (its guest reports the mismatch)",
@@ -113,6 +117,7 @@ func TestDriverRestartRule(t *testing.T) {
 				f.guestReport(pb.DeviceStatus_DEVICE_STATUS_OK)
 			},
 			wantStatus: "host driver changed to " + drvNew + " but the container's own userspace is " + drvOld + ": install the " + drvNew + " userspace in it, or set driver: host in fleet.yaml (docs/driver.md)",
+			wantKinds:  []pb.ReasonKind{pb.ReasonKind_REASON_KIND_OWN_USERSPACE_MISMATCH},
 		},
 		{
 			name:    "host: userspace upgraded, module not reloaded: refused",
@@ -175,11 +180,30 @@ func TestDriverRestartRule(t *testing.T) {
 			if want := []string{tt.wantStatus}; tt.wantStatus != "" && !slices.Equal(driverReasons, want) || tt.wantStatus == "" && len(driverReasons) > 0 {
 				t.Errorf("status driver reasons %q, want %q", driverReasons, tt.wantStatus)
 			}
+			var kinds []pb.ReasonKind
+			for _, r := range append(p.pb.GetRestart().GetDetails(), st.GetDetails()...) {
+				if driverKinds[r.GetKind()] {
+					kinds = append(kinds, r.GetKind())
+				}
+			}
+			if !slices.Equal(kinds, tt.wantKinds) {
+				t.Errorf("driver reason kinds (restart, then status) %v, want %v", kinds, tt.wantKinds)
+			}
 			if tt.wantStatus != "" && st.GetState() != StateNotReady {
 				t.Errorf("status state %s, want %s", st.GetState(), StateNotReady)
 			}
 		})
 	}
+}
+
+// driverKinds are the reason kinds about the host's driver.
+var driverKinds = map[pb.ReasonKind]bool{
+	pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED:     true,
+	pb.ReasonKind_REASON_KIND_HOST_DRIVER_MISSING:     true,
+	pb.ReasonKind_REASON_KIND_HOST_DRIVER_UNWANTED:    true,
+	pb.ReasonKind_REASON_KIND_HOST_DRIVER_UNREADABLE:  true,
+	pb.ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER: true,
+	pb.ReasonKind_REASON_KIND_OWN_USERSPACE_MISMATCH:  true,
 }
 
 // TestDriverChangeNoticed: the agent notices a change of the loaded module's version and
