@@ -44,6 +44,31 @@ quiet() {
 	fi
 }
 
+# pmxcfs_pid prints the pid of the running pmxcfs (the one the lab recorded, else the one
+# pmxcfs itself recorded), or fails.
+pmxcfs_pid() {
+	local f p
+	for f in "$PVELAB_RUN/pmxcfs.pid" /run/pve-cluster.pid; do
+		p=$(cat "$f" 2>/dev/null) || continue
+		# A zombie (state Z: dead, its parent has not reaped it) holds nothing any more.
+		if [ -n "$p" ] && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = pmxcfs ] &&
+			! grep -q '^State:[[:space:]]*Z' "/proc/$p/status" 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# stop_pmxcfs stops the running pmxcfs (if any) and waits up to 3 s for it to go.
+stop_pmxcfs() {
+	local p
+	p=$(pmxcfs_pid) || return 0
+	kill "$p" 2>/dev/null || return 0
+	for _ in $(seq 30); do pmxcfs_pid >/dev/null || return 0; sleep 0.1; done
+	kill -9 "$p" 2>/dev/null || true
+}
+
 # pid_alive FILE: the process recorded in FILE is running.
 pid_alive() {
 	[ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null

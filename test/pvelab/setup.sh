@@ -138,6 +138,12 @@ if mountpoint -q /etc/pve && ! ls /etc/pve >/dev/null 2>&1; then
 	step "unmounting a dead /etc/pve"
 	umount -l /etc/pve
 fi
+if ! mountpoint -q /etc/pve && pmxcfs_pid >/dev/null; then
+	# A pmxcfs without its mount (its /etc/pve unmounted by a teardown that did not know its
+	# pid) holds pmxcfs's lock, and a new one would fail "unable to acquire pmxcfs lock".
+	step "stopping a pmxcfs that lost its /etc/pve mount"
+	stop_pmxcfs
+fi
 if ! mountpoint -q /etc/pve; then
 	step "starting pmxcfs -l (local mode, FUSE on /etc/pve)"
 	mkdir -p /etc/pve /var/lib/pve-cluster /run/pve-cluster

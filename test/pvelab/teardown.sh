@@ -34,13 +34,12 @@ for n in lxc-monitord syslogd; do
 	rm -f "$PVELAB_RUN/$n.pid"
 done
 if mountpoint -q /etc/pve; then
-	p=$(cat "$PVELAB_RUN/pmxcfs.pid" 2>/dev/null || true)
 	umount /etc/pve 2>/dev/null || umount -l /etc/pve
 	step "unmounted /etc/pve"
-	if [ -n "$p" ] && kill "$p" 2>/dev/null; then
-		for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		step "stopped pmxcfs"
-	fi
+fi
+if pmxcfs_pid >/dev/null; then
+	stop_pmxcfs
+	step "stopped pmxcfs"
 fi
 rm -f "$PVELAB_RUN/pmxcfs.pid"
 rm -f /usr/share/lxc/config/common.conf.d/01-pve.conf /usr/share/lxc/config/userns.conf.d/01-pve.conf
