@@ -22,7 +22,43 @@ import (
 // (metrics.txt). NVML counts the process's CUDA context too, so the container's memory is
 // at least the allocation.
 func TestReplayGPUHost(t *testing.T) {
-	dir := filepath.Join("testdata", "h200")
+	replayGPUHost(t, filepath.Join("testdata", "h200"), "9901")
+}
+
+// TestReplayGPUHostLXC replays the same proof in a REAL LXC container on an H200 host
+// (scripts/gpu-metrics/lxc-proof.sh, testdata/h200-lxc): container 901 (busybox, no NVIDIA
+// files in its template, driver: host through our lxc.hook.mount) ran cudaalloc with the
+// host's libcuda bound in by the hook; the host agent's /metrics showed its 1 GiB plus the
+// CUDA context under container="901". The process sat in LXC's own attach cgroup below
+// the host's (0::/process_api/core/lxc.payload.901/.lxc).
+func TestReplayGPUHostLXC(t *testing.T) {
+	dir := filepath.Join("testdata", "h200-lxc")
+	replayGPUHost(t, dir, "901")
+
+	// What makes it a driver: host container, as the fixture recorded it.
+	for _, c := range []struct{ name, file, want string }{
+		{"hook in the container config", "ct.config", "lxc.hook.mount = "},
+		{"hook is ours", "ct.config", "gpupass-host-agent driver hook"},
+		{"template without NVIDIA files", "log.txt", "NVIDIA files in the template: 0\n"},
+		{"libcuda from the hook's bind", "log.txt", "its libcuda: /usr/lib/gpupass-driver/lib/libcuda.so."},
+		{"real LXC payload cgroup", "proc-cgroup.txt", "/lxc.payload.901/"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(dir, c.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), c.want) {
+				t.Errorf("%s lacks %q", c.file, c.want)
+			}
+		})
+	}
+}
+
+// replayGPUHost feeds a GPU host's recorded NVML snapshot and /proc/<pid>/cgroup through
+// the real Collector and compares with the /metrics the host agent served there.
+func replayGPUHost(t *testing.T, dir, container string) {
+	t.Helper()
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
@@ -67,10 +103,10 @@ func TestReplayGPUHost(t *testing.T) {
 		t.Errorf("replay differs from what the host agent served on the GPU host:\n%v", err)
 	}
 	if n := testutil.CollectAndCount(c, "gpupass_container_gpu_utilization_percent"); n != 1 {
-		t.Errorf("%d utilisation series, want 1 (container 9901 on GPU 0)", n)
+		t.Errorf("%d utilisation series, want 1 (container %s on GPU 0)", n, container)
 	}
 
-	// The amount: at least what cudaalloc allocated, under container 9901's label.
+	// The amount: at least what cudaalloc allocated, under the container's label.
 	f := strings.Fields(string(read("cudaalloc.txt")))
 	allocated, err := strconv.ParseFloat(f[1], 64)
 	if err != nil {
@@ -89,14 +125,14 @@ func TestReplayGPUHost(t *testing.T) {
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "container" && l.GetValue() == "9901" {
+				if l.GetName() == "container" && l.GetValue() == container {
 					got = m.GetGauge().GetValue()
 				}
 			}
 		}
 	}
 	if got < allocated || got > allocated+(1<<30) {
-		t.Errorf("container 9901 uses %.0f bytes, want the %.0f allocated plus a CUDA context (< 1 GiB)", got, allocated)
+		t.Errorf("container %s uses %.0f bytes, want the %.0f allocated plus a CUDA context (< 1 GiB)", container, got, allocated)
 	}
 }
 
