@@ -254,7 +254,9 @@ func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream)
 			}
 			a.Update(id, func(c *Container) {
 				gs, _ := a.resolve(c.GPUs)
-				c.Running, c.RunState = minors(gs), "running"
+				// It starts with the rules rendered from the majors read now: a denial
+				// by stale rules is gone.
+				c.Running, c.RunState, c.Denied = minors(gs), "running", false
 			})
 			res.Restarted, res.Started = !p.GetStart(), p.GetStart()
 		}
