@@ -164,3 +164,88 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 		})
 	}
 }
+
+// statusView is what the controller's status output shows of a container's status.
+type statusView struct {
+	Gpus                []string
+	State, RunState     string
+	Reasons             []string
+	Kinds               []pb.ReasonKind
+	RestartRequired     bool
+	Configured, Resolve []uint32 // the GPUs' indexes
+}
+
+func statusViewOf(s *pb.ContainerStatus) statusView {
+	v := statusView{Gpus: s.GetGpus(), State: s.GetState(), RunState: s.GetRunState(), Reasons: s.GetReasons(), RestartRequired: s.GetRestartRequired()}
+	for _, r := range s.GetDetails() {
+		v.Kinds = append(v.Kinds, r.GetKind())
+	}
+	for _, g := range s.GetConfigured().GetGpus() {
+		v.Configured = append(v.Configured, g.GetIndex())
+	}
+	for _, g := range s.GetResolved().GetGpus() {
+		v.Resolve = append(v.Resolve, g.GetIndex())
+	}
+	return v
+}
+
+// TestModelStatusAsTheAgent holds the model's status of stopped and unknown containers to
+// hostagent.Agent.Status's (a running container's status comes from its guest's report and
+// the evidence of its processes, which the model stands for; see restart).
+func TestModelStatusAsTheAgent(t *testing.T) {
+	root := gputest.MakeRoot(t, "pve-2gpu")
+	base := t.TempDir()
+	rt := stoppedRuntime{dir: filepath.Join(base, "lxc")}
+	if err := os.MkdirAll(rt.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := hostconfig.Default()
+	cfg.StateDir = filepath.Join(base, "state")
+	cfg.GuestSocketDir = filepath.Join(base, "guests")
+	cfg.HostRoot = root
+	reg := guestchan.New(guestchan.Config{Dir: cfg.GuestSocketDir, Log: log.Discard()})
+	real, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: reg, Name: "pve1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	host := real.Status(ctx, &pb.StatusRequest{}).GetHost()
+	model := New("pve1")
+	model.GPUs, model.Driver = host.GetGpus(), host.GetDriver()
+	for _, tt := range []struct {
+		name   string
+		have   []string // nil: no such container
+		fleet  []string
+		exists bool
+	}{
+		{"stopped, as the fleet asks", []string{"0"}, []string{"0"}, true},
+		{"stopped, fleet asks for more", []string{"0"}, []string{"0", "1"}, true},
+		{"stopped, no GPUs yet", []string{}, []string{"1"}, true},
+		{"no such container", nil, []string{"0"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprint(800 + len(model.containers))
+			spec := &pb.ContainerSpec{Id: id, Gpus: tt.fleet}
+			if tt.exists {
+				model.Add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
+				conf := strings.ReplaceAll(model.Config(id), "/run/gpupass/guests", cfg.GuestSocketDir)
+				conf = strings.ReplaceAll(conf, " /dev/", " "+root+"/dev/")
+				if err := os.WriteFile(rt.ConfigPath(id), []byte(conf), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := statusViewOf(real.Status(ctx, &pb.StatusRequest{Containers: []*pb.ContainerSpec{spec}}).GetContainers()[0])
+			want := statusViewOf(model.status(id, spec))
+			if !tt.exists {
+				// Both say the container is unknown, each in the words of its runtime.
+				if len(got.Reasons) != 1 || len(want.Reasons) != 1 {
+					t.Fatalf("unknown container: agent reasons %q, model reasons %q; want one each", got.Reasons, want.Reasons)
+				}
+				got.Reasons, want.Reasons = nil, nil
+			}
+			if d := cmp.Diff(want, got); d != "" {
+				t.Errorf("model and agent report status differently (-model +agent):\n%s", d)
+			}
+		})
+	}
+}

@@ -273,9 +273,13 @@ func (a *Agent) deviceChecks(c *Container, nodes []node) []*pb.DeviceCheck {
 func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	c, ok := a.containers[id]
 	if !ok {
-		return &pb.ContainerStatus{Id: id, State: "error", Reasons: []string{"container " + id + " does not exist on " + a.Name}}
+		st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), State: "error"}
+		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STATE_UNKNOWN, Detail: "container " + id + " does not exist on " + a.Name, Text: "container " + id + " does not exist on " + a.Name})
+		return st
 	}
-	st := &pb.ContainerStatus{Id: id, Gpus: c.GPUs, RunState: c.RunState, GuestConnected: c.Guest && c.RunState == "running",
+	// As the agent's statusWith: the GPUs are the spec's; the restart is judged against
+	// the spec.
+	st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), RunState: c.RunState, GuestConnected: c.Guest && c.RunState == "running",
 		NetworkOk: c.Network, Driver: &pb.DriverVersions{Kernel: a.Driver.GetKernelVersion()}}
 	want, err := a.resolve(c.GPUs)
 	if err != nil {
@@ -283,15 +287,19 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 		return st
 	}
 	st.Configured = &pb.GPUSet{Gpus: want}
-	if fleet, err := a.resolve(spec.GetGpus()); err == nil {
+	fleet, ferr := a.resolve(spec.GetGpus())
+	if ferr == nil {
 		st.Resolved = &pb.GPUSet{Gpus: fleet}
 	}
-	wantMinors := minors(want)
 	if c.RunState != "running" {
 		st.State = "stopped"
+		addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_CONTAINER_STOPPED}))
 		return st
 	}
-	st.RestartRequired = a.restart(c, c.Style, want).GetRequired()
+	if ferr == nil {
+		st.RestartRequired = a.restart(c, spec.GetStyle(), fleet).GetRequired()
+	}
+	wantMinors := minors(want)
 	if len(wantMinors) == 0 {
 		st.State = "ready"
 		return st
