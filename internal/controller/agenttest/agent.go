@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"gpupass/internal/log"
 	"gpupass/internal/wire"
 	pb "gpupass/proto/gpupass/v1"
@@ -254,7 +252,9 @@ func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream)
 			}
 			a.Update(id, func(c *Container) {
 				gs, _ := a.resolve(c.GPUs)
-				c.Running, c.RunState = minors(gs), "running"
+				// It starts with the rules rendered from the majors read now: a denial
+				// by stale rules is gone.
+				c.Running, c.RunState, c.Denied = minors(gs), "running", false
 			})
 			res.Restarted, res.Started = !p.GetStart(), p.GetStart()
 		}
@@ -275,7 +275,7 @@ func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream)
 }
 
 func (a *Agent) watch(ctx context.Context, req *pb.WatchRequest, s *wire.Stream) error {
-	last := map[string]*pb.ContainerStatus{}
+	last := map[string]string{} // as the agent's Watch: an event when state or reasons change
 	for {
 		a.mu.Lock()
 		ch := a.changed
@@ -290,12 +290,17 @@ func (a *Agent) watch(ctx context.Context, req *pb.WatchRequest, s *wire.Stream)
 		}
 		var events []*pb.WatchEvent
 		for _, id := range ids {
+			// The desired spec, which the model takes to be what the config passes.
 			spec := &pb.ContainerSpec{Id: id}
+			if c, ok := a.containers[id]; ok {
+				spec.Gpus, spec.Style = c.GPUs, c.Style
+			}
 			st := a.status(id, spec)
-			if prev, ok := last[id]; ok && proto.Equal(prev, st) {
+			key := fmt.Sprint(st.GetState(), st.GetReasons())
+			if last[id] == key {
 				continue
 			}
-			last[id] = st
+			last[id] = key
 			events = append(events, &pb.WatchEvent{Host: a.Name, Status: st, TimeUnixNano: time.Now().UnixNano()})
 		}
 		a.mu.Unlock()

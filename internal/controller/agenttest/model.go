@@ -6,6 +6,12 @@ import (
 	"sort"
 	"strings"
 
+	"gpupass/internal/gpu"
+	"gpupass/internal/guestchan"
+	"gpupass/internal/observe"
+	"gpupass/internal/passthrough"
+	"gpupass/internal/pveconf"
+	"gpupass/internal/restartrule"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -13,14 +19,14 @@ import (
 type Container struct {
 	ID       string
 	RunState string   // running | stopped
-	GPUs     []string // GPU selectors its config passes now
+	GPUs     []string // GPU selectors its config passes now; nil: gpupass never managed it
 	// Running is the GPU minors the running container was started with (the evidence
 	// the restart rule uses); set from GPUs when Start is called or when nil.
 	Running []uint32
 	Style   pb.Style
 	Guest   bool   // a guest agent reports
 	Lib     string // libnvidia-ml version inside ("" not installed)
-	Denied  bool   // the device cgroup denies the nodes (e.g. a stale major)
+	Denied  bool   // the device cgroup it runs with denies the nodes (e.g. a stale major); a restart clears it
 	Network bool   // the guest has a working network
 }
 
@@ -52,39 +58,106 @@ func minors(gs []*pb.GPU) []uint32 {
 	return slices.Compact(m)
 }
 
-func (a *Agent) major(name string) uint32 { return a.Driver.GetMajors()[name] }
+// gpuMajor is the major of /dev/nvidia<N> and /dev/nvidiactl, as gpu.Inventory.GPUMajor
+// picks it ("nvidia", or "nvidia-frontend" on drivers that register that name).
+func (a *Agent) gpuMajor() uint32 {
+	if m, ok := a.Driver.GetMajors()["nvidia"]; ok {
+		return m
+	}
+	return a.Driver.GetMajors()["nvidia-frontend"]
+}
 
-// lines renders the managed config entries for a GPU set, as the real passthrough
-// renderer would in spirit.
-func (a *Agent) lines(id string, style pb.Style, gpus []*pb.GPU) []string {
-	ms := minors(gpus)
-	if len(ms) == 0 {
-		return nil
-	}
-	nodes := []string{}
+func (a *Agent) uvmMajor() uint32 { return a.Driver.GetMajors()["nvidia-uvm"] }
+
+// node is a device node a container with GPUs needs.
+type node struct {
+	path         string
+	major, minor uint32
+}
+
+// nodes are the nodes a container with the GPUs of minors ms needs, in the order the
+// real renderer writes them (internal/passthrough render: GPUs by minor, then nvidiactl,
+// nvidia-uvm, nvidia-uvm-tools).
+func (a *Agent) nodes(ms []uint32) []node {
+	var out []node
 	for _, m := range ms {
-		nodes = append(nodes, fmt.Sprintf("/dev/nvidia%d", m))
+		out = append(out, node{fmt.Sprintf("/dev/nvidia%d", m), a.gpuMajor(), m})
 	}
-	nodes = append(nodes, "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+	return append(out,
+		node{"/dev/nvidiactl", a.gpuMajor(), 255},
+		node{"/dev/nvidia-uvm", a.uvmMajor(), 0},
+		node{"/dev/nvidia-uvm-tools", a.uvmMajor(), 1})
+}
+
+// lines renders the managed config entries for a GPU set as the real renderer does
+// (internal/passthrough render; TestModelPlansAsTheAgent holds the two together): raw
+// style, one cgroup rule per node then one bind mount per node; dev style, devN entries.
+// The guest socket's mount comes last.
+func (a *Agent) lines(id string, style pb.Style, gpus []*pb.GPU) []string {
+	var nodes []node
+	if ms := minors(gpus); len(ms) > 0 {
+		nodes = a.nodes(ms)
+	}
 	var out []string
 	if style == pb.Style_STYLE_DEV {
 		for i, n := range nodes {
-			out = append(out, fmt.Sprintf("dev%d: %s", i, n))
+			out = append(out, fmt.Sprintf("dev%d: %s,mode=0666", i, n.path))
 		}
 	} else {
-		for _, m := range ms {
-			out = append(out, fmt.Sprintf("lxc.cgroup2.devices.allow: c %d:%d rwm", a.major("nvidia-frontend"), m))
-		}
-		out = append(out, fmt.Sprintf("lxc.cgroup2.devices.allow: c %d:255 rwm", a.major("nvidia-frontend")))
-		out = append(out, fmt.Sprintf("lxc.cgroup2.devices.allow: c %d:* rwm", a.major("nvidia-uvm")))
 		for _, n := range nodes {
-			out = append(out, fmt.Sprintf("lxc.mount.entry: %s %s none bind,create=file 0 0", n, strings.TrimPrefix(n, "/")))
+			out = append(out, fmt.Sprintf("lxc.cgroup2.devices.allow: c %d:%d rwm", n.major, n.minor))
+		}
+		for _, n := range nodes {
+			out = append(out, fmt.Sprintf("lxc.mount.entry: %s %s none bind,create=file 0 0", n.path, strings.TrimPrefix(n.path, "/")))
 		}
 	}
 	out = append(out, fmt.Sprintf("lxc.mount.entry: /run/gpupass/guests/%s dev/gpupass none bind,create=dir 0 0", id))
 	return out
 }
 
+// unmanaged is the main section of a container's config that gpupass does not manage:
+// as PVE writes it, keys sorted (11 lines: the managed ones start at line 12).
+const unmanaged = `arch: amd64
+cores: 4
+features: nesting=1
+hostname: ct%[1]s
+memory: 8192
+net0: name=eth0,bridge=vmbr0,ip=dhcp,type=veth
+onboot: 1
+ostype: debian
+rootfs: local-lvm:vm-%[1]s-disk-0,size=32G
+swap: 512
+unprivileged: 1
+`
+
+// config is the whole config of container id when the agent has rendered gpus in style
+// into it; managed is false for a container gpupass never managed (no managed lines).
+func (a *Agent) config(id string, style pb.Style, gpus []*pb.GPU, managed bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, unmanaged, id)
+	if managed {
+		for _, l := range a.lines(id, style, gpus) {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// Config is the config file container id has now: the unmanaged keys, then the agent's
+// rendering of its GPUs (none when GPUs is nil: gpupass never managed it).
+func (a *Agent) Config(id string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.containers[id]
+	if !ok {
+		return ""
+	}
+	have, _ := a.resolve(c.GPUs)
+	return a.config(id, c.Style, have, c.GPUs != nil)
+}
+
+// plan plans spec as the agent's planKnown does: the config edit (the real line diff of
+// the config before and after), then the run state and start or restart.
 func (a *Agent) plan(spec *pb.ContainerSpec) *pb.ContainerPlan {
 	p := &pb.ContainerPlan{Id: spec.GetId(), Gpus: spec.GetGpus(), Restart: &pb.RestartDecision{}}
 	c, ok := a.containers[spec.GetId()]
@@ -93,62 +166,120 @@ func (a *Agent) plan(spec *pb.ContainerSpec) *pb.ContainerPlan {
 		return p
 	}
 	p.ConfigPath = "/etc/pve/lxc/" + c.ID + ".conf"
-	p.RunState = c.RunState
-	p.Digest = fmt.Sprintf("%040x", len(c.GPUs)*7919+len(c.ID))
+	have, _ := a.resolve(c.GPUs)
+	old := a.config(c.ID, c.Style, have, c.GPUs != nil)
+	p.Digest = pveconf.Digest([]byte(old))
 	want, err := a.resolve(spec.GetGpus())
 	if err != nil {
 		p.Error = err.Error()
 		return p
 	}
-	have, _ := a.resolve(c.GPUs)
-	oldLines, newLines := a.lines(c.ID, c.Style, have), a.lines(c.ID, spec.GetStyle(), want)
-	const base = 12 // managed lines follow the unmanaged ones of the main section
-	var diff strings.Builder
-	fmt.Fprintf(&diff, "--- %s\n+++ %s\n", p.ConfigPath, p.ConfigPath)
-	for i, l := range oldLines {
-		if !slices.Contains(newLines, l) {
-			p.Changes = append(p.Changes, &pb.ConfigChange{Op: pb.ConfigChange_OP_REMOVE, Line: l, LineNumber: uint32(base + i)})
-			fmt.Fprintf(&diff, "-%s\n", l)
-		}
-	}
-	for i, l := range newLines {
-		if !slices.Contains(oldLines, l) {
-			p.Changes = append(p.Changes, &pb.ConfigChange{Op: pb.ConfigChange_OP_ADD, Line: l, LineNumber: uint32(base + i)})
-			fmt.Fprintf(&diff, "+%s\n", l)
+	// The agent renders the guest socket's mount even for no GPUs: a spec makes the
+	// container managed.
+	edits := pveconf.Edits([]byte(old), []byte(a.config(c.ID, spec.GetStyle(), want, true)))
+	for _, e := range edits {
+		switch e.Op {
+		case pveconf.Delete:
+			p.Changes = append(p.Changes, &pb.ConfigChange{Op: pb.ConfigChange_OP_REMOVE, Line: e.Text, LineNumber: uint32(e.OldLine)})
+		case pveconf.Insert:
+			p.Changes = append(p.Changes, &pb.ConfigChange{Op: pb.ConfigChange_OP_ADD, Line: e.Text, LineNumber: uint32(e.NewLine)})
 		}
 	}
 	if len(p.Changes) > 0 {
-		p.Diff = diff.String()
+		p.Diff = pveconf.UnifiedEdits("config", "config (planned)", edits)
 	}
+	p.RunState = c.RunState
 	if c.RunState == "running" {
-		p.Restart.Reasons = restartReasons(c.Running, minors(want))
-		p.Restart.Required = len(p.Restart.Reasons) > 0
+		p.Restart = a.restart(c, spec.GetStyle(), want)
 	}
 	p.Start = c.RunState != "running" && spec.GetWantState() == "running"
 	return p
 }
 
-func restartReasons(running, want []uint32) []string {
-	var r []string
-	for _, m := range want {
-		if !slices.Contains(running, m) {
-			r = append(r, fmt.Sprintf("the running container lacks /dev/nvidia%d", m))
+// restart decides whether running container c must restart to run with the GPUs want in
+// style, by the agent's own rule (internal/restartrule) on the evidence the model's state
+// stands for: c was started with the GPUs of Running (their nodes, and nvidiactl and the
+// uvm nodes when any, are in it; the start-time config, as PVE keeps it, carries their
+// cgroup rules), it sees the guest socket, and its guest, when one reports, checks the
+// desired nodes it has (denied when Denied). The host driver hook is not modelled.
+func (a *Agent) restart(c *Container, style pb.Style, want []*pb.GPU) *pb.RestartDecision {
+	rd := restartrule.Desired{Style: style, Inventory: &gpu.Inventory{Majors: a.Driver.GetMajors()}}
+	var desired []node
+	if ms := minors(want); len(ms) > 0 {
+		desired = a.nodes(ms)
+	}
+	for _, n := range desired {
+		rd.Devices = append(rd.Devices, passthrough.ExpectedDevice{Path: n.path, Major: n.major, Minor: n.minor})
+	}
+	var entries []pveconf.Entry
+	for _, l := range a.lines(c.ID, style, want) {
+		k, v, _ := strings.Cut(l, ": ")
+		entries = append(entries, pveconf.Entry{Key: k, Value: v})
+	}
+	rd.Rules = passthrough.EntrySet(entries)
+	ev := restartrule.Evidence{
+		Nodes:  map[string]observe.Node{},
+		Socket: restartrule.Socket{HostDir: "/run/gpupass/guests/" + c.ID, View: observe.SocketView{Visible: guestchan.GuestDir}},
+	}
+	var started strings.Builder
+	if len(c.Running) > 0 {
+		for _, n := range a.nodes(c.Running) {
+			ev.Nodes[n.path] = observe.Node{Exists: true, Char: true, Major: n.major, Minor: n.minor, Perm: 0o666}
+			if n.isGPU(a) {
+				ev.GPUNodes = append(ev.GPUNodes, n.path)
+			}
+			fmt.Fprintf(&started, "lxc.cgroup2.devices.allow = c %d:%d rwm\n", n.major, n.minor)
 		}
 	}
-	for _, m := range running {
-		if !slices.Contains(want, m) {
-			r = append(r, fmt.Sprintf("the running container still has /dev/nvidia%d, which is no longer assigned", m))
-		}
+	ev.Started.Config = []byte(started.String())
+	if c.Guest {
+		ev.Guest = &pb.GuestReport{Devices: a.deviceChecks(c, desired)}
 	}
-	return r
+	return restartrule.Decide(ev, rd)
+}
+
+// isGPU reports whether n is a whole GPU's node (/dev/nvidia<N>).
+func (n node) isGPU(a *Agent) bool { return n.major == a.gpuMajor() && n.minor != 255 }
+
+// deviceChecks are the guest's checks of nodes in running container c: missing unless c
+// was started with them, denied when Denied, no-driver when the driver is not loaded.
+func (a *Agent) deviceChecks(c *Container, nodes []node) []*pb.DeviceCheck {
+	present := func(n node) bool {
+		if n.isGPU(a) {
+			return slices.Contains(c.Running, n.minor)
+		}
+		return len(c.Running) > 0
+	}
+	var out []*pb.DeviceCheck
+	for _, n := range nodes {
+		d := &pb.DeviceCheck{Path: n.path}
+		switch {
+		case !present(n):
+			d.Status, d.Detail = pb.DeviceStatus_DEVICE_STATUS_MISSING, "no such file"
+		case !a.Driver.GetLoaded():
+			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, n.major, n.minor
+			d.Detail = "open: no such device or address (ENXIO)"
+		case c.Denied:
+			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_DENIED, n.major, n.minor
+			d.Detail = "open: operation not permitted (EPERM)"
+		default:
+			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_OK, n.major, n.minor
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	c, ok := a.containers[id]
 	if !ok {
-		return &pb.ContainerStatus{Id: id, State: "error", Reasons: []string{"container " + id + " does not exist on " + a.Name}}
+		st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), State: "error"}
+		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STATE_UNKNOWN, Detail: "container " + id + " does not exist on " + a.Name, Text: "container " + id + " does not exist on " + a.Name})
+		return st
 	}
-	st := &pb.ContainerStatus{Id: id, Gpus: c.GPUs, RunState: c.RunState, GuestConnected: c.Guest && c.RunState == "running",
+	// As the agent's statusWith: the GPUs are the spec's; the restart is judged against
+	// the spec.
+	st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), RunState: c.RunState, GuestConnected: c.Guest && c.RunState == "running",
 		NetworkOk: c.Network, Driver: &pb.DriverVersions{Kernel: a.Driver.GetKernelVersion()}}
 	want, err := a.resolve(c.GPUs)
 	if err != nil {
@@ -156,15 +287,19 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 		return st
 	}
 	st.Configured = &pb.GPUSet{Gpus: want}
-	if fleet, err := a.resolve(spec.GetGpus()); err == nil {
+	fleet, ferr := a.resolve(spec.GetGpus())
+	if ferr == nil {
 		st.Resolved = &pb.GPUSet{Gpus: fleet}
 	}
-	wantMinors := minors(want)
 	if c.RunState != "running" {
 		st.State = "stopped"
+		addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_CONTAINER_STOPPED}))
 		return st
 	}
-	st.RestartRequired = len(restartReasons(c.Running, wantMinors)) > 0
+	if ferr == nil {
+		st.RestartRequired = a.restart(c, spec.GetStyle(), fleet).GetRequired()
+	}
+	wantMinors := minors(want)
 	if len(wantMinors) == 0 {
 		st.State = "ready"
 		return st
@@ -179,37 +314,14 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	if c.Lib != "" {
 		st.Driver.UserspacePath = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so." + c.Lib
 	}
-	type node struct {
-		path         string
-		major, minor uint32
-		present      bool
-	}
-	var nodes []node
-	anyRunning := len(c.Running) > 0
-	for _, m := range wantMinors {
-		nodes = append(nodes, node{fmt.Sprintf("/dev/nvidia%d", m), a.major("nvidia-frontend"), m, slices.Contains(c.Running, m)})
-	}
-	nodes = append(nodes,
-		node{"/dev/nvidiactl", a.major("nvidia-frontend"), 255, anyRunning},
-		node{"/dev/nvidia-uvm", a.major("nvidia-uvm"), 0, anyRunning},
-		node{"/dev/nvidia-uvm-tools", a.major("nvidia-uvm"), 1, anyRunning})
-	for _, n := range nodes {
-		d := &pb.DeviceCheck{Path: n.path}
-		switch {
-		case !n.present:
-			d.Status = pb.DeviceStatus_DEVICE_STATUS_MISSING
-			d.Detail = "no such file"
-			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: n.path, Got: "missing", Text: n.path + ": missing"})
-		case !a.Driver.GetLoaded():
-			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, n.major, n.minor
-			d.Detail = "open: no such device or address (ENXIO)"
-			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: n.path, Got: "no-driver", Text: n.path + ": no-driver"})
-		case c.Denied:
-			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_DENIED, n.major, n.minor
-			d.Detail = "open: operation not permitted (EPERM)"
-			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: n.path, Got: "denied", Text: fmt.Sprintf("%s: denied (the device cgroup does not allow %d:%d)", n.path, n.major, n.minor)})
-		default:
-			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_OK, n.major, n.minor
+	for _, d := range a.deviceChecks(c, a.nodes(wantMinors)) {
+		switch d.GetStatus() {
+		case pb.DeviceStatus_DEVICE_STATUS_MISSING:
+			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: "missing", Text: d.GetPath() + ": missing"})
+		case pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER:
+			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: "no-driver", Text: d.GetPath() + ": no-driver"})
+		case pb.DeviceStatus_DEVICE_STATUS_DENIED:
+			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: "denied", Text: fmt.Sprintf("%s: denied (the device cgroup does not allow %d:%d)", d.GetPath(), d.GetMajor(), d.GetMinor())})
 		}
 		st.Devices = append(st.Devices, d)
 	}

@@ -1,8 +1,13 @@
 // Package agenttest runs in-process host agents for the controller's tests and benchmarks:
 // real wire sessions over real mutual TLS on loopback, answering host.Inventory,
 // host.Plan, host.Apply, host.Status and host.Watch from a small, consistent model of a
-// GPU host and its containers. It also makes the hosts that misbehave: one where nothing
-// listens, and one that accepts connections and never answers.
+// GPU host and its containers. The model renders config lines, diffs and digests with the
+// agent's own rules and decides restarts with internal/restartrule on the evidence its
+// state stands for; TestModelPlansAsTheAgent and TestModelStatusAsTheAgent run the same
+// cases through it and a real hostagent.Agent (a fixture GPU host, configs on disk) and
+// fail on any difference the controller's output would show. It also makes the hosts
+// that misbehave: one where nothing listens, and one that accepts connections and never
+// answers.
 package agenttest
 
 import (

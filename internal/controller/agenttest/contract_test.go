@@ -1,0 +1,251 @@
+package agenttest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/gpu/gputest"
+	"gpupass/internal/guestchan"
+	"gpupass/internal/hostagent"
+	"gpupass/internal/hostconfig"
+	"gpupass/internal/log"
+	"gpupass/internal/runtime"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// stoppedRuntime is a runtime whose containers are all stopped, with PVE-format configs
+// under dir; Start, Stop and Restart are recorded, not done.
+type stoppedRuntime struct{ dir string }
+
+var _ runtime.Runtime = stoppedRuntime{}
+
+func (stoppedRuntime) Name() string { return "contract" }
+func (r stoppedRuntime) State(_ context.Context, id string) (runtime.State, error) {
+	if _, err := os.Stat(r.ConfigPath(id)); err != nil {
+		return runtime.State{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, id)
+	}
+	return runtime.State{}, nil
+}
+func (stoppedRuntime) Start(context.Context, string) error   { return nil }
+func (stoppedRuntime) Stop(context.Context, string) error    { return nil }
+func (stoppedRuntime) Restart(context.Context, string) error { return nil }
+func (r stoppedRuntime) ConfigPath(id string) string         { return filepath.Join(r.dir, id+".conf") }
+func (stoppedRuntime) ConfigFormat() runtime.Format          { return runtime.FormatPVE }
+func (stoppedRuntime) StartedConfig(context.Context, string, runtime.State) ([]byte, error) {
+	return nil, runtime.ErrNoStartedConfig
+}
+func (r stoppedRuntime) LockPath(id string) string { return filepath.Join(r.dir, id+".lock") }
+
+// planView is what the controller's plan output shows of a container's plan: the config
+// lines added and removed, whether it starts or restarts (and why), and the error.
+type planView struct {
+	Changes  []string
+	Start    bool
+	Restart  []string
+	RunState string
+	Error    string
+	Diff     string
+}
+
+// viewOf is p's planView, with the agent's host root and guest socket directory put back
+// to a real host's ("/" and /run/gpupass/guests).
+func viewOf(p *pb.ContainerPlan, hostRoot, guestDir string) planView {
+	v := planView{Start: p.GetStart(), Restart: p.GetRestart().GetReasons(), RunState: p.GetRunState(), Error: p.GetError(),
+		Diff: strings.ReplaceAll(p.GetDiff(), guestDir, "/run/gpupass/guests")}
+	if hostRoot != "" {
+		v.Diff = strings.ReplaceAll(v.Diff, " "+hostRoot+"/dev/", " /dev/")
+	}
+	for _, c := range p.GetChanges() {
+		op := "+"
+		if c.GetOp() == pb.ConfigChange_OP_REMOVE {
+			op = "-"
+		}
+		line := strings.ReplaceAll(c.GetLine(), guestDir, "/run/gpupass/guests")
+		if hostRoot != "" {
+			line = strings.ReplaceAll(line, " "+hostRoot+"/dev/", " /dev/")
+		}
+		v.Changes = append(v.Changes, op+" "+line)
+	}
+	return v
+}
+
+// TestModelPlansAsTheAgent is the contract between this model and the real host agent:
+// the same containers and specs go through the model's plan and hostagent.Agent.Plan (on
+// the pve-2gpu fixture host, with the model's GPUs and majors taken from the agent's own
+// inventory), and every field the controller's plan output shows must agree. It is what
+// keeps the controller's CLI goldens (internal/controller/cli/testdata) true of the
+// real agent.
+func TestModelPlansAsTheAgent(t *testing.T) {
+	root := gputest.MakeRoot(t, "pve-2gpu")
+	base := t.TempDir()
+	rt := stoppedRuntime{dir: filepath.Join(base, "lxc")}
+	if err := os.MkdirAll(rt.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := hostconfig.Default()
+	cfg.StateDir = filepath.Join(base, "state")
+	cfg.GuestSocketDir = filepath.Join(base, "guests")
+	cfg.HostRoot = root
+	reg := guestchan.New(guestchan.Config{Dir: cfg.GuestSocketDir, Log: log.Discard()})
+	real, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: reg, Name: "pve1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	inv, err := real.Plan(ctx, &pb.PlanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := New("pve1")
+	model.GPUs = inv.GetHost().GetGpus()
+	model.Driver = inv.GetHost().GetDriver()
+	if len(model.GPUs) != 2 {
+		t.Fatalf("fixture host has %d GPUs, want 2", len(model.GPUs))
+	}
+
+	for _, tt := range []struct {
+		name string
+		have []string // GPUs the config passes now
+		spec *pb.ContainerSpec
+	}{
+		{"add first GPU", nil, &pb.ContainerSpec{Gpus: []string{"0"}, WantState: "running"}},
+		{"add second GPU", []string{"0"}, &pb.ContainerSpec{Gpus: []string{"0", "1"}, WantState: "running"}},
+		{"swap GPU", []string{"0"}, &pb.ContainerSpec{Gpus: []string{"1"}}},
+		{"drop every GPU", []string{"1"}, &pb.ContainerSpec{Gpus: []string{}}},
+		{"managed, no GPUs", []string{}, &pb.ContainerSpec{Gpus: []string{}, WantState: "running"}},
+		{"first spec, no GPUs", nil, &pb.ContainerSpec{Gpus: []string{}}},
+		{"no change", []string{"1"}, &pb.ContainerSpec{Gpus: []string{"1"}, WantState: "running"}},
+		{"by uuid and bus id", nil, &pb.ContainerSpec{Gpus: []string{model.GPUs[1].GetUuid(), model.GPUs[0].GetBusId()}}},
+		{"dev style", nil, &pb.ContainerSpec{Gpus: []string{"1"}, Style: pb.Style_STYLE_DEV}},
+		{"unknown GPU", nil, &pb.ContainerSpec{Gpus: []string{"7"}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprint(900 + len(model.containers))
+			tt.spec.Id = id
+			model.Add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
+			// The real config is the model's, with the host's paths.
+			conf := strings.ReplaceAll(model.Config(id), "/run/gpupass/guests", cfg.GuestSocketDir)
+			conf = strings.ReplaceAll(conf, " /dev/", " "+root+"/dev/")
+			if err := os.WriteFile(rt.ConfigPath(id), []byte(conf), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if tt.have != nil {
+				// The config must be what the agent itself writes for have: it plans no change.
+				got, err := real.Plan(ctx, &pb.PlanRequest{Containers: []*pb.ContainerSpec{{Id: id, Gpus: tt.have}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d := viewOf(got.GetContainers()[0], root, cfg.GuestSocketDir); len(d.Changes) > 0 || d.Error != "" {
+					t.Fatalf("the model's rendering of GPUs %v is not what the agent writes: it would change %v %s", tt.have, d.Changes, d.Error)
+				}
+			}
+			resp, err := real.Plan(ctx, &pb.PlanRequest{Containers: []*pb.ContainerSpec{tt.spec}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := viewOf(resp.GetContainers()[0], root, cfg.GuestSocketDir)
+			want := viewOf(model.plan(tt.spec), "", "/run/gpupass/guests")
+			if tt.name == "unknown GPU" {
+				// Both refuse; the wording is the agent's (the model's names its GPUs alike).
+				if got.Error == "" || want.Error == "" {
+					t.Fatalf("unknown GPU: agent error %q, model error %q; want both to refuse", got.Error, want.Error)
+				}
+				got.Error, want.Error = "", ""
+			}
+			if d := cmp.Diff(want, got); d != "" {
+				t.Errorf("model and agent plan differently (-model +agent):\n%s", d)
+			}
+		})
+	}
+}
+
+// statusView is what the controller's status output shows of a container's status.
+type statusView struct {
+	Gpus                []string
+	State, RunState     string
+	Reasons             []string
+	Kinds               []pb.ReasonKind
+	RestartRequired     bool
+	Configured, Resolve []uint32 // the GPUs' indexes
+}
+
+func statusViewOf(s *pb.ContainerStatus) statusView {
+	v := statusView{Gpus: s.GetGpus(), State: s.GetState(), RunState: s.GetRunState(), Reasons: s.GetReasons(), RestartRequired: s.GetRestartRequired()}
+	for _, r := range s.GetDetails() {
+		v.Kinds = append(v.Kinds, r.GetKind())
+	}
+	for _, g := range s.GetConfigured().GetGpus() {
+		v.Configured = append(v.Configured, g.GetIndex())
+	}
+	for _, g := range s.GetResolved().GetGpus() {
+		v.Resolve = append(v.Resolve, g.GetIndex())
+	}
+	return v
+}
+
+// TestModelStatusAsTheAgent holds the model's status of stopped and unknown containers to
+// hostagent.Agent.Status's (a running container's status comes from its guest's report and
+// the evidence of its processes, which the model stands for; see restart).
+func TestModelStatusAsTheAgent(t *testing.T) {
+	root := gputest.MakeRoot(t, "pve-2gpu")
+	base := t.TempDir()
+	rt := stoppedRuntime{dir: filepath.Join(base, "lxc")}
+	if err := os.MkdirAll(rt.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := hostconfig.Default()
+	cfg.StateDir = filepath.Join(base, "state")
+	cfg.GuestSocketDir = filepath.Join(base, "guests")
+	cfg.HostRoot = root
+	reg := guestchan.New(guestchan.Config{Dir: cfg.GuestSocketDir, Log: log.Discard()})
+	real, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: reg, Name: "pve1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	host := real.Status(ctx, &pb.StatusRequest{}).GetHost()
+	model := New("pve1")
+	model.GPUs, model.Driver = host.GetGpus(), host.GetDriver()
+	for _, tt := range []struct {
+		name   string
+		have   []string // nil: no such container
+		fleet  []string
+		exists bool
+	}{
+		{"stopped, as the fleet asks", []string{"0"}, []string{"0"}, true},
+		{"stopped, fleet asks for more", []string{"0"}, []string{"0", "1"}, true},
+		{"stopped, no GPUs yet", []string{}, []string{"1"}, true},
+		{"no such container", nil, []string{"0"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprint(800 + len(model.containers))
+			spec := &pb.ContainerSpec{Id: id, Gpus: tt.fleet}
+			if tt.exists {
+				model.Add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
+				conf := strings.ReplaceAll(model.Config(id), "/run/gpupass/guests", cfg.GuestSocketDir)
+				conf = strings.ReplaceAll(conf, " /dev/", " "+root+"/dev/")
+				if err := os.WriteFile(rt.ConfigPath(id), []byte(conf), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := statusViewOf(real.Status(ctx, &pb.StatusRequest{Containers: []*pb.ContainerSpec{spec}}).GetContainers()[0])
+			want := statusViewOf(model.status(id, spec))
+			if !tt.exists {
+				// Both say the container is unknown, each in the words of its runtime.
+				if len(got.Reasons) != 1 || len(want.Reasons) != 1 {
+					t.Fatalf("unknown container: agent reasons %q, model reasons %q; want one each", got.Reasons, want.Reasons)
+				}
+				got.Reasons, want.Reasons = nil, nil
+			}
+			if d := cmp.Diff(want, got); d != "" {
+				t.Errorf("model and agent report status differently (-model +agent):\n%s", d)
+			}
+		})
+	}
+}
