@@ -44,6 +44,21 @@ quiet() {
 	fi
 }
 
+# etc_pve_listed: something is mounted on /etc/pve (from mountinfo: `mountpoint` fails on a
+# dead FUSE mount, "Transport endpoint is not connected", after pmxcfs was killed).
+etc_pve_listed() {
+	awk '$5 == "/etc/pve" { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+# unmount_dead_etc_pve lazily unmounts /etc/pve when its pmxcfs is gone (the mount is listed
+# but cannot be read).
+unmount_dead_etc_pve() {
+	if etc_pve_listed && ! ls /etc/pve >/dev/null 2>&1; then
+		step "unmounting a dead /etc/pve (its pmxcfs is gone)"
+		umount -l /etc/pve
+	fi
+}
+
 # pmxcfs_pid prints the pid of the running pmxcfs (the one the lab recorded, else the one
 # pmxcfs itself recorded), or fails.
 pmxcfs_pid() {

@@ -134,10 +134,7 @@ if ! getent ahosts "$node" | awk '{print $1}' | grep -qv -e '^127\.' -e '^::1$';
 	echo "$ip $node $PVELAB_HOSTS_MARK" >>/etc/hosts
 	step "added '$ip $node' to /etc/hosts"
 fi
-if mountpoint -q /etc/pve && ! ls /etc/pve >/dev/null 2>&1; then
-	step "unmounting a dead /etc/pve"
-	umount -l /etc/pve
-fi
+unmount_dead_etc_pve
 if ! mountpoint -q /etc/pve && pmxcfs_pid >/dev/null; then
 	# A pmxcfs without its mount (its /etc/pve unmounted by a teardown that did not know its
 	# pid) holds pmxcfs's lock, and a new one would fail "unable to acquire pmxcfs lock".

@@ -10,6 +10,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "pvelab: teardown.sh needs root" >&2; exit 1; }
+unmount_dead_etc_pve
 if mountpoint -q /etc/pve && [ -x /usr/sbin/pct ]; then
 	for f in /etc/pve/lxc/*.conf; do
 		[ -f "$f" ] || continue
