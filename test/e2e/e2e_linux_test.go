@@ -54,6 +54,7 @@ var scenarios = []scenario{
 	{"Gate_OpenRC_WaitThenExecAppAsTheCommand", testOpenRCAppGated},
 	{"HostBoot_AgentReadyBeforePveGuests", testHostBootOrder},
 	{"DriverHost_UpgradeRestartsAndRealigns", testDriverHostUpgrade},
+	{"Contract_ModelStatusOfRunningContainers", testModelStatusOfRunningContainers},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

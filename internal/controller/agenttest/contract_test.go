@@ -165,30 +165,6 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 	}
 }
 
-// statusView is what the controller's status output shows of a container's status.
-type statusView struct {
-	Gpus                []string
-	State, RunState     string
-	Reasons             []string
-	Kinds               []pb.ReasonKind
-	RestartRequired     bool
-	Configured, Resolve []uint32 // the GPUs' indexes
-}
-
-func statusViewOf(s *pb.ContainerStatus) statusView {
-	v := statusView{Gpus: s.GetGpus(), State: s.GetState(), RunState: s.GetRunState(), Reasons: s.GetReasons(), RestartRequired: s.GetRestartRequired()}
-	for _, r := range s.GetDetails() {
-		v.Kinds = append(v.Kinds, r.GetKind())
-	}
-	for _, g := range s.GetConfigured().GetGpus() {
-		v.Configured = append(v.Configured, g.GetIndex())
-	}
-	for _, g := range s.GetResolved().GetGpus() {
-		v.Resolve = append(v.Resolve, g.GetIndex())
-	}
-	return v
-}
-
 // TestModelStatusAsTheAgent holds the model's status of stopped and unknown containers to
 // hostagent.Agent.Status's (a running container's status comes from its guest's report and
 // the evidence of its processes, which the model stands for; see restart).
@@ -234,8 +210,8 @@ func TestModelStatusAsTheAgent(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got := statusViewOf(real.Status(ctx, &pb.StatusRequest{Containers: []*pb.ContainerSpec{spec}}).GetContainers()[0])
-			want := statusViewOf(model.status(id, spec))
+			got := StatusViewOf(real.Status(ctx, &pb.StatusRequest{Containers: []*pb.ContainerSpec{spec}}).GetContainers()[0])
+			want := StatusViewOf(model.StatusOf(id, spec))
 			if !tt.exists {
 				// Both say the container is unknown, each in the words of its runtime.
 				if len(got.Reasons) != 1 || len(want.Reasons) != 1 {

@@ -279,8 +279,7 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	}
 	// As the agent's statusWith: the GPUs are the spec's; the restart is judged against
 	// the spec.
-	st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), RunState: c.RunState, GuestConnected: c.Guest && c.RunState == "running",
-		NetworkOk: c.Network, Driver: &pb.DriverVersions{Kernel: a.Driver.GetKernelVersion()}}
+	st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), RunState: c.RunState, GuestConnected: c.Guest && c.RunState == "running"}
 	want, err := a.resolve(c.GPUs)
 	if err != nil {
 		st.State, st.Reasons = "error", []string{err.Error()}
@@ -309,8 +308,10 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED, Text: "no report from the guest agent: it is not installed in the container or not running"})
 		return st
 	}
+	// What the guest's report carries (the driver versions it reads, its network check).
 	st.ReportAgeMs = 1200
-	st.Driver.Userspace = c.Lib
+	st.NetworkOk = c.Network
+	st.Driver = &pb.DriverVersions{Kernel: a.Driver.GetKernelVersion(), Userspace: c.Lib}
 	if c.Lib != "" {
 		st.Driver.UserspacePath = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so." + c.Lib
 	}

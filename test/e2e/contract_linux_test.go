@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"gpupass/internal/controller/agenttest"
+	"gpupass/internal/wire"
+	pb "gpupass/proto/gpupass/v1"
+)
+
+// The controller's CLI tests (internal/controller/cli, internal/controller) run against a
+// model of the host agent (internal/controller/agenttest). Its plans and its status of
+// stopped containers are held to the real agent without root (agenttest's
+// contract_test.go); this scenario holds its status of RUNNING containers to the real
+// agent: every running state the CLI tests give the model (ready, a userspace mismatch,
+// no userspace, no GPUs, no guest agent, denied nodes, a fleet asking for more GPUs than
+// the container runs with, a network required and missing or present) is made for real
+// (real LXC containers with the real guest agent on a host running the real host agent),
+// and the model's status of the same container must show what the real one shows.
+func testModelStatusOfRunningContainers(t *testing.T, f *fabric) {
+	h := f.addHost(t, hostOpts{})
+	// The "netok" container shares the host's network namespace: give it a default route.
+	mustRun(t, "ip", "-n", h.ns, "route", "add", "default", "dev", "eth0")
+	nv, uvm := h.hostMajors(t)
+	const lib = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so."
+	quiet := map[string]string{"/etc/gpupass-init.sh": "#!/bin/sh\n# no guest agent\nexec /bin/sleep 2147483647\n"}
+
+	s := f.agentSession(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first, err := hostStatus(ctx, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := agenttest.New(h.name)
+	model.GPUs, model.Driver = first.GetHost().GetGpus(), first.GetHost().GetDriver()
+	kv := model.Driver.GetKernelVersion()
+
+	cases := []struct {
+		short   string
+		opts    ctOpts
+		gpus    []string // applied
+		fleet   []string // judged against (nil: gpus)
+		network bool     // require_network
+		model   agenttest.Container
+		// after runs after the apply, before the statuses are compared.
+		after func(t *testing.T, ct *container)
+	}{
+		{short: "ready", opts: ctOpts{Files: map[string]string{lib + kv: "x\n"}}, gpus: []string{"0"},
+			model: agenttest.Container{Guest: true, Lib: kv}},
+		{short: "mismatch", opts: ctOpts{Files: map[string]string{lib + "550.54.14": "x\n"}}, gpus: []string{"1"},
+			model: agenttest.Container{Guest: true, Lib: "550.54.14"}},
+		{short: "nolib", gpus: []string{"0"}, model: agenttest.Container{Guest: true}},
+		{short: "nogpu", gpus: []string{}, model: agenttest.Container{Guest: true}},
+		{short: "noguest", opts: ctOpts{Files: quiet}, gpus: []string{"1"}, model: agenttest.Container{}},
+		{short: "more", opts: ctOpts{Files: map[string]string{lib + kv: "x\n"}}, gpus: []string{"0"}, fleet: []string{"0", "1"},
+			model: agenttest.Container{Guest: true, Lib: kv}},
+		{short: "nonet", opts: ctOpts{Files: map[string]string{lib + kv: "x\n"}}, gpus: []string{"1"}, network: true,
+			model: agenttest.Container{Guest: true, Lib: kv}},
+		{short: "netok", opts: ctOpts{Files: map[string]string{lib + kv: "x\n"}, Config: []string{"lxc.net.0.type = none"}}, gpus: []string{"1"}, network: true,
+			model: agenttest.Container{Guest: true, Lib: kv, Network: true}},
+		{short: "denied", opts: ctOpts{Files: map[string]string{lib + kv: "x\n"}}, gpus: []string{"1"},
+			model: agenttest.Container{Guest: true, Lib: kv, Denied: true},
+			// Someone drops the GPU's and uvm's cgroup rules and restarts it by hand: the
+			// nodes are there, every open is refused.
+			after: func(t *testing.T, ct *container) {
+				var keep []string
+				for _, l := range strings.Split(ct.readConfig(), "\n") {
+					if strings.HasPrefix(l, "lxc.cgroup2.devices.allow") && (strings.Contains(l, " c "+fmt.Sprint(nv)+":") || strings.Contains(l, " c "+fmt.Sprint(uvm)+":")) {
+						continue
+					}
+					keep = append(keep, l)
+				}
+				ct.writeConfig(t, strings.Join(keep, "\n"))
+				ct.Kill(t)
+				ct.Start(t)
+			}},
+	}
+	cts := make([]*container, len(cases))
+	var entries []fleetCt
+	for i, tc := range cases {
+		cts[i] = h.newContainer(t, "k"+tc.short, tc.opts)
+		entries = append(entries, fleetCt{Host: h, Ct: cts[i], GPUs: tc.gpus, State: "running", RequireNetwork: tc.network})
+	}
+	fl := f.writeFleet(t, "contract", entries)
+	f.ctl(t, "apply", fl, "--timeout", "30s")
+	for i, tc := range cases {
+		if tc.after != nil {
+			tc.after(t, cts[i])
+		}
+		m := tc.model
+		m.ID, m.GPUs, m.RunState = cts[i].name, tc.gpus, "running"
+		model.Add(m)
+	}
+	for i, tc := range cases {
+		t.Run(tc.short, func(t *testing.T) {
+			fleet := tc.fleet
+			if fleet == nil {
+				fleet = tc.gpus
+			}
+			spec := &pb.ContainerSpec{Id: cts[i].name, Gpus: fleet, Style: pb.Style_STYLE_RAW, WantState: "running", RequireNetwork: tc.network}
+			want := agenttest.StatusViewOf(model.StatusOf(spec.GetId(), spec))
+			// The guest's report of a container just (re)started may be on its way: wait
+			// for the agent's view to settle on the model's, and show the last difference.
+			var diff string
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				resp, err := hostStatus(ctx, s, []*pb.ContainerSpec{spec})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := agenttest.StatusViewOf(resp.GetContainers()[0])
+				if diff = cmp.Diff(want, got); diff == "" {
+					t.Logf("%s: %s %q, restart required %v: as the model says", tc.short, got.State, got.Reasons, got.RestartRequired)
+					return
+				}
+				if time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			t.Errorf("the model (internal/controller/agenttest) and the real agent report %s differently (-model +agent):\n%s", tc.short, diff)
+		})
+	}
+}
+
+// hostStatus is one host.Status call on s.
+func hostStatus(ctx context.Context, s *wire.Session, specs []*pb.ContainerSpec) (*pb.StatusResponse, error) {
+	st, err := s.Open(ctx, "host.Status")
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	if err := st.Send(&pb.StatusRequest{Containers: specs}); err != nil {
+		return nil, err
+	}
+	var resp pb.StatusResponse
+	if err := st.RecvReply(&resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
