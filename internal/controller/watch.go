@@ -138,7 +138,10 @@ func (c *Controller) watchOnce(ctx context.Context, h fleet.Host, entries []flee
 	for i, e := range entries {
 		ids[i] = e.ID
 	}
-	if err := st.Send(&pb.WatchRequest{ContainerIds: ids}); err != nil {
+	// The fleet's specs, as the Status call above sent them: the agent judges its events
+	// against them, so that they agree with that first state (an older agent ignores them
+	// and judges against the spec it last applied).
+	if err := st.Send(&pb.WatchRequest{ContainerIds: ids, Containers: specs(entries)}); err != nil {
 		return true, err
 	}
 	for {

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -75,6 +77,74 @@ func TestWatchStreamsChangesFromAllHosts(t *testing.T) {
 	}
 	if diff := cmp.Diff(got[3:5], []string{"pve2/950 ready", "pve1/901 not-ready"}); diff != "" {
 		t.Errorf("changes (-got +want)\n%s", diff)
+	}
+}
+
+// TestWatchPrintsEachContainerOnce: where the fleet asks for more than the host last
+// applied (901 runs with GPU 0, the fleet now wants GPUs 0 and 1), the watch's events are
+// judged against the fleet's spec, as its first state (a Status call) is: 901 shows once,
+// restart required, and is not printed again as "no restart required" when the host's
+// watch starts (it was, when the host judged against the spec it last applied).
+func TestWatchPrintsEachContainerOnce(t *testing.T) {
+	e := newEnv(t)
+	a := e.host(t, agenttest.New("pve1"))
+	a.Add(agenttest.Container{ID: "901", GPUs: []string{"0"}, Guest: true, Lib: agenttest.KernelVersion})
+	a.Add(agenttest.Container{ID: "902", GPUs: []string{"0"}, Guest: false})
+	e.container("pve1", "901", "0", "1")
+	e.container("pve1", "902", "0")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var got []string
+	seen := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- e.controller(t, time.Second).Watch(ctx, func(ev Event) {
+			line := fmt.Sprintf("%s %s restart=%v", ev.Container.Key(), ev.Container.State, ev.Container.RestartRequired)
+			mu.Lock()
+			got = append(got, line)
+			mu.Unlock()
+			seen <- struct{}{}
+		})
+	}()
+	waitFor := func(line string) {
+		t.Helper()
+		for {
+			mu.Lock()
+			has := slices.Contains(got, line)
+			mu.Unlock()
+			if has {
+				return
+			}
+			select {
+			case <-seen:
+			case <-ctx.Done():
+				t.Fatalf("timed out waiting for %q, have %v", line, got)
+			}
+		}
+	}
+	// The first state of both, from the Status call.
+	waitFor("pve1/901 ready restart=true")
+	waitFor("pve1/902 not-ready restart=false")
+	// 902's guest connects. The host's watch sends 901's state (the first event of the
+	// stream) before this change, so once the change is seen, 901's is too.
+	a.Update("902", func(c *agenttest.Container) { c.Guest, c.Lib = true, agenttest.KernelVersion })
+	waitFor("pve1/902 ready restart=false")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var of901 []string
+	for _, g := range got {
+		if strings.HasPrefix(g, "pve1/901 ") {
+			of901 = append(of901, g)
+		}
+	}
+	if diff := cmp.Diff(of901, []string{"pve1/901 ready restart=true"}); diff != "" {
+		t.Errorf("901's lines (-got +want); all: %q\n%s", got, diff)
 	}
 }
 

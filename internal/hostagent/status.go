@@ -226,15 +226,34 @@ func (a *Agent) Status(ctx context.Context, req *pb.StatusRequest) *pb.StatusRes
 }
 
 // Watch streams readiness changes until ctx ends: first the current status of every
-// watched container, then one event per change.
+// watched container, then one event per change. With specs (the controller sends the
+// fleet's) each event is judged against its spec, as Status judges the same specs, and
+// they name the watched containers; without, container_ids are (empty: every known
+// container), judged against the last applied spec.
 func (a *Agent) Watch(ctx context.Context, req *pb.WatchRequest, send func(*pb.WatchEvent) error) error {
 	events, cancel := a.guests.Subscribe(256)
 	defer cancel()
-	want := map[string]bool{}
-	for _, id := range req.GetContainerIds() {
+	given := map[string]*pb.ContainerSpec{}
+	var ids []string // the containers of the first events; nil: every known one
+	for _, s := range req.GetContainers() {
+		if _, dup := given[s.GetId()]; !dup {
+			ids = append(ids, s.GetId())
+		}
+		given[s.GetId()] = s
+	}
+	want := map[string]bool{} // empty: every container
+	for id := range given {
 		want[id] = true
 	}
+	if len(given) == 0 {
+		for _, id := range req.GetContainerIds() {
+			want[id] = true
+		}
+	}
 	specFor := func(id string) *pb.ContainerSpec {
+		if s, ok := given[id]; ok {
+			return s
+		}
 		if s, ok := a.desiredSpec(id); ok {
 			return s
 		}
@@ -243,18 +262,23 @@ func (a *Agent) Watch(ctx context.Context, req *pb.WatchRequest, send func(*pb.W
 	last := map[string]string{}
 	emit := func(id string) error {
 		cs := a.status(ctx, specFor(id))
-		key := fmt.Sprint(cs.GetState(), cs.GetReasons())
+		key := fmt.Sprint(cs.GetState(), cs.GetReasons(), cs.GetRestartRequired())
 		if last[id] == key {
 			return nil
 		}
 		last[id] = key
 		return send(&pb.WatchEvent{Host: a.name, Status: cs, TimeUnixNano: a.now().UnixNano()})
 	}
-	for _, id := range a.knownIDs() {
-		if len(want) == 0 || want[id] {
-			if err := emit(id); err != nil {
-				return err
+	if ids == nil {
+		for _, id := range a.knownIDs() {
+			if len(want) == 0 || want[id] {
+				ids = append(ids, id)
 			}
+		}
+	}
+	for _, id := range ids {
+		if err := emit(id); err != nil {
+			return err
 		}
 	}
 	for {

@@ -274,15 +274,29 @@ func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream)
 	return s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Result{Result: resp}})
 }
 
+// watch is the agent's Watch: with specs (the controller sends the fleet's) each event is
+// judged against its spec and they name the watched containers; without, container_ids
+// are, judged against the desired spec.
 func (a *Agent) watch(ctx context.Context, req *pb.WatchRequest, s *wire.Stream) error {
-	last := map[string]string{} // as the agent's Watch: an event when state or reasons change
+	given := map[string]*pb.ContainerSpec{}
+	var givenIDs []string
+	for _, spec := range req.GetContainers() {
+		if _, dup := given[spec.GetId()]; !dup {
+			givenIDs = append(givenIDs, spec.GetId())
+		}
+		given[spec.GetId()] = spec
+	}
+	last := map[string]string{} // as the agent's Watch: an event when state, reasons or restart change
 	for {
 		a.mu.Lock()
 		ch := a.changed
 		var ids []string
-		if len(req.GetContainerIds()) > 0 {
+		switch {
+		case len(givenIDs) > 0:
+			ids = givenIDs
+		case len(req.GetContainerIds()) > 0:
 			ids = req.GetContainerIds()
-		} else {
+		default:
 			for id := range a.containers {
 				ids = append(ids, id)
 			}
@@ -290,13 +304,16 @@ func (a *Agent) watch(ctx context.Context, req *pb.WatchRequest, s *wire.Stream)
 		}
 		var events []*pb.WatchEvent
 		for _, id := range ids {
-			// The desired spec, which the model takes to be what the config passes.
-			spec := &pb.ContainerSpec{Id: id}
-			if c, ok := a.containers[id]; ok {
-				spec.Gpus, spec.Style = c.GPUs, c.Style
+			spec, ok := given[id]
+			if !ok {
+				// The desired spec, which the model takes to be what the config passes.
+				spec = &pb.ContainerSpec{Id: id}
+				if c, ok := a.containers[id]; ok {
+					spec.Gpus, spec.Style = c.GPUs, c.Style
+				}
 			}
 			st := a.status(id, spec)
-			key := fmt.Sprint(st.GetState(), st.GetReasons())
+			key := fmt.Sprint(st.GetState(), st.GetReasons(), st.GetRestartRequired())
 			if last[id] == key {
 				continue
 			}

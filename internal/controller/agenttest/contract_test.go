@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -211,17 +212,46 @@ func TestModelStatusAsTheAgent(t *testing.T) {
 				}
 			}
 			got := StatusViewOf(real.Status(ctx, &pb.StatusRequest{Containers: []*pb.ContainerSpec{spec}}).GetContainers()[0])
+			// The watch judges against the specs it is given, as Status does (the model's
+			// watch sends its status of the given spec).
+			watched := StatusViewOf(firstWatchStatus(t, real, &pb.WatchRequest{Containers: []*pb.ContainerSpec{spec}}))
 			want := StatusViewOf(model.StatusOf(id, spec))
 			if !tt.exists {
 				// Both say the container is unknown, each in the words of its runtime.
-				if len(got.Reasons) != 1 || len(want.Reasons) != 1 {
-					t.Fatalf("unknown container: agent reasons %q, model reasons %q; want one each", got.Reasons, want.Reasons)
+				if len(got.Reasons) != 1 || len(want.Reasons) != 1 || len(watched.Reasons) != 1 {
+					t.Fatalf("unknown container: agent reasons %q, its watch's %q, model reasons %q; want one each", got.Reasons, watched.Reasons, want.Reasons)
 				}
-				got.Reasons, want.Reasons = nil, nil
+				got.Reasons, watched.Reasons, want.Reasons = nil, nil, nil
 			}
 			if d := cmp.Diff(want, got); d != "" {
 				t.Errorf("model and agent report status differently (-model +agent):\n%s", d)
 			}
+			if d := cmp.Diff(want, watched); d != "" {
+				t.Errorf("model's status and agent's watch differ (-model +agent watch):\n%s", d)
+			}
 		})
 	}
+}
+
+// firstWatchStatus is the status of the first event a's Watch sends for req.
+func firstWatchStatus(t *testing.T, a *hostagent.Agent, req *pb.WatchRequest) *pb.ContainerStatus {
+	t.Helper()
+	// The deadline only ends a watch that sends nothing (a failure).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var first *pb.ContainerStatus
+	err := a.Watch(ctx, req, func(ev *pb.WatchEvent) error {
+		if first == nil {
+			first = ev.GetStatus()
+		}
+		cancel() // the first events are sent before Watch waits for any
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first == nil {
+		t.Fatal("watch sent no event")
+	}
+	return first
 }

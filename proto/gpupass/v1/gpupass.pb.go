@@ -3163,8 +3163,12 @@ func (x *StatusResponse) GetContainers() []*ContainerStatus {
 }
 
 type WatchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContainerIds  []string               `protobuf:"bytes,1,rep,name=container_ids,json=containerIds,proto3" json:"container_ids,omitempty"` // empty: all
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ContainerIds []string               `protobuf:"bytes,1,rep,name=container_ids,json=containerIds,proto3" json:"container_ids,omitempty"` // empty: all (unused when containers is set)
+	// The specs to judge each event against (the controller sends the fleet's), as
+	// StatusRequest's: they name the watched containers. Empty: container_ids, judged
+	// against the last applied spec (an older controller).
+	Containers    []*ContainerSpec `protobuf:"bytes,2,rep,name=containers,proto3" json:"containers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3202,6 +3206,13 @@ func (*WatchRequest) Descriptor() ([]byte, []int) {
 func (x *WatchRequest) GetContainerIds() []string {
 	if x != nil {
 		return x.ContainerIds
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetContainers() []*ContainerSpec {
+	if x != nil {
+		return x.Containers
 	}
 	return nil
 }
@@ -3517,9 +3528,12 @@ const file_gpupass_v1_gpupass_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\v2\x19.gpupass.v1.HostInventoryR\x04host\x12;\n" +
 	"\n" +
 	"containers\x18\x02 \x03(\v2\x1b.gpupass.v1.ContainerStatusR\n" +
-	"containers\"3\n" +
+	"containers\"n\n" +
 	"\fWatchRequest\x12#\n" +
-	"\rcontainer_ids\x18\x01 \x03(\tR\fcontainerIds\"{\n" +
+	"\rcontainer_ids\x18\x01 \x03(\tR\fcontainerIds\x129\n" +
+	"\n" +
+	"containers\x18\x02 \x03(\v2\x19.gpupass.v1.ContainerSpecR\n" +
+	"containers\"{\n" +
 	"\n" +
 	"WatchEvent\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x123\n" +
@@ -3715,12 +3729,13 @@ var file_gpupass_v1_gpupass_proto_depIdxs = []int32{
 	17, // 44: gpupass.v1.StatusRequest.containers:type_name -> gpupass.v1.ContainerSpec
 	15, // 45: gpupass.v1.StatusResponse.host:type_name -> gpupass.v1.HostInventory
 	38, // 46: gpupass.v1.StatusResponse.containers:type_name -> gpupass.v1.ContainerStatus
-	38, // 47: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
-	48, // [48:48] is the sub-list for method output_type
-	48, // [48:48] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	17, // 47: gpupass.v1.WatchRequest.containers:type_name -> gpupass.v1.ContainerSpec
+	38, // 48: gpupass.v1.WatchEvent.status:type_name -> gpupass.v1.ContainerStatus
+	49, // [49:49] is the sub-list for method output_type
+	49, // [49:49] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_gpupass_v1_gpupass_proto_init() }
