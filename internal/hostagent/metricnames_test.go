@@ -15,13 +15,15 @@ import (
 
 	"gpupass/internal/gpumetrics"
 	"gpupass/internal/hostconfig"
+	pb "gpupass/proto/gpupass/v1"
 )
 
-// exportedNames are the metric names the host agent's /metrics serves, from the real
-// registry: NewMetrics, the GPU collector and the Xid counter as Service.Run registers
-// them, fed with the H200 recording (internal/gpumetrics/testdata/h200) and one value of
-// each vector so that every family shows.
-func exportedNames(t *testing.T) map[string]bool {
+// exportedNames are the metric names the host agent's /metrics serves, with the label
+// names of each, from the real registry: NewMetrics, the GPU collector and the Xid counter
+// as Service.Run registers them, fed with the H200 recording
+// (internal/gpumetrics/testdata/h200) and one value of each vector so that every family
+// shows.
+func exportedNames(t *testing.T) (map[string]bool, map[string]map[string]bool) {
 	t.Helper()
 	m := NewMetrics()
 	fx := filepath.Join("..", "gpumetrics", "testdata", "h200")
@@ -55,22 +57,34 @@ func exportedNames(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	m.setReady("901", false)
-	m.setStatus("901", StateNotReady, []string{"driver/library version mismatch: kernel 580.159.04, libnvidia-ml 570.1"})
+	m.setStatus("901", StateNotReady, []*pb.Reason{pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, Want: "580.159.04", Got: "570.1"})})
 	m.applies.WithLabelValues("ok").Inc()
 	m.applyDuration.Observe(1)
 	mfs, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := map[string]bool{}
+	names, labels := map[string]bool{}, map[string]map[string]bool{}
 	for _, mf := range mfs {
 		n := mf.GetName()
 		names[n] = true
+		ls := map[string]bool{}
+		for _, mt := range mf.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				ls[l.GetName()] = true
+			}
+		}
+		labels[n] = ls
 		if mf.GetType().String() == "HISTOGRAM" {
 			names[n+"_bucket"], names[n+"_sum"], names[n+"_count"] = true, true, true
+			labels[n+"_bucket"] = map[string]bool{"le": true}
+			for l := range ls {
+				labels[n+"_bucket"][l] = true
+			}
+			labels[n+"_sum"], labels[n+"_count"] = ls, ls
 		}
 	}
-	return names
+	return names, labels
 }
 
 func mustRead(t *testing.T, p string) []byte {
@@ -82,7 +96,29 @@ func mustRead(t *testing.T, p string) []byte {
 	return b
 }
 
-var metricRe = regexp.MustCompile(`\bgpupass_[a-z0-9_]+`)
+var (
+	metricRe   = regexp.MustCompile(`\bgpupass_[a-z0-9_]+`)
+	selectorRe = regexp.MustCompile(`\b(gpupass_[a-z0-9_]+)\{([^}]*)\}`)
+	matcherRe  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)`)
+)
+
+// unknownLabels lists, as "metric{label}", the label matchers of the gpupass_ selectors in
+// the expressions that name a label the metric does not have (instance and job, which the
+// scrape adds, are every metric's).
+func unknownLabels(exprs []string, labels map[string]map[string]bool) []string {
+	var out []string
+	for _, e := range exprs {
+		for _, sel := range selectorRe.FindAllStringSubmatch(e, -1) {
+			for _, m := range matcherRe.FindAllStringSubmatch(sel[2], -1) {
+				if l := m[1]; l != "instance" && l != "job" && !labels[sel[1]][l] {
+					out = append(out, sel[1]+"{"+l+"}")
+				}
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // unknownNames lists the gpupass_ metric names in the expressions that are not exported.
 func unknownNames(exprs []string, exported map[string]bool) (used, unknown []string) {
@@ -153,16 +189,18 @@ func alertExprs(t *testing.T, path string) []string {
 }
 
 // TestDashboardAndAlertMetricNames: every gpupass_ metric that packaging/grafana/gpupass.json
-// and packaging/prometheus/alerts.yml use is one the host agent really exports, and each
-// uses the per-container and fleet metrics issue 18 asks for.
+// and packaging/prometheus/alerts.yml use is one the host agent really exports, every label
+// their selectors match on is one that metric has, and each uses the per-container and
+// fleet metrics issue 18 asks for.
 func TestDashboardAndAlertMetricNames(t *testing.T) {
-	exported := exportedNames(t)
+	exported, labels := exportedNames(t)
 	root := filepath.Join("..", "..", "packaging")
 	tests := []struct {
 		name     string
 		exprs    []string
 		mustUse  []string
 		wantBad  []string
+		wantBadL []string // label matchers the metric does not have
 		fromFile bool
 	}{
 		{name: "grafana dashboard", exprs: dashboardExprs(t, filepath.Join(root, "grafana", "gpupass.json")), fromFile: true,
@@ -170,12 +208,16 @@ func TestDashboardAndAlertMetricNames(t *testing.T) {
 		{name: "alert rules", exprs: alertExprs(t, filepath.Join(root, "prometheus", "alerts.yml")), fromFile: true,
 			mustUse: []string{"gpupass_container_ready", "gpupass_apply_total", "gpupass_nvml_driver_info"}},
 		{name: "a misspelt name is caught", exprs: []string{`sum(gpupass_container_gpu_memory_bytes) and gpupass_container_ready`}, wantBad: []string{"gpupass_container_gpu_memory_bytes"}},
+		{name: "a label the metric lacks is caught (the reason text, dropped for the kind)", exprs: []string{`gpupass_container_not_ready_reason{reason=~"driver.*", kind="DriverMismatch", instance!=""} == 1`}, wantBadL: []string{"gpupass_container_not_ready_reason{reason}"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			used, bad := unknownNames(tt.exprs, exported)
 			if diff := cmp.Diff(bad, tt.wantBad); diff != "" {
 				t.Errorf("names not exported by the host agent (-got +want):\n%s\nexported: %v", diff, keys(exported))
+			}
+			if diff := cmp.Diff(unknownLabels(tt.exprs, labels), tt.wantBadL); diff != "" {
+				t.Errorf("label matchers on labels the metric does not have (-got +want):\n%s", diff)
 			}
 			if tt.fromFile && len(used) == 0 {
 				t.Fatalf("no gpupass_ metric found in the expressions: %q", tt.exprs)

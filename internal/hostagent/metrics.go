@@ -6,6 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	pb "gpupass/proto/gpupass/v1"
 )
 
 // Metrics are the host agent's Prometheus metrics.
@@ -45,9 +47,11 @@ func NewMetrics() *Metrics {
 	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "gpupass_container_state", Help: "1 for the GPU container's state at its last status (ready, not-ready, stopped, error, pending).",
 	}, []string{"container", "state"})
+	// The reason's kind and device, not its text: label values stay few and stable (the
+	// text, with its versions, errors and times, is in gpupass status and doctor).
 	m.reason = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "gpupass_container_not_ready_reason", Help: "1 for each reason the GPU container's last status gave (text shortened to 120 characters).",
-	}, []string{"container", "reason"})
+		Name: "gpupass_container_not_ready_reason", Help: "1 for each reason kind (and the device it names, \"\" none) the GPU container's last status gave.",
+	}, []string{"container", "kind", "device"})
 	m.drv = newDriverWatch(m.reg)
 	m.reg.MustRegister(m.ready, m.gpus, m.applies, m.applyDuration, m.guests, m.state, m.reason,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -62,16 +66,15 @@ func (m *Metrics) setReady(id string, ready bool) {
 	m.ready.WithLabelValues(id).Set(v)
 }
 
-// setStatus replaces the container's state and reason series with its last status's.
-func (m *Metrics) setStatus(id, state string, reasons []string) {
+// setStatus replaces the container's state and reason series with its last status's: one
+// reason series per distinct kind and device of its details (the kind as in JSON's
+// reasons_detail, pb.ReasonKindName).
+func (m *Metrics) setStatus(id, state string, details []*pb.Reason) {
 	m.state.DeletePartialMatch(prometheus.Labels{"container": id})
 	m.state.WithLabelValues(id, state).Set(1)
 	m.reason.DeletePartialMatch(prometheus.Labels{"container": id})
-	for _, r := range reasons {
-		if len(r) > 120 {
-			r = r[:117] + "..."
-		}
-		m.reason.WithLabelValues(id, r).Set(1)
+	for _, r := range details {
+		m.reason.WithLabelValues(id, pb.ReasonKindName(r.GetKind()), r.GetDevice()).Set(1)
 	}
 }
 

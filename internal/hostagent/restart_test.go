@@ -197,6 +197,21 @@ func (f *restartFixture) liveContainer() {
 // guestReport connects a guest of 901 and pushes a report with the given device statuses.
 func (f *restartFixture) guestReport(status pb.DeviceStatus) {
 	f.t.Helper()
+	f.sendReport(f.report(status))
+}
+
+// report is a guest report of GPU 1's devices, each with the given status.
+func (f *restartFixture) report(status pb.DeviceStatus) *pb.GuestReport {
+	rep := &pb.GuestReport{ContainerId: "901", Ready: status == pb.DeviceStatus_DEVICE_STATUS_OK, Driver: f.reportDriver}
+	for _, d := range [][3]any{{"/dev/nvidia1", 7, 1}, {"/dev/nvidiactl", 7, 128}, {"/dev/nvidia-uvm", 10, 229}, {"/dev/nvidia-uvm-tools", 10, 200}} {
+		rep.Devices = append(rep.Devices, &pb.DeviceCheck{Path: d[0].(string), Major: uint32(d[1].(int)), Minor: uint32(d[2].(int)), Status: status})
+	}
+	return rep
+}
+
+// sendReport connects a guest of 901, pushes rep and waits until the agent has it.
+func (f *restartFixture) sendReport(rep *pb.GuestReport) {
+	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	conn, err := net.Dial("unix", filepath.Join(f.agent.guestDir("901"), "agent.sock"))
@@ -211,10 +226,6 @@ func (f *restartFixture) guestReport(status pb.DeviceStatus) {
 	st, err := sess.Open(context.Background(), guestchan.Method)
 	if err != nil {
 		f.t.Fatal(err)
-	}
-	rep := &pb.GuestReport{ContainerId: "901", Ready: status == pb.DeviceStatus_DEVICE_STATUS_OK, Driver: f.reportDriver}
-	for _, d := range [][3]any{{"/dev/nvidia1", 7, 1}, {"/dev/nvidiactl", 7, 128}, {"/dev/nvidia-uvm", 10, 229}, {"/dev/nvidia-uvm-tools", 10, 200}} {
-		rep.Devices = append(rep.Devices, &pb.DeviceCheck{Path: d[0].(string), Major: uint32(d[1].(int)), Minor: uint32(d[2].(int)), Status: status})
 	}
 	if err := st.Send(rep); err != nil {
 		f.t.Fatal(err)

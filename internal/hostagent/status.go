@@ -85,7 +85,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 	if err != nil {
 		cs.State = StateError
 		addReasons(cs, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STATE_UNKNOWN, Detail: err.Error()}))
-		a.metrics.setStatus(id, cs.State, cs.Reasons)
+		a.metrics.setStatus(id, cs.State, cs.Details)
 		return cs
 	}
 	cs.RunState = runState(st)
@@ -97,7 +97,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 			cs.Resolved, cs.Configured = p.pb.GetResolved(), p.pb.GetConfigured()
 		}
 		a.metrics.setReady(id, false)
-		a.metrics.setStatus(id, cs.State, cs.Reasons)
+		a.metrics.setStatus(id, cs.State, cs.Details)
 		return cs
 	}
 	// As plan says it: whether what the container runs with differs from the desired
@@ -139,7 +139,7 @@ func (a *Agent) statusWith(ctx context.Context, spec *pb.ContainerSpec, active *
 		}
 	}
 	a.metrics.setReady(id, cs.State == StateReady)
-	a.metrics.setStatus(id, cs.State, cs.Reasons)
+	a.metrics.setStatus(id, cs.State, cs.Details)
 	return cs
 }
 

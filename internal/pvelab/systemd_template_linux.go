@@ -20,7 +20,8 @@ import (
 // (test/rootfs/debian.sh, lxctest.RootfsTarball) with the guest agent baked in as
 // docs/guest-agent.md says: agent at /usr/local/bin/gpupass-guest-agent, unit in
 // /etc/systemd/system, enabled by a symlink in multi-user.target.wants. It returns the file
-// name, for Spec.Template; a build removes the templates of earlier contents (45 MB each).
+// name, for Spec.Template; a build removes the templates of earlier contents (45 MB each;
+// PruneTemplates: the newest three and those used in the last hour stay).
 func SystemdTemplate(t testing.TB, agent, unit string) string {
 	t.Helper()
 	base := lxctest.RootfsTarball(t, lxctest.KindSystemd)
@@ -36,9 +37,11 @@ func SystemdTemplate(t testing.TB, agent, unit string) string {
 			t.Fatalf("pvelab: systemd template: %v", err)
 		}
 	}
-	name := fmt.Sprintf("gpupass-bookworm-systemd-%s.tar.zst", hex.EncodeToString(h.Sum(nil))[:12])
+	prefix, suffix := "gpupass-bookworm-systemd-", ".tar.zst"
+	name := prefix + hex.EncodeToString(h.Sum(nil))[:12] + suffix
 	dst := filepath.Join(TemplateDir, name)
 	if _, err := os.Stat(dst); err == nil {
+		usedTemplate(t, dst)
 		return name
 	}
 	began := time.Now()
@@ -68,11 +71,6 @@ func SystemdTemplate(t testing.TB, agent, unit string) string {
 		t.Fatalf("pvelab: install template: %v", err)
 	}
 	t.Logf("pvelab: built template %s in %v", dst, time.Since(began).Round(time.Millisecond))
-	old, _ := filepath.Glob(filepath.Join(TemplateDir, "gpupass-bookworm-systemd-*.tar.zst"))
-	for _, p := range old {
-		if p != dst {
-			_ = os.Remove(p)
-		}
-	}
+	pruneTemplates(t, prefix, suffix, name)
 	return name
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // File is one file to put into a template's rootfs.
@@ -34,7 +35,8 @@ type TemplateSpec struct {
 // Template builds (once per content) a busybox template in TemplateDir and returns its file
 // name, for Spec.Template. The rootfs is the one setup.sh's base template has plus spec's
 // files and inittab lines; the name carries a hash of all of it, so a template is rebuilt
-// exactly when something in it changed.
+// exactly when something in it changed. A build removes the older templates of the same
+// name (PruneTemplates: the newest three and those used in the last hour stay).
 func Template(t testing.TB, spec TemplateSpec) string {
 	t.Helper()
 	bb := "/bin/busybox"
@@ -60,9 +62,11 @@ func Template(t testing.TB, spec TemplateSpec) string {
 		fmt.Fprintf(h, "%s\x00%s\x00%o\x00%s\x00", p, f.Source, f.Mode, f.Content)
 	}
 	fmt.Fprintf(h, "%q", spec.Inittab)
-	name := fmt.Sprintf("gpupass-%s-%s.tar.gz", spec.Name, hex.EncodeToString(h.Sum(nil))[:12])
+	prefix, suffix := "gpupass-"+spec.Name+"-", ".tar.gz"
+	name := prefix + hex.EncodeToString(h.Sum(nil))[:12] + suffix
 	dst := filepath.Join(TemplateDir, name)
 	if _, err := os.Stat(dst); err == nil {
+		usedTemplate(t, dst)
 		return name
 	}
 	root := t.TempDir()
@@ -77,7 +81,31 @@ func Template(t testing.TB, spec TemplateSpec) string {
 		t.Fatalf("pvelab: install template %s: %v", spec.Name, err)
 	}
 	t.Logf("pvelab: built template %s", dst)
+	pruneTemplates(t, prefix, suffix, name)
 	return name
+}
+
+// usedTemplate marks the template at dst used now: its modification time is what
+// PruneTemplates keeps the recently used by.
+func usedTemplate(t testing.TB, dst string) {
+	t.Helper()
+	now := time.Now()
+	if err := os.Chtimes(dst, now, now); err != nil {
+		t.Logf("pvelab: mark template used (pruning may take it sooner): %v", err)
+	}
+}
+
+// pruneTemplates removes the older templates of a family in TemplateDir after a build of
+// current. Failing to is no failure of the test: it is said, for removing them by hand.
+func pruneTemplates(t testing.TB, prefix, suffix, current string) {
+	t.Helper()
+	removed, err := PruneTemplates(TemplateDir, prefix, suffix, current, time.Now())
+	for _, p := range removed {
+		t.Logf("pvelab: removed old template %s", p)
+	}
+	if err != nil {
+		t.Logf("%v (remove old %s*%s files there by hand)", err, prefix, suffix)
+	}
 }
 
 func sources(spec TemplateSpec) []string {
