@@ -11,6 +11,7 @@ import (
 	"gpupass/internal/observe"
 	"gpupass/internal/passthrough"
 	"gpupass/internal/pveconf"
+	"gpupass/internal/readiness"
 	"gpupass/internal/restartrule"
 	pb "gpupass/proto/gpupass/v1"
 )
@@ -258,10 +259,10 @@ func (a *Agent) deviceChecks(c *Container, nodes []node) []*pb.DeviceCheck {
 			d.Status, d.Detail = pb.DeviceStatus_DEVICE_STATUS_MISSING, "no such file"
 		case !a.Driver.GetLoaded():
 			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER, n.major, n.minor
-			d.Detail = "open: no such device or address (ENXIO)"
+			d.Detail = fmt.Sprintf("open: no such device or address: no driver behind major %d", n.major)
 		case c.Denied:
 			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_DENIED, n.major, n.minor
-			d.Detail = "open: operation not permitted (EPERM)"
+			d.Detail = "open: operation not permitted: the device cgroup denies it (add the allow rule for this major and restart the container)"
 		default:
 			d.Status, d.Major, d.Minor = pb.DeviceStatus_DEVICE_STATUS_OK, n.major, n.minor
 		}
@@ -274,7 +275,7 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	c, ok := a.containers[id]
 	if !ok {
 		st := &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), State: "error"}
-		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STATE_UNKNOWN, Detail: "container " + id + " does not exist on " + a.Name, Text: "container " + id + " does not exist on " + a.Name})
+		addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STATE_UNKNOWN, Detail: "container " + id + " does not exist on " + a.Name}))
 		return st
 	}
 	// As the agent's statusWith: the GPUs are the spec's; the restart is judged against
@@ -298,50 +299,59 @@ func (a *Agent) status(id string, spec *pb.ContainerSpec) *pb.ContainerStatus {
 	if ferr == nil {
 		st.RestartRequired = a.restart(c, spec.GetStyle(), fleet).GetRequired()
 	}
-	wantMinors := minors(want)
-	if len(wantMinors) == 0 {
-		st.State = "ready"
-		return st
-	}
 	if !st.GuestConnected {
-		st.State = "not-ready"
-		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED, Text: "no report from the guest agent: it is not installed in the container or not running"})
+		// With GPUs or without: no report, not ready.
+		st.State = pb.StateNotReady
+		addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_GUEST_NOT_CONNECTED}))
 		return st
 	}
-	// What the guest's report carries (the driver versions it reads, its network check).
+	// What the guest's report carries (the driver versions it reads, its network check,
+	// its device checks), and the reasons it and the agent give, in their words (the
+	// one renderer, pb.RenderReason).
 	st.ReportAgeMs = 1200
 	st.NetworkOk = c.Network
 	st.Driver = &pb.DriverVersions{Kernel: a.Driver.GetKernelVersion(), Userspace: c.Lib}
 	if c.Lib != "" {
 		st.Driver.UserspacePath = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so." + c.Lib
 	}
-	for _, d := range a.deviceChecks(c, a.nodes(wantMinors)) {
-		switch d.GetStatus() {
-		case pb.DeviceStatus_DEVICE_STATUS_MISSING:
-			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: "missing", Text: d.GetPath() + ": missing"})
-		case pb.DeviceStatus_DEVICE_STATUS_NO_DRIVER:
-			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: "no-driver", Text: d.GetPath() + ": no-driver"})
-		case pb.DeviceStatus_DEVICE_STATUS_DENIED:
-			addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: "denied", Text: fmt.Sprintf("%s: denied (the device cgroup does not allow %d:%d)", d.GetPath(), d.GetMajor(), d.GetMinor())})
+	var wantNodes []node
+	if ms := minors(want); len(ms) > 0 {
+		wantNodes = a.nodes(ms)
+	}
+	for _, d := range a.deviceChecks(c, wantNodes) {
+		if d.GetStatus() != pb.DeviceStatus_DEVICE_STATUS_OK {
+			addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: d.GetPath(), Got: pb.DeviceStatusName(d.GetStatus()), Detail: d.GetDetail()}))
 		}
 		st.Devices = append(st.Devices, d)
 	}
 	switch {
+	case len(wantNodes) == 0:
 	case c.Lib == "":
 		// The guest agent's words (internal/guest/report.go).
 		st.Warnings = append(st.Warnings, "userspace driver not installed: no libnvidia-ml.so.1 in ld.so.cache or the standard library directories (passthrough works; CUDA programs need the driver libraries of version "+a.Driver.GetKernelVersion()+")")
 	case c.Lib != a.Driver.GetKernelVersion():
-		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, Want: a.Driver.GetKernelVersion(), Got: c.Lib, Text: fmt.Sprintf("userspace driver %s does not match the kernel module %s (NVML: Driver/library version mismatch)", c.Lib, a.Driver.GetKernelVersion())})
+		addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DRIVER_MISMATCH, Want: a.Driver.GetKernelVersion(), Got: c.Lib}))
 	}
 	if spec.GetRequireNetwork() && !c.Network {
-		addReason(st, &pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: "no up link with an address and a default route", Text: "no network: no up link with an address and a default route"})
+		addReason(st, pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: NoNetwork}))
 	}
-	st.State = "ready"
-	if len(st.Reasons) > 0 {
-		st.State = "not-ready"
-	}
+	sortReasons(st)
+	// Every reason here is one the guest's own checks give: its report is ready iff
+	// there is none.
+	st.State = readiness.State(st.Details, &pb.GuestReport{Ready: readiness.Guest(st.Details)})
 	return st
 }
+
+// sortReasons orders reasons by their text, as the agent's status does (hostagent's
+// sortReasons).
+func sortReasons(st *pb.ContainerStatus) {
+	sort.SliceStable(st.Details, func(i, j int) bool { return st.Details[i].GetText() < st.Details[j].GetText() })
+	st.Reasons = pb.ReasonTexts(st.Details)
+}
+
+// NoNetwork is what a guest says of a container without a network link (lxc's `empty`
+// network, internal/guest/network_linux.go).
+const NoNetwork = "no network link up"
 
 // addReason adds a reason as data and as text (the agent's status.go addReasons).
 func addReason(st *pb.ContainerStatus, r *pb.Reason) {
