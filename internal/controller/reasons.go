@@ -41,6 +41,9 @@ func (c *Container) note(d ReasonDetail) string {
 	return d.Text
 }
 
+// AddReason adds a reason as text (Reasons) and as data (ReasonsDetail).
+func (c *Container) AddReason(d ReasonDetail) { c.Reasons = append(c.Reasons, c.note(d)) }
+
 // ReasonsDetail is c.Reasons as data, in the same order.
 func (c Container) ReasonsDetail() []ReasonDetail {
 	out := make([]ReasonDetail, 0, len(c.Reasons))

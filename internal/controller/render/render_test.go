@@ -187,3 +187,32 @@ func TestDoctorNetworkReason(t *testing.T) {
 		})
 	}
 }
+
+// Device checks that fail alike show as one reason naming their devices in the order the
+// guest checked them; different failures and other reasons stay as they are, in place.
+func TestDeviceReasonsGrouped(t *testing.T) {
+	const hint = "open: operation not permitted: the device cgroup denies it (add the allow rule for this major and restart the container)"
+	check := func(dev, got, detail string) controller.ReasonDetail {
+		return pb.ReasonToJSON(pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_DEVICE_CHECK, Device: dev, Got: got, Detail: detail}))
+	}
+	ct := controller.Container{Host: "pve1", ID: "951", State: "not-ready", Devices: []controller.Device{
+		{Path: "/dev/nvidia1"}, {Path: "/dev/nvidiactl"}, {Path: "/dev/nvidia-uvm"}, {Path: "/dev/nvidia-uvm-tools"}}}
+	// As the agent sends them: sorted by text.
+	ct.AddReason(pb.ReasonToJSON(pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_NETWORK, Detail: "no network link up"})))
+	ct.AddReason(check("/dev/nvidia-uvm-tools", "denied", hint))
+	ct.AddReason(check("/dev/nvidia-uvm", "missing", "no such file"))
+	ct.AddReason(check("/dev/nvidia1", "denied", hint))
+	ct.AddReason(check("/dev/nvidiactl", "denied", hint))
+	got := reasonTexts(ct)
+	want := []string{
+		"network: no network link up",
+		"/dev/nvidia1, /dev/nvidiactl, /dev/nvidia-uvm-tools: denied: " + hint,
+		"/dev/nvidia-uvm: missing: no such file",
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("reasons as shown (-want +got):\n%s", d)
+	}
+	if len(ct.ReasonsDetail()) != 5 {
+		t.Errorf("the data keeps every reason: %d, want 5", len(ct.ReasonsDetail()))
+	}
+}

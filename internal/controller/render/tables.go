@@ -114,7 +114,7 @@ func containers(w io.Writer, r *controller.Report, s Style) {
 		if r.Kind == controller.KindApply {
 			row = append(row, c(yesNo(ct.Written)), c(yesNo(ct.Restarted)), c(yesNo(ct.Started)))
 		}
-		parts := append([]string{}, ct.Reasons...)
+		parts := reasonTexts(ct)
 		for _, wn := range ct.Warnings {
 			parts = append(parts, "warning: "+notes.short(wn))
 		}
@@ -207,7 +207,7 @@ func planBody(w io.Writer, r *controller.Report, s Style) {
 			fmt.Fprintln(w, "    restart: no (stopped; the new config applies at its next start)")
 		}
 		if ct.State != controller.StatePending {
-			for _, r := range ct.Reasons {
+			for _, r := range reasonTexts(ct) {
 				fmt.Fprintf(w, "    %s\n", r)
 			}
 		}

@@ -15,7 +15,7 @@ func WatchLine(w io.Writer, ev controller.Event, s Style) {
 	ct := ev.Container
 	line := fmt.Sprintf("%s  %s  %s", ev.Time.UTC().Format(time.RFC3339), name(ct), s.paint(StateColor(ct.State), ct.State))
 	if len(ct.Reasons) > 0 {
-		line += "  " + strings.Join(ct.Reasons, "; ")
+		line += "  " + strings.Join(reasonTexts(ct), "; ")
 	}
 	if ct.RestartRequired && ct.State != controller.StateUnreachable {
 		line += "  (restart required)"
