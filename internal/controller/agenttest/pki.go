@@ -3,9 +3,13 @@
 // host.Plan, host.Apply, host.Status and host.Watch from a small, consistent model of a
 // GPU host and its containers. The model renders config lines, diffs and digests with the
 // agent's own rules and decides restarts with internal/restartrule on the evidence its
-// state stands for; TestModelPlansAsTheAgent and TestModelStatusAsTheAgent run the same
-// cases through it and a real hostagent.Agent (a fixture GPU host, configs on disk) and
-// fail on any difference the controller's output would show. It also makes the hosts
+// state stands for, and words its reasons with the one renderer (pb.RenderReason). Contract
+// tests run the same cases through it and the real agent and fail on any difference the
+// controller's output would show: TestModelPlansAsTheAgent and TestModelStatusAsTheAgent
+// (a real hostagent.Agent on a fixture GPU host, configs on disk: plans, stopped and
+// unknown containers, the first watch event), and the e2e scenario
+// Contract_ModelStatusOfRunningContainers (real LXC containers with the real guest agent in
+// every running state the controller's tests use; see contract.go). It also makes the hosts
 // that misbehave: one where nothing listens, and one that accepts connections and never
 // answers.
 package agenttest
