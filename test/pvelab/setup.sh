@@ -11,6 +11,8 @@
 # the checkout), GPUPASS_PVELAB_CACHE, PVELAB_VERBOSE=1 (show every command's output).
 # Undo with test/pvelab/teardown.sh.
 set -euo pipefail
+# Never fail silently: name the line and the command.
+trap 'echo "pvelab: setup.sh failed at line $LINENO: $BASH_COMMAND (log: /run/gpupass-pvelab/setup.log)" >&2' ERR
 # shellcheck source=test/pvelab/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -36,7 +38,9 @@ PKGS="build-essential pkg-config iproute2 procps patch fuse libfuse-dev libqb-de
  libcrypt-ssleay-perl librrds-perl libfile-chdir-perl libposix-strptime-perl libxml-libxml-perl
  libauthen-pam-perl libuuid-perl libdigest-hmac-perl libio-socket-ssl-perl"
 # shellcheck disable=SC2086
-installed=" $(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' $PKGS 2>/dev/null | awk '$1 == "ii" {printf "%s ", $2}')"
+# dpkg-query exits 1 when any of them is not installed at all (a new machine): that is the
+# answer, not an error (pipefail would end the script here, silently).
+installed=" $( (dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' $PKGS 2>/dev/null || true) | awk '$1 == "ii" {printf "%s ", $2}')"
 missing=""
 for p in $PKGS; do
 	case "$installed" in *" $p "*) ;; *) missing="$missing $p" ;; esac
