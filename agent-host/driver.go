@@ -22,7 +22,7 @@ func newDriverCmd() *cobra.Command {
 	cmd.PersistentFlags().StringVar(&hostRoot, "host-root", "/", "prefix for /proc and the driver's files (test and simulated hosts)")
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "Print the libraries and tools of the loaded module's version, as JSON (exit 1 on a mismatch)",
+		Short: "Print the libraries, tools and vendor files of the loaded module's version, as JSON (exit 1 on a mismatch)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			set, err := hostdriver.Find(hostRoot)
@@ -51,7 +51,7 @@ It refuses the start when the host's userspace does not match the loaded kernel 
 			for _, w := range res.Warnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "gpupass-host-agent: driver hook: warning:", w)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "gpupass driver hook: host driver %s: %d libraries, %d tools at %s\n", res.Set.Version, len(res.Set.Libs), len(res.Set.Tools), hostdriver.ContainerDir)
+			fmt.Fprintf(cmd.OutOrStdout(), "gpupass driver hook: host driver %s: %d libraries, %d tools at %s, %d vendor files at their own paths\n", res.Set.Version, len(res.Set.Libs), len(res.Set.Tools), hostdriver.ContainerDir, len(res.Set.Configs))
 			return nil
 		},
 	}

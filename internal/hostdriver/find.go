@@ -1,9 +1,10 @@
 // Package hostdriver provides the host's NVIDIA userspace driver to containers that ask for
 // it (fleet.yaml `driver: host`): it finds the libraries and tools of the LOADED kernel
-// module's version from the host's loader cache and driver layout (Find), refuses when the
-// host's own userspace does not match its module (ErrMismatch), and, from an LXC mount
-// hook at every container start, binds them read-only into the container and refreshes
-// the container's loader cache (Mount). See docs/driver.md.
+// module's version from the host's loader cache and driver layout, and the vendor files
+// that OpenCL, Vulkan and EGL loaders find by path (Find), refuses when the host's own
+// userspace does not match its module (ErrMismatch), and, from an LXC mount hook at every
+// container start, binds them read-only into the container and refreshes the container's
+// loader cache (Mount). See docs/driver.md.
 package hostdriver
 
 import (
@@ -54,6 +55,32 @@ var BinDirs = []string{"/usr/bin", "/usr/local/bin", "/usr/sbin"}
 // Tools are the driver's programs a container gets.
 var Tools = []string{"nvidia-smi", "nvidia-debugdump", "nvidia-cuda-mps-control", "nvidia-cuda-mps-server"}
 
+// ConfigRoots are where Find looks for ConfigFiles: the system configuration, then the
+// default XDG data directories, where the Vulkan loader and glvnd look (the same three
+// NVIDIA's container toolkit searches for these files: nvidia-container-toolkit
+// internal/lookup/root/root.go, Driver.Configs).
+var ConfigRoots = []string{"/etc", "/usr/local/share", "/usr/share"}
+
+// ConfigFiles are the driver's vendor files, relative to each of ConfigRoots: loaders find
+// them by path, not through the loader cache. The OpenCL ICD file (names
+// libnvidia-opencl.so.1), the Vulkan ICD and layer files (libGLX_nvidia.so.0), the glvnd
+// EGL vendor file (libEGL_nvidia.so.0), the EGL external platform files (wayland, gbm,
+// xcb, xlib), the application profiles the GL/EGL/Vulkan driver of that version reads,
+// and OptiX's nvoptix.bin: what nvidia-container-toolkit mounts for these loaders
+// (internal/discover/graphics.go, NewGraphicsMountsDiscoverer), plus the profiles that
+// NVIDIA's installer puts in /usr/share/nvidia. A "*" matches within the file name
+// (filepath.Match); {version} is the loaded module's.
+var ConfigFiles = []string{
+	"OpenCL/vendors/nvidia.icd",
+	"vulkan/icd.d/nvidia_icd.json",
+	"vulkan/icd.d/nvidia_layers.json",
+	"vulkan/implicit_layer.d/nvidia_layers.json",
+	"glvnd/egl_vendor.d/10_nvidia.json",
+	"egl/egl_external_platform.d/*nvidia*.json",
+	"nvidia/nvidia-application-profiles-{version}-rc",
+	"nvidia/nvoptix.bin",
+}
+
 // File is one file of the set: Name inside the container's driver directory, Path on the
 // host (without the discovery root).
 type File struct {
@@ -72,6 +99,9 @@ type Set struct {
 	Tools   []File
 	// Dirs are the host directories the libraries came from.
 	Dirs []string
+	// Configs are the vendor files (ConfigFiles) the host has: Name is the file's name,
+	// Path where it is on the host and, the same, where the container gets it.
+	Configs []File
 }
 
 // libRE matches an NVIDIA driver library of one version: libcuda.so.580.159.04,
@@ -144,6 +174,7 @@ func Find(root string) (*Set, error) {
 	}
 	sort.Slice(set.Libs, func(i, j int) bool { return set.Libs[i].Name < set.Libs[j].Name })
 	set.Tools = findTools(root, set.Dirs)
+	set.Configs = findConfigs(root, v.Version)
 	return set, nil
 }
 
@@ -206,6 +237,40 @@ func findTools(root string, libDirs []string) []File {
 			}
 		}
 	}
+	return out
+}
+
+// findConfigs returns the ConfigFiles of version the host has as regular files (or links
+// to one), sorted by path. A missing file or directory is no error: most hosts lack some.
+func findConfigs(root, version string) []File {
+	var out []File
+	for _, r := range ConfigRoots {
+		for _, c := range ConfigFiles {
+			p := filepath.Join(r, strings.ReplaceAll(c, "{version}", version))
+			dir, pat := filepath.Split(p)
+			var cands []string
+			if strings.Contains(pat, "*") {
+				ents, err := os.ReadDir(join(root, dir))
+				if err != nil {
+					continue
+				}
+				for _, e := range ents {
+					if ok, _ := filepath.Match(pat, e.Name()); ok {
+						cands = append(cands, e.Name())
+					}
+				}
+			} else {
+				cands = []string{pat}
+			}
+			for _, n := range cands {
+				hp := filepath.Join(dir, n)
+				if fi, err := os.Stat(join(root, hp)); err == nil && fi.Mode().IsRegular() {
+					out = append(out, File{Name: n, Path: hp})
+				}
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }
 

@@ -40,6 +40,37 @@ func writeHost(t *testing.T, root, kernel, dir string, libVersions ...string) {
 	write(t, filepath.Join(root, bin, "nvidia-smi"), "#!/bin/sh\necho nvidia-smi from the host\n", 0o755)
 }
 
+// simConfigs are the vendor files of a simulated host (paths as NVIDIA's installer and
+// the Debian packages place them), {version} the driver's.
+var simConfigs = []string{
+	"/etc/OpenCL/vendors/nvidia.icd",
+	"/etc/vulkan/icd.d/nvidia_icd.json",
+	"/usr/share/vulkan/icd.d/nvidia_icd.json",
+	"/usr/share/vulkan/implicit_layer.d/nvidia_layers.json",
+	"/usr/share/glvnd/egl_vendor.d/10_nvidia.json",
+	"/usr/share/egl/egl_external_platform.d/10_nvidia_wayland.json",
+	"/usr/share/egl/egl_external_platform.d/15_nvidia_gbm.json",
+	"/usr/share/nvidia/nvidia-application-profiles-{version}-rc",
+}
+
+// writeConfigs writes the simulated host's vendor files of version v, each reading
+// "<path> of the host\n", and neighbours that are not NVIDIA's driver's (Mesa's vendor
+// files, another version's profiles' documentation).
+func writeConfigs(t *testing.T, root, v string) []string {
+	t.Helper()
+	var paths []string
+	for _, c := range simConfigs {
+		p := strings.ReplaceAll(c, "{version}", v)
+		write(t, filepath.Join(root, p), p+" of the host\n", 0o644)
+		paths = append(paths, p)
+	}
+	for _, p := range []string{"/usr/share/glvnd/egl_vendor.d/50_mesa.json", "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json", "/usr/share/egl/egl_external_platform.d/20_other.json", "/usr/share/nvidia/nvidia-application-profiles-" + v + "-key-documentation"} {
+		write(t, filepath.Join(root, p), "not the driver's vendor file\n", 0o644)
+	}
+	sort.Strings(paths)
+	return paths
+}
+
 func write(t *testing.T, p, s string, mode os.FileMode) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -154,6 +185,64 @@ func TestForecastUpgrade(t *testing.T) {
 			got := ForecastUpgrade(tc.wantHost, tc.own, v2)
 			if got.Realigns != tc.want.Realigns || got.Breaks != tc.want.Breaks || !strings.HasPrefix(got.Text, tc.wantTextPrefix) {
 				t.Errorf("ForecastUpgrade = %+v, want realigns %v breaks %v text %q...", got, tc.want.Realigns, tc.want.Breaks, tc.wantTextPrefix)
+			}
+		})
+	}
+}
+
+// TestFindConfigs: Find gives the vendor files the host has (OpenCL ICD, Vulkan ICD and
+// layers in /etc and /usr/share, the glvnd EGL vendor file, the EGL external platforms,
+// the application profiles of the loaded version only, a Debian-style link to the file),
+// none of their non-NVIDIA neighbours, and nothing, without an error, on a host without
+// them.
+func TestFindConfigs(t *testing.T) {
+	const deb = "/usr/lib/x86_64-linux-gnu"
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, root string) []string // writes the files, returns the wanted paths
+	}{
+		{name: "all vendor files", setup: func(t *testing.T, root string) []string {
+			return writeConfigs(t, root, v2)
+		}},
+		{name: "both versions' profiles: the loaded module's", setup: func(t *testing.T, root string) []string {
+			writeConfigs(t, root, v1)
+			return writeConfigs(t, root, v2)
+		}},
+		{name: "a link to the file (Debian alternatives) is followed; a directory of that name is not a file", setup: func(t *testing.T, root string) []string {
+			write(t, filepath.Join(root, "/etc/nvidia/current/nvidia.icd"), "libnvidia-opencl.so.1\n", 0o644)
+			if err := os.MkdirAll(filepath.Join(root, "/etc/OpenCL/vendors"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink("../../nvidia/current/nvidia.icd", filepath.Join(root, "/etc/OpenCL/vendors/nvidia.icd")); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(root, "/usr/share/vulkan/icd.d/nvidia_icd.json"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"/etc/OpenCL/vendors/nvidia.icd"}
+		}},
+		{name: "a host without vendor files", setup: func(t *testing.T, root string) []string {
+			write(t, filepath.Join(root, "/usr/share/glvnd/egl_vendor.d/50_mesa.json"), "{}\n", 0o644)
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			writeHost(t, root, v2, deb, v2)
+			want := tc.setup(t, root)
+			set, err := Find(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, f := range set.Configs {
+				if f.Name != filepath.Base(f.Path) {
+					t.Errorf("config %+v: name is not the path's", f)
+				}
+				got = append(got, f.Path)
+			}
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("configs (-got +want):\n%s", diff)
 			}
 		})
 	}

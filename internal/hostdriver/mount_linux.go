@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,8 +16,9 @@ import (
 // Paths inside the container.
 const (
 	// ContainerDir holds the host's driver in a container: lib/ (the libraries and their
-	// soname links), bin/ (the tools) and Marker. It is a tmpfs the mount hook places at
-	// every start, so nothing of the driver is ever written to the container's disk.
+	// soname links), bin/ (the tools), conf/ (the vendor files under their host paths:
+	// conf/etc/OpenCL/vendors/nvidia.icd) and Marker. It is a tmpfs the mount hook places
+	// at every start, so nothing of the driver is ever written to the container's disk.
 	ContainerDir = "/usr/lib/gpupass-driver"
 	// Marker names where the driver came from ("source=host", "version=...").
 	Marker = ContainerDir + "/source"
@@ -48,8 +50,9 @@ type Mounted struct {
 // ContainerDir in the container's root, binds every library and tool into it read-only,
 // adds the soname links, makes the tmpfs read-only, writes LdConf and rebuilds the
 // container's /etc/ld.so.cache with the host's ldconfig chrooted into the container's
-// root. Paths in the container's root are resolved inside it (openat2 RESOLVE_IN_ROOT): a
-// container's symbolic link never leads a write to the host.
+// root; each vendor file it gives at its own path (provideConfig). Paths in the
+// container's root are resolved inside it (openat2 RESOLVE_IN_ROOT): a container's
+// symbolic link never leads a write to the host.
 func Mount(o MountOptions) (*Mounted, error) {
 	if o.Rootfs == "" {
 		return nil, errors.New("mount host driver: no container root (LXC_ROOTFS_MOUNT is empty: run as an lxc.hook.mount)")
@@ -100,6 +103,15 @@ func Mount(o MountOptions) (*Mounted, error) {
 			return nil, err
 		}
 	}
+	for _, f := range set.Configs {
+		dst := filepath.Join(tm, "conf", f.Path)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return nil, fmt.Errorf("create %s/conf%s: %w", ContainerDir, filepath.Dir(f.Path), err)
+		}
+		if err := bindFile(join(o.Root, f.Path), dst); err != nil {
+			return nil, err
+		}
+	}
 	marker := fmt.Sprintf("source=host\nversion=%s\nfrom=%s\n", set.Version, strings.Join(set.Dirs, ","))
 	if err := os.WriteFile(filepath.Join(tm, "source"), []byte(marker), 0o644); err != nil {
 		return nil, fmt.Errorf("write %s: %w", Marker, err)
@@ -115,6 +127,12 @@ func Mount(o MountOptions) (*Mounted, error) {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("link /usr/local/bin/%s: %v", t.Name, err))
 		}
 	}
+	for _, f := range set.Configs {
+		if err := provideConfig(rootfd, o.Root, f); err != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("give %s: %v", f.Path, err))
+		}
+	}
+	res.Warnings = append(res.Warnings, dropStaleLinks(rootfd, set)...)
 	if w := ldconfig(o); w != "" {
 		res.Warnings = append(res.Warnings, w)
 	}
@@ -141,12 +159,128 @@ func links(f File) []string {
 	return out
 }
 
-// bindFile binds src read-only onto a new empty file dst, keeping the source mount's
-// locked flags (an unprivileged container's user namespace may not clear them).
+// provideConfig makes the host's vendor file f what the container reads at f.Path. Where
+// the container has nothing there, a symbolic link to its copy in ContainerDir/conf
+// (written once, like the tools' links; after a switch back to driver: own it dangles
+// and loaders skip it). Where the container has its own file there (or its own link to
+// one inside its root), the host's file is bound read-only over it: the host's wins
+// while the container runs, as its libraries win over an own copy through the loader
+// cache, and the container's file stays unchanged on its disk. Anything else there (a
+// directory, a link leading nowhere) is left alone, with the error.
+func provideConfig(rootfd int, root string, f File) error {
+	rel := strings.TrimPrefix(f.Path, "/")
+	target := ContainerDir + "/conf" + f.Path
+	pfd, err := mkdirAllIn(rootfd, filepath.Dir(rel))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	dfd, err := unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dfd, f.Name, buf)
+	switch {
+	case err == nil && string(buf[:n]) == target:
+		return nil // our link, from an earlier start
+	case errors.Is(err, unix.ENOENT):
+		return unix.Symlinkat(target, dfd, f.Name)
+	case err != nil && !errors.Is(err, unix.EINVAL): // EINVAL: not a link
+		return err
+	}
+	fd, err := unix.Openat2(rootfd, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolveFlags})
+	if err != nil {
+		return fmt.Errorf("the container's own %s leads nowhere inside its root (%w): left as it is", f.Path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("the container's own %s is not a regular file: left as it is", f.Path)
+	}
+	return bindOver(join(root, f.Path), fd)
+}
+
+// bindOver binds src read-only over the file fd (O_PATH) names. The bind is made
+// read-only before it is attached (open_tree, mount_setattr, move_mount; Linux 5.12): a
+// remount through /proc/self/fd would reach the file under the new mount, not the mount,
+// and a failure leaves nothing behind, never the host's file writable in the container.
+func bindOver(src string, fd int) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	defer unix.Close(tree)
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}); err != nil {
+		return fmt.Errorf("make the bind of %s read-only: %w", src, err)
+	}
+	if err := unix.MoveMount(tree, "", fd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	return nil
+}
+
+// dropStaleLinks removes the links an earlier start made (provideConfig) to vendor files
+// the host no longer has: the application profiles of the version before an upgrade, a
+// file the host's driver stopped shipping. Only links into ContainerDir/conf, in the
+// directories of ConfigFiles, are touched; it returns what it could not remove.
+func dropStaleLinks(rootfd int, set *Set) []string {
+	want := map[string]bool{}
+	for _, f := range set.Configs {
+		want[f.Path] = true
+	}
+	var dirs []string
+	for _, r := range ConfigRoots {
+		for _, c := range ConfigFiles {
+			if d := filepath.Dir(filepath.Join(r, c)); !slices.Contains(dirs, d) {
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	var warnings []string
+	buf := make([]byte, 4096)
+	for _, d := range dirs {
+		pfd, err := openIn(rootfd, strings.TrimPrefix(d, "/"))
+		if err != nil {
+			continue // the container has no such directory: nothing of ours there
+		}
+		dfd, err := unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		unix.Close(pfd)
+		if err != nil {
+			continue
+		}
+		dir := os.NewFile(uintptr(dfd), d)
+		names, _ := dir.Readdirnames(-1)
+		for _, n := range names {
+			p := filepath.Join(d, n)
+			l, err := unix.Readlinkat(dfd, n, buf)
+			if err != nil || string(buf[:l]) != ContainerDir+"/conf"+p || want[p] {
+				continue
+			}
+			if err := unix.Unlinkat(dfd, n, 0); err != nil {
+				warnings = append(warnings, fmt.Sprintf("remove the stale link %s: %v", p, err))
+			}
+		}
+		dir.Close()
+	}
+	return warnings
+}
+
+// bindFile binds src read-only onto a new empty file dst (bindRO).
 func bindFile(src, dst string) error {
 	if err := os.WriteFile(dst, nil, 0o644); err != nil {
 		return fmt.Errorf("create %s: %w", dst, err)
 	}
+	return bindRO(src, dst)
+}
+
+// bindRO binds src read-only onto the existing file dst, keeping the source mount's
+// locked flags (an unprivileged container's user namespace may not clear them).
+func bindRO(src, dst string) error {
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
