@@ -212,7 +212,14 @@ func (f *fabric) ctlCtx(t testing.TB, ctx context.Context, cmd, fleet string, ar
 // mustApplyReady runs apply and requires every listed container ready (exit 0).
 func (f *fabric) mustApplyReady(t testing.TB, fleet string, ids ...string) ctlResult {
 	t.Helper()
-	r := f.ctl(t, "apply", fleet, "--timeout", "30s")
+	return f.mustApplyReadyWithin(t, fleet, 30*time.Second, ids...)
+}
+
+// mustApplyReadyWithin is mustApplyReady with apply's --timeout (how long the host waits
+// for each started container's guest).
+func (f *fabric) mustApplyReadyWithin(t testing.TB, fleet string, timeout time.Duration, ids ...string) ctlResult {
+	t.Helper()
+	r := f.ctl(t, "apply", fleet, "--timeout", timeout.String())
 	for _, id := range ids {
 		c := r.Report.ct(t, id)
 		if c.State != "ready" {

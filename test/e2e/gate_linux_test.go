@@ -127,7 +127,11 @@ func gateScenario(t *testing.T, f *fabric, gc gateCase) {
 	// wait's log (busybox).
 	const why = "/dev/nvidia0: denied"
 	var waitLog string
-	deadline := time.Now().Add(30 * time.Second)
+	boot := 30 * time.Second
+	if gc.openrc {
+		boot = openRCBoot
+	}
+	deadline := time.Now().Add(boot)
 	for !strings.Contains(waitLog, why) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the gate never said %q; its log:\n%s\nguest agent:\n%s", why, waitLog, tail(ct.guestLog(t), 2000))
@@ -152,7 +156,7 @@ func gateScenario(t *testing.T, f *fabric, gc gateCase) {
 
 	// The fix: apply writes the rule and restarts the container; the app starts at once.
 	fix := time.Now()
-	ap := f.mustApplyReady(t, fl, ct.name)
+	ap := f.mustApplyReadyWithin(t, fl, boot, ct.name)
 	applied := time.Now()
 	if c := ap.Report.ct(t, ct.name); !c.Restarted || !c.Written {
 		t.Errorf("apply: restarted=%v written=%v, want both", c.Restarted, c.Written)
