@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"gpupass/internal/gpu"
+	"gpupass/internal/hostdriver"
 	"gpupass/internal/pvelab"
+	pb "gpupass/proto/gpupass/v1"
 )
 
 // The PVE lab scenarios beyond the seed incident (docs/e2e.md "The PVE lab"; the rules they
@@ -278,23 +281,10 @@ func testPVETags(t *testing.T, lab *pveLab) {
 // a loaded node); an apply runs one pct per state change. Every pct the agent runs is logged
 // by a wrapper on its PATH.
 func testPVEPctCalls(t *testing.T, lab *pveLab) {
-	h := lab.h
 	ct := lab.newCT(t, false)
 	id := fmt.Sprint(ct.ID)
 	fl := lab.writeFleet(t, "calls-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw", state: "running"})
-	calls := filepath.Join(h.dir, "pct-calls")
-	h.wrap(t, "pct", fmt.Sprintf(`echo "$*" >> %s
-exec "$REAL" "$@"`, calls))
-	t.Cleanup(func() { h.unwrap(t, "pct") })
-	h.Restart(t)
-	took := func(what string) []string {
-		t.Helper()
-		b, _ := os.ReadFile(calls)
-		_ = os.Remove(calls)
-		lines := strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), " ", "_"))
-		t.Logf("%s: %d pct calls %q", what, len(lines), lines)
-		return lines
-	}
+	took := lab.logPct(t)
 	took("agent start")
 
 	ap := lab.f.ctl(t, "apply", fl, "--timeout", "90s")
@@ -318,4 +308,159 @@ exec "$REAL" "$@"`, calls))
 	if got := took("apply with nothing to do"); len(got) != 0 {
 		t.Errorf("an apply with nothing to do ran pct %q, want none", got)
 	}
+}
+
+// logPct puts a wrapper on the lab agent's PATH that logs every pct the agent runs and
+// restarts the agent (the wrapper takes effect for a new agent's PATH lookups); the wrapper
+// goes when the test ends. took returns the calls since the last took, one per call with
+// its arguments joined by "_" ("start_9901"), and logs them.
+func (lab *pveLab) logPct(t *testing.T) (took func(what string) []string) {
+	t.Helper()
+	h := lab.h
+	calls := filepath.Join(h.dir, "pct-calls")
+	_ = os.Remove(calls)
+	h.wrap(t, "pct", fmt.Sprintf(`echo "$*" >> %s
+exec "$REAL" "$@"`, calls))
+	t.Cleanup(func() { h.unwrap(t, "pct") })
+	h.Restart(t)
+	return func(what string) []string {
+		t.Helper()
+		b, _ := os.ReadFile(calls)
+		_ = os.Remove(calls)
+		lines := strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), " ", "_"))
+		t.Logf("%s: %d pct calls %q", what, len(lines), lines)
+		return lines
+	}
+}
+
+// `driver: host` across a host driver upgrade on Proxmox, through the real pct (docs/driver.md
+// "Host driver upgrades"; on plain LXC DriverHost_UpgradeRestartsAndRealigns): a busybox
+// container without NVIDIA files gets the simulated host's userspace (apply starts it through
+// `pct start`, the hook line in /etc/pve/lxc/<id>.conf). The host tree is then upgraded
+// (module version, libraries: setHostDriver): status names the host's change and "restart
+// required: host driver changed A -> B"; apply restarts the container through `pct reboot`
+// (one pct call, a new init) without writing, and it is ready with B from the host; PVE's
+// strict parser accepts the config; another apply does nothing. The simulated host's driver
+// is put back at the end, for scenarios after this one.
+func testPVEDriverHostUpgrade(t *testing.T, lab *pveLab) {
+	h := lab.h
+	inv, err := gpu.Discover(lab.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, v2 := inv.DriverVersion, "590.44.01"
+	if v1 == "" || v1 == v2 {
+		t.Fatalf("the simulated host's driver is %q: want a loaded version other than %s", v1, v2)
+	}
+	versionFile := filepath.Join(lab.root, "proc/driver/nvidia/version")
+	loaded, err := os.ReadFile(versionFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(versionFile, loaded, 0o644); err != nil {
+			t.Errorf("put back the simulated host's driver: %v", err)
+		}
+		if err := os.RemoveAll(filepath.Join(lab.root, "usr")); err != nil {
+			t.Errorf("put back the simulated host's driver: %v", err)
+		}
+	})
+	h.setHostDriver(t, v1) // the userspace of the loaded module beside it
+
+	ct := lab.newCT(t, false)
+	id := fmt.Sprint(ct.ID)
+	fl := lab.writeFleet(t, "drvhost-"+id, labCt{ct: ct, gpus: []string{"0"}, style: "raw", state: "running", driver: "host"})
+	took := lab.logPct(t)
+	took("agent start")
+
+	ap := lab.f.ctl(t, "apply", fl, "--timeout", "90s")
+	c := ap.Report.ct(t, id)
+	if ap.Code != 0 || c.State != "ready" || !c.Started || !c.Written {
+		t.Fatalf("apply: exit %d state %s started %v written %v error %q reasons %q", ap.Code, c.State, c.Started, c.Written, c.Error, c.Reasons)
+	}
+	if c.Driver.Source != "host" || c.Driver.Userspace != v1 {
+		t.Fatalf("driver: host after apply: %+v, want userspace %s from the host", c.Driver, v1)
+	}
+	if got := took("apply from stopped"); len(got) != 1 || got[0] != "start_"+id {
+		t.Errorf("apply of a stopped container ran pct %q, want exactly one `pct start %s`", got, id)
+	}
+	hook := "lxc.hook.mount: " + lab.f.bin.HostAgent + " driver hook --host-root " + lab.root
+	if conf := ct.Conf(t); !strings.Contains(conf, hook+"\n") {
+		t.Fatalf("%s lacks %q:\n%s", ct.ConfPath(), hook, conf)
+	}
+	t.Logf("apply: exit %d in %v, %s ready with %s from the host", ap.Code, ap.Elapsed.Round(time.Millisecond), id, v1)
+	pid := ct.InitPID(t)
+
+	h.setHostDriver(t, v2) // the upgrade
+	st := lab.f.ctl(t, "status", fl)
+	if st.Code != 2 {
+		t.Errorf("status after the upgrade: exit %d, want 2", st.Code)
+	}
+	if ch := st.Report.host(t, h.name).Driver.Change; !strings.Contains(ch, "host driver changed "+v1+" -> "+v2) {
+		t.Errorf("host driver change in status: %q", ch)
+	}
+	c = st.Report.ct(t, id)
+	if !c.RestartRequired || !anyContains(c.Reasons, "restart required: host driver changed "+v1+" -> "+v2) ||
+		!hasKind(c, pb.ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER) {
+		t.Errorf("status after the upgrade: restart_required %v reasons %q details %+v, want the host driver change as %s",
+			c.RestartRequired, c.Reasons, c.ReasonsDetail, pb.ReasonKindName(pb.ReasonKind_REASON_KIND_RESTART_FOR_HOST_DRIVER))
+	}
+	t.Logf("status after the upgrade: exit %d, host: %q, %s: %s, reasons %q", st.Code, st.Report.host(t, h.name).Driver.Change, id, c.State, c.Reasons)
+	plan := lab.f.ctl(t, "plan", fl)
+	c = plan.Report.ct(t, id)
+	if plan.Code != 2 || len(c.Changes) != 0 || !c.RestartRequired || !hasKind(c, pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED) {
+		t.Errorf("plan after the upgrade: exit %d changes %+v restart %v reasons %q, want exit 2, a restart (%s) and no config change",
+			plan.Code, c.Changes, c.RestartRequired, c.Reasons, pb.ReasonKindName(pb.ReasonKind_REASON_KIND_HOST_DRIVER_CHANGED))
+	}
+	if got := took("status and plan"); len(got) != 0 {
+		t.Errorf("status and plan ran pct %q, want none", got)
+	}
+
+	ap = lab.f.ctl(t, "apply", fl, "--timeout", "90s")
+	c = ap.Report.ct(t, id)
+	if ap.Code != 0 || c.State != "ready" || !c.Restarted || c.Written {
+		t.Fatalf("apply after the upgrade: exit %d state %s restarted %v written %v error %q reasons %q, want a restart and no write",
+			ap.Code, c.State, c.Restarted, c.Written, c.Error, c.Reasons)
+	}
+	if c.Driver.Source != "host" || c.Driver.Userspace != v2 || c.Driver.Kernel != v2 {
+		t.Errorf("driver: host after the upgrade's apply: %+v, want kernel and userspace %s from the host", c.Driver, v2)
+	}
+	if got := took("apply after the upgrade"); len(got) != 1 || !strings.HasPrefix(got[0], "reboot_"+id+"_") {
+		t.Errorf("apply after the upgrade ran pct %q, want exactly one `pct reboot %s`", got, id)
+	}
+	if got := ct.InitPID(t); got == pid || got == 0 {
+		t.Errorf("apply reported a restart but init pid %d -> %d", pid, got)
+	}
+	if got, _ := ct.Exec(t, "cat", hostdriver.Marker); got != "source=host\nversion="+v2+"\nfrom=/usr/lib/x86_64-linux-gnu\n" {
+		t.Errorf("%s inside after the restart: %q, want the host's %s", hostdriver.Marker, got, v2)
+	}
+	if _, code := ct.Exec(t, "test", "-e", hostdriver.ContainerDir+"/lib/libnvidia-ml.so."+v1); code == 0 {
+		t.Errorf("the old %s libnvidia-ml is still inside after the restart", v1)
+	}
+	pvelab.ParseStrict(t, ct.ConfPath())
+	t.Logf("apply after the upgrade: exit %d in %v, %s restarted through pct reboot (init %d -> %d), ready with %s from the host",
+		ap.Code, ap.Elapsed.Round(time.Millisecond), id, pid, ct.InitPID(t), v2)
+
+	// Nothing more to do: no restart, no pct.
+	pid = ct.InitPID(t)
+	ap = lab.f.ctl(t, "apply", fl, "--timeout", "60s")
+	if c := ap.Report.ct(t, id); ap.Code != 0 || c.Restarted || c.Written || c.State != "ready" {
+		t.Errorf("second apply: exit %d restarted %v written %v state %s, want ready with nothing done", ap.Code, c.Restarted, c.Written, c.State)
+	}
+	if got := took("second apply"); len(got) != 0 {
+		t.Errorf("an apply with nothing to do ran pct %q, want none", got)
+	}
+	if got := ct.InitPID(t); got != pid {
+		t.Errorf("second apply restarted the container (init %d -> %d)", pid, got)
+	}
+}
+
+// hasKind says whether one of c's reasons_detail is of kind k.
+func hasKind(c reportCt, k pb.ReasonKind) bool {
+	for _, d := range c.ReasonsDetail {
+		if d.Kind == pb.ReasonKindName(k) {
+			return true
+		}
+	}
+	return false
 }

@@ -57,6 +57,7 @@ func TestPVELab(t *testing.T) {
 		{"AgentKilledMidApply_Reconciles", testPVEAgentKilled},
 		{"SetTagsRunning_NoRestart", testPVETags},
 		{"PctCalls_NoneForStatus_OnePerStateChange", testPVEPctCalls},
+		{"DriverHost_UpgradeRestartsThroughPct", testPVEDriverHostUpgrade},
 	} {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, lab) })
 	}
@@ -74,7 +75,9 @@ func (lab *pveLab) startHost(t *testing.T) *host {
 	}
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	ln.Close()
-	h := &host{f: f, t: t, name: "pve-lab", ip: "127.0.0.1", port: port}
+	// root is the simulated GPU host's root (host_root), so host helpers such as
+	// setHostDriver change the tree this agent reads.
+	h := &host{f: f, t: t, name: "pve-lab", ip: "127.0.0.1", port: port, root: lab.root}
 	h.dir = filepath.Join(f.dir, h.name)
 	h.stateDir = filepath.Join(h.dir, "state")
 	h.guestDir = filepath.Join(h.dir, "guests")
@@ -114,10 +117,11 @@ simulated: true
 
 // labCt is one entry of a lab fleet.
 type labCt struct {
-	ct    *pvelab.CT
-	gpus  []string
-	style string // raw | dev
-	state string
+	ct     *pvelab.CT
+	gpus   []string
+	style  string // raw | dev
+	state  string
+	driver string // fleet.yaml driver ("" the default, own)
 }
 
 // writeFleet writes a fleet.yaml for the lab host.
@@ -136,6 +140,9 @@ func (lab *pveLab) writeFleet(t *testing.T, name string, cts ...labCt) string {
 		fmt.Fprintf(&b, "  - {host: %s, id: \"%d\", gpus: [%s], style: %s", lab.h.name, c.ct.ID, strings.Join(gpus, ", "), c.style)
 		if c.state != "" {
 			fmt.Fprintf(&b, ", state: %s", c.state)
+		}
+		if c.driver != "" {
+			fmt.Fprintf(&b, ", driver: %s", c.driver)
 		}
 		b.WriteString("}\n")
 	}
