@@ -308,24 +308,32 @@ func (s *Session) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("accept stream: %w", err)
 		}
+		// A slot is taken here, in the order the peer opened its streams, not by whichever
+		// handler goroutine runs first: a peer's first stream is served even when it opens
+		// more than MaxStreams right after it (before, the race could refuse the first one).
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveStream(ctx, ys)
-		}()
+		select {
+		case s.sem <- struct{}{}:
+			go func() {
+				defer s.wg.Done()
+				defer func() { <-s.sem }()
+				s.serveStream(ctx, ys)
+			}()
+		default:
+			go func() {
+				defer s.wg.Done()
+				st := newStream(ys, s.cfg.MaxFrame, "")
+				defer st.Close()
+				_ = st.Fail(Errorf(pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, "too many open streams (limit %d)", s.cfg.MaxStreams))
+			}()
+		}
 	}
 }
 
+// serveStream reads a stream's call and runs its handler; the caller holds a slot.
 func (s *Session) serveStream(ctx context.Context, ys *yamux.Stream) {
 	st := newStream(ys, s.cfg.MaxFrame, "")
 	defer st.Close()
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	default:
-		_ = st.Fail(Errorf(pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, "too many open streams (limit %d)", s.cfg.MaxStreams))
-		return
-	}
 	_ = ys.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	var call pb.Call
 	if err := st.Recv(&call); err != nil {

@@ -443,3 +443,38 @@ func TestStreamLimit(t *testing.T) {
 		t.Errorf("third stream: err = %v, want RESOURCE_EXHAUSTED", err)
 	}
 }
+
+// Slots go to streams in the order the peer opened them: a stream opened first is served
+// even when the peer opens many more at once right after it (the slot was once taken by
+// whichever handler goroutine ran first, and the first stream could be refused).
+func TestStreamLimitInOpenOrder(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for round := 0; round < 20; round++ {
+		srv, cli := cfgs(t)
+		srv.MaxStreams = 2
+		p, err := connect(t, transports()[1], srv, cli, echoMux(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := p.client.Open(ctx, "test.Echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 10; i++ {
+			st, err := p.client.Open(ctx, "test.Block")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+		}
+		if err := first.Send(&pb.Call{Method: "ping"}); err != nil {
+			t.Fatal(err)
+		}
+		var r pb.Call
+		if err := first.RecvReply(&r); err != nil || r.GetMethod() != "echo:ping" {
+			t.Fatalf("round %d: the first stream: %v %v, want its echo (it was opened before the others)", round, err, &r)
+		}
+		first.Close()
+	}
+}
