@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -19,7 +20,9 @@ import (
 const realH200 = "../../testdata/real-gpu/h200-driver-host"
 
 // treeFromListing recreates a captured `ls -la --time-style=+` of dir under root: empty
-// regular files, the same symbolic links.
+// regular files, the same symbolic links. An absolute link target is taken under root
+// (root stands for the host's /), so the link leads to the recreated file, not to the
+// test machine's.
 func treeFromListing(t *testing.T, root, dir, listing string) {
 	t.Helper()
 	b, err := os.ReadFile(listing)
@@ -28,6 +31,9 @@ func treeFromListing(t *testing.T, root, dir, listing string) {
 	}
 	if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
 		t.Fatal(err)
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return // nothing of the driver's in dir
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		f := strings.Fields(line)
@@ -40,7 +46,11 @@ func treeFromListing(t *testing.T, root, dir, listing string) {
 			if len(f) != 8 || f[6] != "->" {
 				t.Fatalf("listing %s: link line %q", listing, line)
 			}
-			if err := os.Symlink(f[7], p); err != nil {
+			target := f[7]
+			if filepath.IsAbs(target) {
+				target = filepath.Join(root, target)
+			}
+			if err := os.Symlink(target, p); err != nil {
 				t.Fatal(err)
 			}
 		case '-':
@@ -145,4 +155,105 @@ func TestReplayH200(t *testing.T) {
 			}
 		})
 	}
+}
+
+// realH200Vendor is what scripts/driver-host/vendor.sh captured on an H200 host (driver
+// 580.159.04 under /usr/local/nvidia): the driver's directory listings as before, the
+// listings of the vendor directories (/usr/share/vulkan/icd.d and
+// /usr/share/glvnd/egl_vendor.d hold absolute links into /usr/local/nvidia/share,
+// /etc/OpenCL/vendors only pocl.icd) with the small files' content, what `driver show`
+// printed there, and the vendor paths inside a container the hook started.
+const realH200Vendor = "../../testdata/real-gpu/h200-vendor-files"
+
+// TestReplayH200VendorFiles runs Find on the H200 host's captured tree, vendor directories
+// included, and compares with the real `driver show` there: the same libraries and tools,
+// and as Configs exactly the Vulkan ICD and the glvnd EGL vendor file (both links the
+// host follows to /usr/local/nvidia/share), not POCL's OpenCL file. Each Config reads the
+// captured content through its link; in the real container (g1, no NVIDIA files in its
+// template) each was a link to its copy under ContainerDir/conf, where the hook's
+// listing shows a file of the host's size.
+func TestReplayH200VendorFiles(t *testing.T) {
+	var shown Set
+	b, err := os.ReadFile(filepath.Join(realH200Vendor, "driver-show.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &shown); err != nil {
+		t.Fatal(err)
+	}
+	if len(shown.Configs) != 2 {
+		t.Fatalf("the capture's driver show lists %d vendor files, want the 2 the host has: %+v", len(shown.Configs), shown.Configs)
+	}
+
+	root := t.TempDir()
+	fx := filepath.Join(realH200Vendor, "fixture/host")
+	for _, d := range []string{
+		"/usr/local/nvidia/lib64", "/usr/local/nvidia/bin", "/usr/lib/x86_64-linux-gnu", "/usr/bin",
+		"/etc/OpenCL/vendors", "/usr/share/vulkan/icd.d", "/usr/share/glvnd/egl_vendor.d",
+		"/usr/local/nvidia/share/vulkan/icd.d", "/usr/local/nvidia/share/glvnd/egl_vendor.d",
+	} {
+		treeFromListing(t, root, d, filepath.Join(fx, "ls"+strings.ReplaceAll(d, "/", "_")+".txt"))
+	}
+	// The captured files' content over the listings' empty files.
+	for _, top := range []string{"proc", "etc", "usr"} {
+		err := filepath.WalkDir(filepath.Join(fx, top), func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			rel, _ := filepath.Rel(fx, p)
+			copyFixture(t, p, filepath.Join(root, rel))
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	got, err := Find(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := shown
+	want.Libs = append([]File(nil), shown.Libs...)
+	for i := range want.Libs {
+		want.Libs[i].Soname = "" // from the ELF files, which the fixture does not carry
+	}
+	if diff := cmp.Diff(*got, want); diff != "" {
+		t.Errorf("Find on the captured host vs the real driver show (-replay +real):\n%s", diff)
+	}
+
+	links, err := os.ReadFile(filepath.Join(realH200Vendor, "fixture/g1/ls-configs.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := os.ReadFile(filepath.Join(realH200Vendor, "fixture/g1/ls-conf.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range got.Configs {
+		content, err := os.ReadFile(filepath.Join(root, f.Path))
+		if err != nil {
+			t.Fatalf("read %s through the replayed host's link: %v", f.Path, err)
+		}
+		if !strings.Contains(string(content), `"library_path"`) {
+			t.Errorf("%s on the replayed host is not the captured vendor file: %q", f.Path, content)
+		}
+		if l := f.Path + " -> " + ContainerDir + "/conf" + f.Path; !strings.Contains(string(links), l) {
+			t.Errorf("in the real container %s was not our link %q:\n%s", f.Path, l, links)
+		}
+		if !hasListed(string(conf), f.Name, len(content)) {
+			t.Errorf("the real container's %s/conf has no %s of the host's %d bytes:\n%s", ContainerDir, f.Name, len(content), conf)
+		}
+	}
+}
+
+// hasListed says whether a busybox `ls -l` listing has a regular file name of size bytes.
+func hasListed(listing, name string, size int) bool {
+	for _, line := range strings.Split(listing, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 9 && strings.HasPrefix(f[0], "-") && f[len(f)-1] == name && f[4] == strconv.Itoa(size) {
+			return true
+		}
+	}
+	return false
 }
