@@ -179,8 +179,9 @@ func TestApplyProgressAndFailingHosts(t *testing.T) {
 	}
 	want := map[string][]string{
 		"pve1":     {"connect"},
-		"pve1/901": {"journal", "lock", "write", "restart", "wait-ready", "done"},
-		"pve1/902": {"journal", "lock", "write", "restart", "wait-ready", "done"},
+		"pve1/901": {"journal", "write", "restart", "wait-ready", "done"},
+		"pve1/902": {"journal", "write", "restart", "wait-ready", "done"},
+		"pve1/903": {"done"}, // as the agent: done, with its outcome (error), after a failed container too
 		"pve2":     {"connect", "failed"},
 		"pve3":     {"connect", "failed"},
 	}

@@ -17,9 +17,9 @@ import (
 )
 
 // The controller's CLI tests (internal/controller/cli, internal/controller) run against a
-// model of the host agent (internal/controller/agenttest). Its plans and its status of
-// stopped containers are held to the real agent without root (agenttest's
-// contract_test.go); this scenario holds its status of RUNNING containers to the real
+// model of the host agent (internal/controller/agenttest). Its plans, its status of
+// stopped containers and its applies to them are held to the real agent without root
+// (agenttest's contract_test.go); this scenario holds its status of RUNNING containers to the real
 // agent: every running state the CLI tests give the model (ready, a userspace mismatch,
 // no userspace, no GPUs, no guest agent, denied nodes, a fleet asking for more GPUs than
 // the container runs with, a network required and missing or present; the CLI golden

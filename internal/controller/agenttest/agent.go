@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -207,71 +208,126 @@ func (a *Agent) specs(req []*pb.ContainerSpec) []*pb.ContainerSpec {
 }
 
 func (a *Agent) apply(ctx context.Context, req *pb.ApplyRequest, s *wire.Stream) error {
-	resp := &pb.ApplyResponse{}
-	step := func(id, name, msg string) error {
-		if err := s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Progress{Progress: &pb.ApplyProgress{ContainerId: id, Step: name, Message: msg}}}); err != nil {
+	resp, err := a.applyWith(ctx, req, func(p *pb.ApplyProgress) error {
+		if err := s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Progress{Progress: p}}); err != nil {
 			return err
 		}
 		return a.wait(ctx, a.StepDelay)
+	})
+	if err != nil {
+		return err
+	}
+	return s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Result{Result: resp}})
+}
+
+// applyWith is the model's host.Apply: it sends each step to progress and returns the
+// result. Its steps and results are the agent's (hostagent's applyLocked; held by
+// TestModelAppliesAsTheAgent): a journal entry only when something is written, started
+// or restarted; wait-ready only for a container that runs after it; done, with the
+// outcome, after every container, failed ones too.
+func (a *Agent) applyWith(ctx context.Context, req *pb.ApplyRequest, progress func(*pb.ApplyProgress) error) (*pb.ApplyResponse, error) {
+	resp := &pb.ApplyResponse{}
+	step := func(id, name, msg string) error {
+		return progress(&pb.ApplyProgress{ContainerId: id, Step: name, Message: msg})
+	}
+	timeout := time.Duration(req.GetTimeoutMs()) * time.Millisecond
+	if timeout <= 0 {
+		timeout = 60 * time.Second // hostagent.DefaultReadyTimeout
 	}
 	for _, spec := range req.GetContainers() {
 		id := spec.GetId()
-		a.mu.Lock()
-		p := a.plan(spec)
-		a.mu.Unlock()
-		res := &pb.ContainerResult{Plan: p}
+		res, err := a.applyOne(ctx, spec, req.GetExpectDigest(), timeout, step)
+		if err != nil {
+			return nil, err
+		}
 		resp.Containers = append(resp.Containers, res)
-		if p.GetError() != "" {
-			res.Error = p.GetError()
-			continue
+		outcome := "ok"
+		switch st := res.GetStatus().GetState(); {
+		case res.GetError() != "":
+			outcome = "error"
+		case st != pb.StateReady && st != "stopped":
+			outcome = "not-ready"
 		}
-		if d, ok := req.GetExpectDigest()[id]; ok && d != p.GetDigest() {
-			res.Error = "the config changed since the plan (digest mismatch); run gpupass plan again"
-			continue
-		}
-		if err := step(id, "journal", "begin"); err != nil {
-			return err
-		}
-		if len(p.GetChanges()) > 0 {
-			if err := step(id, "lock", "/run/lock/lxc/pve-config-"+id+".lock"); err != nil {
-				return err
-			}
-			if err := step(id, "write", fmt.Sprintf("%d line(s) changed in %s", len(p.GetChanges()), p.GetConfigPath())); err != nil {
-				return err
-			}
-			res.Written = true
-		}
-		a.Update(id, func(c *Container) { c.GPUs, c.Style = spec.GetGpus(), spec.GetStyle() })
-		if p.GetRestart().GetRequired() || p.GetStart() {
-			stepName, verb := "restart", "pct reboot "+id
-			if p.GetStart() {
-				stepName, verb = "start", "pct start "+id
-			}
-			if err := step(id, stepName, verb); err != nil {
-				return err
-			}
-			a.Update(id, func(c *Container) {
-				gs, _ := a.resolve(c.GPUs)
-				// It starts with the rules rendered from the majors read now: a denial
-				// by stale rules is gone.
-				c.Running, c.RunState, c.Denied = minors(gs), "running", false
-			})
-			res.Restarted, res.Started = !p.GetStart(), p.GetStart()
-		}
-		if err := step(id, "wait-ready", fmt.Sprintf("waiting up to %s for the guest's report", time.Duration(req.GetTimeoutMs())*time.Millisecond)); err != nil {
-			return err
-		}
-		a.mu.Lock()
-		res.Status = a.status(id, spec)
-		a.mu.Unlock()
-		if err := step(id, "done", res.Status.GetState()); err != nil {
-			return err
+		if err := step(id, "done", outcome); err != nil {
+			return nil, err
 		}
 	}
 	a.mu.Lock()
 	resp.Host = a.inventory()
 	a.mu.Unlock()
-	return s.Reply(&pb.ApplyUpdate{Kind: &pb.ApplyUpdate_Result{Result: resp}})
+	return resp, nil
+}
+
+// applyOne applies spec to its container; an error is the stream's, a failed apply is
+// the result's.
+func (a *Agent) applyOne(_ context.Context, spec *pb.ContainerSpec, expect map[string]string, timeout time.Duration, step func(id, name, msg string) error) (*pb.ContainerResult, error) {
+	id := spec.GetId()
+	a.mu.Lock()
+	p := a.plan(spec)
+	c, known := a.containers[id]
+	running := known && c.RunState == "running"
+	a.mu.Unlock()
+	res := &pb.ContainerResult{Plan: p}
+	fail := func(msg string) (*pb.ContainerResult, error) {
+		// As the agent's: the error, and a status that says it; the plan carries none.
+		res.Error = msg
+		res.Status = &pb.ContainerStatus{Id: id, Gpus: spec.GetGpus(), State: "error", Reasons: []string{msg}}
+		return res, nil
+	}
+	if e := p.GetError(); e != "" {
+		p.Error = ""
+		return fail(e)
+	}
+	if d, ok := expect[id]; ok && d != "" && d != p.GetDigest() {
+		return fail(fmt.Sprintf("%s changed since the plan (digest %s, now %s): nothing was written; run plan again", p.GetConfigPath(), short(d), short(p.GetDigest())))
+	}
+	restart := running && p.GetRestart().GetRequired()
+	start := p.GetStart()
+	if len(p.GetChanges()) > 0 || restart || start {
+		if err := step(id, "journal", "begin"); err != nil {
+			return nil, err
+		}
+	}
+	if len(p.GetChanges()) > 0 {
+		if err := step(id, "write", fmt.Sprintf("%d change(s) to %s", len(p.GetChanges()), p.GetConfigPath())); err != nil {
+			return nil, err
+		}
+		res.Written = true
+	}
+	a.Update(id, func(c *Container) { c.GPUs, c.Style = spec.GetGpus(), spec.GetStyle() })
+	if restart || start {
+		stepName, msg := "restart", strings.Join(p.GetRestart().GetReasons(), "; ")
+		if start {
+			stepName, msg = "start", "fleet wants it running"
+		}
+		if err := step(id, stepName, msg); err != nil {
+			return nil, err
+		}
+		a.Update(id, func(c *Container) {
+			gs, _ := a.resolve(c.GPUs)
+			// It starts with the rules rendered from the majors read now: a denial
+			// by stale rules is gone.
+			c.Running, c.RunState, c.Denied = minors(gs), "running", false
+		})
+		res.Restarted, res.Started = restart, start
+	}
+	if running || start {
+		if err := step(id, "wait-ready", fmt.Sprintf("waiting up to %v for the guest's report", timeout)); err != nil {
+			return nil, err
+		}
+	}
+	a.mu.Lock()
+	res.Status = a.status(id, spec)
+	a.mu.Unlock()
+	return res, nil
+}
+
+// short is the agent's short form of a digest in its messages.
+func short(d string) string {
+	if len(d) > 12 {
+		return d[:12]
+	}
+	return d
 }
 
 // watch is the agent's Watch: with specs (the controller sends the fleet's) each event is

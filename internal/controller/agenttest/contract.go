@@ -6,10 +6,14 @@ import (
 
 // The contract between this model and the real host agent: the same containers go
 // through the model's status and the real agent's, and the fields the controller's output
-// shows must agree. Stopped and unknown containers are held here without root
+// shows must agree. Plans, stopped and unknown containers, and applies to stopped
+// containers where no start is asked (TestModelAppliesAsTheAgent: the results, the status
+// after, the progress steps in order, the config written) are held here without root
 // (contract_test.go); running containers, whose status comes from a real guest's report
 // and the host's evidence of a real container, in the e2e suite
 // (test/e2e Contract_ModelStatusOfRunningContainers), which drives real LXC containers.
+// The apply of a running container (restart, start, wait-ready) is not held: its steps
+// follow the agent's applyLocked by reading.
 
 // StatusView is what the controller's status output shows of a container's status.
 type StatusView struct {

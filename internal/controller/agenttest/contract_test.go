@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,13 +77,21 @@ func viewOf(p *pb.ContainerPlan, hostRoot, guestDir string) planView {
 	return v
 }
 
-// TestModelPlansAsTheAgent is the contract between this model and the real host agent:
-// the same containers and specs go through the model's plan and hostagent.Agent.Plan (on
-// the pve-2gpu fixture host, with the model's GPUs and majors taken from the agent's own
-// inventory), and every field the controller's plan output shows must agree. It is what
-// keeps the controller's CLI goldens (internal/controller/cli/testdata) true of the
-// real agent.
-func TestModelPlansAsTheAgent(t *testing.T) {
+// contractHost is a real agent on the pve-2gpu fixture host, its containers stopped with
+// their configs on disk (stoppedRuntime), beside the model with the agent's own GPUs and
+// driver: the setup of the contract tests.
+type contractHost struct {
+	t     *testing.T
+	root  string // the fixture host's root
+	cfg   *hostconfig.Config
+	rt    stoppedRuntime
+	reg   *guestchan.Registry
+	real  *hostagent.Agent
+	model *Agent
+}
+
+func newContractHost(t *testing.T) *contractHost {
+	t.Helper()
 	root := gputest.MakeRoot(t, "pve-2gpu")
 	base := t.TempDir()
 	rt := stoppedRuntime{dir: filepath.Join(base, "lxc")}
@@ -94,22 +103,54 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 	cfg.GuestSocketDir = filepath.Join(base, "guests")
 	cfg.HostRoot = root
 	reg := guestchan.New(guestchan.Config{Dir: cfg.GuestSocketDir, Log: log.Discard()})
+	t.Cleanup(func() {
+		for _, id := range reg.IDs() {
+			reg.Remove(id)
+		}
+	})
 	real, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: reg, Name: "pve1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	inv, err := real.Plan(ctx, &pb.PlanRequest{})
+	inv, err := real.Plan(context.Background(), &pb.PlanRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	model := New("pve1")
-	model.GPUs = inv.GetHost().GetGpus()
-	model.Driver = inv.GetHost().GetDriver()
+	model.GPUs, model.Driver = inv.GetHost().GetGpus(), inv.GetHost().GetDriver()
 	if len(model.GPUs) != 2 {
 		t.Fatalf("fixture host has %d GPUs, want 2", len(model.GPUs))
 	}
+	return &contractHost{t: t, root: root, cfg: cfg, rt: rt, reg: reg, real: real, model: model}
+}
 
+// add puts c on the model's host and writes its config where the real agent reads it.
+func (h *contractHost) add(c Container) {
+	h.t.Helper()
+	h.model.Add(c)
+	if err := os.WriteFile(h.rt.ConfigPath(c.ID), []byte(h.realConfig(c.ID)), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// realConfig is the model's config of container id with the host's paths: the file the
+// real agent has where the model has that config (its bind mounts' sources are under the
+// host root; dev style's devN entries name the nodes the container sees).
+func (h *contractHost) realConfig(id string) string {
+	conf := strings.ReplaceAll(h.model.Config(id), "/run/gpupass/guests", h.cfg.GuestSocketDir)
+	return strings.ReplaceAll(conf, "lxc.mount.entry: /dev/", "lxc.mount.entry: "+h.root+"/dev/")
+}
+
+// TestModelPlansAsTheAgent is the contract between this model and the real host agent:
+// the same containers and specs go through the model's plan and hostagent.Agent.Plan (on
+// the pve-2gpu fixture host, with the model's GPUs and majors taken from the agent's own
+// inventory), and every field the controller's plan output shows must agree. It is what
+// keeps the controller's CLI goldens (internal/controller/cli/testdata) true of the
+// real agent.
+func TestModelPlansAsTheAgent(t *testing.T) {
+	h := newContractHost(t)
+	root, cfg, real, model := h.root, h.cfg, h.real, h.model
+	ctx := context.Background()
 	for _, tt := range []struct {
 		name string
 		have []string // GPUs the config passes now
@@ -129,13 +170,7 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			id := fmt.Sprint(900 + len(model.containers))
 			tt.spec.Id = id
-			model.Add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
-			// The real config is the model's, with the host's paths.
-			conf := strings.ReplaceAll(model.Config(id), "/run/gpupass/guests", cfg.GuestSocketDir)
-			conf = strings.ReplaceAll(conf, " /dev/", " "+root+"/dev/")
-			if err := os.WriteFile(rt.ConfigPath(id), []byte(conf), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			h.add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
 			if tt.have != nil {
 				// The config must be what the agent itself writes for have: it plans no change.
 				got, err := real.Plan(ctx, &pb.PlanRequest{Containers: []*pb.ContainerSpec{{Id: id, Gpus: tt.have}}})
@@ -170,25 +205,9 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 // hostagent.Agent.Status's (a running container's status comes from its guest's report and
 // the evidence of its processes, which the model stands for; see restart).
 func TestModelStatusAsTheAgent(t *testing.T) {
-	root := gputest.MakeRoot(t, "pve-2gpu")
-	base := t.TempDir()
-	rt := stoppedRuntime{dir: filepath.Join(base, "lxc")}
-	if err := os.MkdirAll(rt.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cfg := hostconfig.Default()
-	cfg.StateDir = filepath.Join(base, "state")
-	cfg.GuestSocketDir = filepath.Join(base, "guests")
-	cfg.HostRoot = root
-	reg := guestchan.New(guestchan.Config{Dir: cfg.GuestSocketDir, Log: log.Discard()})
-	real, err := hostagent.New(cfg, hostagent.Options{Runtime: rt, Guests: reg, Name: "pve1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newContractHost(t)
+	real, model := h.real, h.model
 	ctx := context.Background()
-	host := real.Status(ctx, &pb.StatusRequest{}).GetHost()
-	model := New("pve1")
-	model.GPUs, model.Driver = host.GetGpus(), host.GetDriver()
 	for _, tt := range []struct {
 		name   string
 		have   []string // nil: no such container
@@ -204,12 +223,7 @@ func TestModelStatusAsTheAgent(t *testing.T) {
 			id := fmt.Sprint(800 + len(model.containers))
 			spec := &pb.ContainerSpec{Id: id, Gpus: tt.fleet}
 			if tt.exists {
-				model.Add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
-				conf := strings.ReplaceAll(model.Config(id), "/run/gpupass/guests", cfg.GuestSocketDir)
-				conf = strings.ReplaceAll(conf, " /dev/", " "+root+"/dev/")
-				if err := os.WriteFile(rt.ConfigPath(id), []byte(conf), 0o644); err != nil {
-					t.Fatal(err)
-				}
+				h.add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
 			}
 			got := StatusViewOf(real.Status(ctx, &pb.StatusRequest{Containers: []*pb.ContainerSpec{spec}}).GetContainers()[0])
 			// The watch judges against the specs it is given, as Status does (the model's
@@ -228,6 +242,106 @@ func TestModelStatusAsTheAgent(t *testing.T) {
 			}
 			if d := cmp.Diff(want, watched); d != "" {
 				t.Errorf("model's status and agent's watch differ (-model +agent watch):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestModelAppliesAsTheAgent holds the model's apply of stopped containers that are to stay
+// stopped to hostagent.Agent.Apply's: the same requests go through both, and what the
+// controller shows of each container must agree: written, restarted, started, the error
+// (its presence: the wording names the host's paths and digests), the status after, the
+// plan's changes, and the steps the progress lines name, in order. The config the agent
+// wrote is the model's rendering of the container after the apply.
+func TestModelAppliesAsTheAgent(t *testing.T) {
+	h := newContractHost(t)
+	real, model := h.real, h.model
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name    string
+		have    []string // GPUs the config passes now; nil: never managed
+		spec    *pb.ContainerSpec
+		badPlan bool // the request expects a digest the config does not have
+		fails   bool
+	}{
+		{"add first GPU", nil, &pb.ContainerSpec{Gpus: []string{"0"}}, false, false},
+		{"add second GPU", []string{"0"}, &pb.ContainerSpec{Gpus: []string{"0", "1"}}, false, false},
+		{"swap GPU", []string{"0"}, &pb.ContainerSpec{Gpus: []string{"1"}}, false, false},
+		{"drop every GPU", []string{"1"}, &pb.ContainerSpec{Gpus: []string{}}, false, false},
+		{"first spec, no GPUs", nil, &pb.ContainerSpec{Gpus: []string{}}, false, false},
+		{"no change", []string{"1"}, &pb.ContainerSpec{Gpus: []string{"1"}}, false, false},
+		{"dev style", nil, &pb.ContainerSpec{Gpus: []string{"1"}, Style: pb.Style_STYLE_DEV}, false, false},
+		{"unknown GPU", []string{"0"}, &pb.ContainerSpec{Gpus: []string{"7"}}, false, true},
+		{"config changed since the plan", []string{"0"}, &pb.ContainerSpec{Gpus: []string{"1"}}, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprint(700 + len(model.containers))
+			tt.spec.Id = id
+			h.add(Container{ID: id, RunState: "stopped", GPUs: tt.have})
+			if tt.have != nil {
+				// A managed container's guest socket directory is there: the apply that
+				// managed it made it.
+				if _, err := h.reg.Ensure(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			req := &pb.ApplyRequest{Containers: []*pb.ContainerSpec{tt.spec}, TimeoutMs: 5000}
+			if tt.badPlan {
+				req.ExpectDigest = map[string]string{id: "0123456789abcdef0123456789abcdef"}
+			}
+			var mu sync.Mutex
+			var gotSteps []string
+			got := real.Apply(ctx, req, func(cid, step, _ string) {
+				mu.Lock()
+				defer mu.Unlock()
+				if cid == id {
+					gotSteps = append(gotSteps, step)
+				}
+			}).GetContainers()[0]
+			var wantSteps []string
+			resp, err := model.applyWith(ctx, req, func(p *pb.ApplyProgress) error {
+				if p.GetContainerId() == id {
+					wantSteps = append(wantSteps, p.GetStep())
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := resp.GetContainers()[0]
+
+			type resultView struct {
+				Written, Restarted, Started, Failed bool
+				Status                              StatusView
+				Plan                                planView
+				Steps                               []string
+			}
+			view := func(r *pb.ContainerResult, p planView, steps []string) resultView {
+				return resultView{Written: r.GetWritten(), Restarted: r.GetRestarted(), Started: r.GetStarted(), Failed: r.GetError() != "",
+					Status: StatusViewOf(r.GetStatus()), Plan: p, Steps: steps}
+			}
+			gotV := view(got, viewOf(got.GetPlan(), h.root, h.cfg.GuestSocketDir), gotSteps)
+			wantV := view(want, viewOf(want.GetPlan(), "", "/run/gpupass/guests"), wantSteps)
+			if tt.fails {
+				// Both refuse, each naming its own paths and digests (the model words its
+				// errors alike); the status says the error.
+				if len(gotV.Status.Reasons) != 1 || len(wantV.Status.Reasons) != 1 {
+					t.Fatalf("agent reasons %q, model reasons %q; want one each", gotV.Status.Reasons, wantV.Status.Reasons)
+				}
+				gotV.Status.Reasons, wantV.Status.Reasons = nil, nil
+			}
+			if gotV.Failed != tt.fails {
+				t.Errorf("agent error %q; want failed %v", got.GetError(), tt.fails)
+			}
+			if d := cmp.Diff(wantV, gotV); d != "" {
+				t.Errorf("model and agent apply differently (-model +agent):\n%s\nagent error %q, model error %q", d, got.GetError(), want.GetError())
+			}
+			written, err := os.ReadFile(h.rt.ConfigPath(id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(h.realConfig(id), string(written)); d != "" {
+				t.Errorf("the agent wrote a config other than the model's rendering (-model +agent):\n%s", d)
 			}
 		})
 	}

@@ -5,9 +5,10 @@
 // agent's own rules and decides restarts with internal/restartrule on the evidence its
 // state stands for, and words its reasons with the one renderer (pb.RenderReason). Contract
 // tests run the same cases through it and the real agent and fail on any difference the
-// controller's output would show: TestModelPlansAsTheAgent and TestModelStatusAsTheAgent
-// (a real hostagent.Agent on a fixture GPU host, configs on disk: plans, stopped and
-// unknown containers, the first watch event), and the e2e scenario
+// controller's output would show: TestModelPlansAsTheAgent, TestModelStatusAsTheAgent and
+// TestModelAppliesAsTheAgent (a real hostagent.Agent on a fixture GPU host, configs on
+// disk: plans, stopped and unknown containers, the first watch event, applies to stopped
+// containers with their progress steps and the config written), and the e2e scenario
 // Contract_ModelStatusOfRunningContainers (real LXC containers with the real guest agent in
 // every running state the controller's tests use; see contract.go). It also makes the hosts
 // that misbehave: one where nothing listens, and one that accepts connections and never
