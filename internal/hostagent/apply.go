@@ -185,7 +185,7 @@ func (a *Agent) applyLocked(ctx context.Context, spec *pb.ContainerSpec, o apply
 	since := a.now()
 	switch {
 	case restart:
-		progress(id, "restart", strings.Join(p.pb.Restart.GetReasons(), "; "))
+		progress(id, "restart", pb.Brief(pb.DetailsOf(p.pb.Restart.GetReasons(), p.pb.Restart.GetDetails())))
 		_ = op.Step(journal.StepRestart, journal.Entry{Detail: strings.Join(p.pb.Restart.GetReasons(), "; ")})
 		crash("restart-journaled")
 		t.runTouched = true

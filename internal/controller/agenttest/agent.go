@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -296,7 +295,7 @@ func (a *Agent) applyOne(_ context.Context, spec *pb.ContainerSpec, expect map[s
 	}
 	a.Update(id, func(c *Container) { c.GPUs, c.Style = spec.GetGpus(), spec.GetStyle() })
 	if restart || start {
-		stepName, msg := "restart", strings.Join(p.GetRestart().GetReasons(), "; ")
+		stepName, msg := "restart", pb.Brief(pb.DetailsOf(p.GetRestart().GetReasons(), p.GetRestart().GetDetails()))
 		if start {
 			stepName, msg = "start", "fleet wants it running"
 		}

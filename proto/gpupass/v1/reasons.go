@@ -193,3 +193,40 @@ func DetailsOf(texts []string, details []*Reason) []*Reason {
 	}
 	return out
 }
+
+// Brief is the reasons as one short line: reasons that differ only in their device (the
+// same kind, want, got and detail: four nodes a device cgroup denies) are one, naming the
+// devices in order ("guest reports /dev/nvidia1, /dev/nvidiactl denied by ..."); the others
+// stay as they are, in place; joined by "; ". For progress lines; data keeps every reason.
+func Brief(rs []*Reason) string {
+	type group struct {
+		at      int
+		first   *Reason
+		devices []string
+	}
+	var parts []string
+	groups := map[string]*group{}
+	var order []*group
+	for _, r := range rs {
+		if r.GetDevice() == "" || r.GetKind() == ReasonKind_REASON_KIND_OTHER || r.GetKind() == ReasonKind_REASON_KIND_UNSPECIFIED {
+			parts = append(parts, ReasonText(r))
+			continue
+		}
+		key := fmt.Sprint(int32(r.GetKind()), "\x00", r.GetWant(), "\x00", r.GetGot(), "\x00", r.GetDetail())
+		g, ok := groups[key]
+		if !ok {
+			g = &group{at: len(parts), first: r}
+			groups[key] = g
+			order = append(order, g)
+			parts = append(parts, ReasonText(r))
+		}
+		g.devices = append(g.devices, r.GetDevice())
+	}
+	for _, g := range order {
+		if len(g.devices) > 1 {
+			m := &Reason{Kind: g.first.GetKind(), Device: strings.Join(g.devices, ", "), Want: g.first.GetWant(), Got: g.first.GetGot(), Detail: g.first.GetDetail()}
+			parts[g.at] = RenderReason(m)
+		}
+	}
+	return strings.Join(parts, "; ")
+}

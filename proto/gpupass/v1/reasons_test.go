@@ -39,3 +39,27 @@ func TestReasonKinds(t *testing.T) {
 		}
 	}
 }
+
+// Brief makes one of the reasons that differ only in their device, in place and in order;
+// a reason whose want differs stays its own.
+func TestBrief(t *testing.T) {
+	denied := func(dev string) *Reason {
+		return NewReason(&Reason{Kind: ReasonKind_REASON_KIND_GUEST_DENIED, Device: dev})
+	}
+	rs := []*Reason{
+		NewReason(&Reason{Kind: ReasonKind_REASON_KIND_NODE_MISSING, Device: "/dev/nvidia1", Want: "195:1"}),
+		denied("/dev/nvidia-uvm"),
+		NewReason(&Reason{Kind: ReasonKind_REASON_KIND_NODE_MISSING, Device: "/dev/nvidiactl", Want: "195:255"}),
+		denied("/dev/nvidia-uvm-tools"),
+		OtherReason("something else"),
+	}
+	got := Brief(rs)
+	want := ReasonText(rs[0]) + "; guest reports /dev/nvidia-uvm, /dev/nvidia-uvm-tools denied by the device cgroup: the running rules do not allow it; " +
+		ReasonText(rs[2]) + "; something else"
+	if got != want {
+		t.Errorf("Brief:\n got %q\nwant %q", got, want)
+	}
+	if got := Brief(rs[:1]); got != ReasonText(rs[0]) {
+		t.Errorf("one reason: %q", got)
+	}
+}
