@@ -170,12 +170,7 @@ func links(f File) []string {
 func provideConfig(rootfd int, root string, f File) error {
 	rel := strings.TrimPrefix(f.Path, "/")
 	target := ContainerDir + "/conf" + f.Path
-	pfd, err := mkdirAllIn(rootfd, filepath.Dir(rel))
-	if err != nil {
-		return err
-	}
-	defer unix.Close(pfd)
-	dfd, err := unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	dfd, err := dirIn(rootfd, filepath.Dir(rel), true)
 	if err != nil {
 		return err
 	}
@@ -244,14 +239,9 @@ func dropStaleLinks(rootfd int, set *Set) []string {
 	var warnings []string
 	buf := make([]byte, 4096)
 	for _, d := range dirs {
-		pfd, err := openIn(rootfd, strings.TrimPrefix(d, "/"))
+		dfd, err := dirIn(rootfd, strings.TrimPrefix(d, "/"), false)
 		if err != nil {
 			continue // the container has no such directory: nothing of ours there
-		}
-		dfd, err := unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		unix.Close(pfd)
-		if err != nil {
-			continue
 		}
 		dir := os.NewFile(uintptr(dfd), d)
 		names, _ := dir.Readdirnames(-1)
@@ -330,6 +320,21 @@ func openIn(rootfd int, rel string) (int, error) {
 	return unix.Openat2(rootfd, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: resolveFlags})
 }
 
+// dirIn opens the directory rel inside the root rootfd for reading and for the *at calls
+// (created with its parents when create), never through a symbolic link out of the root.
+func dirIn(rootfd int, rel string, create bool) (int, error) {
+	open := openIn
+	if create {
+		open = mkdirAllIn
+	}
+	pfd, err := open(rootfd, rel)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(pfd)
+	return unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+}
+
 // mkdirAllIn creates rel and its parents inside the root rootfd and opens it (O_PATH).
 func mkdirAllIn(rootfd int, rel string) (int, error) {
 	cur := ""
@@ -370,12 +375,7 @@ func mkdirAllIn(rootfd int, rel string) (int, error) {
 // writeIn writes a file inside the root rootfd (its parents created), never through a
 // symbolic link.
 func writeIn(rootfd int, rel string, b []byte) error {
-	pfd, err := mkdirAllIn(rootfd, filepath.Dir(rel))
-	if err != nil {
-		return err
-	}
-	defer unix.Close(pfd)
-	dfd, err := unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	dfd, err := dirIn(rootfd, filepath.Dir(rel), true)
 	if err != nil {
 		return err
 	}
@@ -406,12 +406,7 @@ func readAt(dfd int, name string) ([]byte, error) {
 // linkIn makes dir/name (inside the root rootfd) a symbolic link to target unless a file
 // of the container's own is there.
 func linkIn(rootfd int, dir, name, target string) error {
-	pfd, err := mkdirAllIn(rootfd, dir)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(pfd)
-	dfd, err := unix.Openat(pfd, ".", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	dfd, err := dirIn(rootfd, dir, true)
 	if err != nil {
 		return err
 	}
