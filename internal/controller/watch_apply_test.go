@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,35 +26,10 @@ func TestWatchStreamsChangesFromAllHosts(t *testing.T) {
 	e.container("pve2", "950", "1")
 	e.container("pve3", "960", "0")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var mu sync.Mutex
-	var got []string
-	seen := make(chan struct{}, 16)
-	done := make(chan error, 1)
-	go func() {
-		done <- e.controller(t, time.Second).Watch(ctx, func(ev Event) {
-			mu.Lock()
-			got = append(got, ev.Container.Key()+" "+ev.Container.State)
-			mu.Unlock()
-			seen <- struct{}{}
-		})
-	}()
+	w := startWatch(t, e, func(ev Event) string { return ev.Container.Key() + " " + ev.Container.State })
 	waitFor := func(n int) {
 		t.Helper()
-		for {
-			mu.Lock()
-			l := len(got)
-			mu.Unlock()
-			if l >= n {
-				return
-			}
-			select {
-			case <-seen:
-			case <-ctx.Done():
-				t.Fatalf("timed out waiting for %d events, have %v", n, got)
-			}
-		}
+		w.waitUntil(fmt.Sprintf("%d events", n), func(got []string) bool { return len(got) >= n })
 	}
 	waitFor(3)
 	// A guest on pve2 connects: its container becomes ready.
@@ -62,12 +38,7 @@ func TestWatchStreamsChangesFromAllHosts(t *testing.T) {
 	// pve1's container loses its device cgroup rule.
 	a.Update("901", func(c *agenttest.Container) { c.Denied = true })
 	waitFor(5)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
+	got := w.stop()
 	first := map[string]bool{}
 	for _, g := range got[:3] {
 		first[g] = true
@@ -93,36 +64,12 @@ func TestWatchPrintsEachContainerOnce(t *testing.T) {
 	e.container("pve1", "901", "0", "1")
 	e.container("pve1", "902", "0")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var mu sync.Mutex
-	var got []string
-	seen := make(chan struct{}, 16)
-	done := make(chan error, 1)
-	go func() {
-		done <- e.controller(t, time.Second).Watch(ctx, func(ev Event) {
-			line := fmt.Sprintf("%s %s restart=%v", ev.Container.Key(), ev.Container.State, ev.Container.RestartRequired)
-			mu.Lock()
-			got = append(got, line)
-			mu.Unlock()
-			seen <- struct{}{}
-		})
-	}()
+	w := startWatch(t, e, func(ev Event) string {
+		return fmt.Sprintf("%s %s restart=%v", ev.Container.Key(), ev.Container.State, ev.Container.RestartRequired)
+	})
 	waitFor := func(line string) {
 		t.Helper()
-		for {
-			mu.Lock()
-			has := slices.Contains(got, line)
-			mu.Unlock()
-			if has {
-				return
-			}
-			select {
-			case <-seen:
-			case <-ctx.Done():
-				t.Fatalf("timed out waiting for %q, have %v", line, got)
-			}
-		}
+		w.waitUntil(strconv.Quote(line), func(got []string) bool { return slices.Contains(got, line) })
 	}
 	// The first state of both, from the Status call.
 	waitFor("pve1/901 ready restart=true")
@@ -131,12 +78,7 @@ func TestWatchPrintsEachContainerOnce(t *testing.T) {
 	// stream) before this change, so once the change is seen, 901's is too.
 	a.Update("902", func(c *agenttest.Container) { c.Guest, c.Lib = true, agenttest.KernelVersion })
 	waitFor("pve1/902 ready restart=false")
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
+	got := w.stop()
 	var of901 []string
 	for _, g := range got {
 		if strings.HasPrefix(g, "pve1/901 ") {
@@ -146,6 +88,68 @@ func TestWatchPrintsEachContainerOnce(t *testing.T) {
 	if diff := cmp.Diff(of901, []string{"pve1/901 ready restart=true"}); diff != "" {
 		t.Errorf("901's lines (-got +want); all: %q\n%s", got, diff)
 	}
+}
+
+// watchLog is the controller's Watch of an env's fleet running in the background, one line
+// per event.
+type watchLog struct {
+	t      *testing.T
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	got    []string
+	seen   chan struct{}
+	done   chan error
+}
+
+// startWatch starts the controller's Watch, keeping line(ev) of every event; it gives up
+// after 10 seconds.
+func startWatch(t *testing.T, e *env, line func(Event) string) *watchLog {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	w := &watchLog{t: t, ctx: ctx, cancel: cancel, seen: make(chan struct{}, 1), done: make(chan error, 1)}
+	go func() {
+		w.done <- e.controller(t, time.Second).Watch(ctx, func(ev Event) {
+			w.mu.Lock()
+			w.got = append(w.got, line(ev))
+			w.mu.Unlock()
+			select {
+			case w.seen <- struct{}{}:
+			default: // a wake-up is pending already
+			}
+		})
+	}()
+	return w
+}
+
+// waitUntil waits until cond holds of the lines so far (what names it in the failure).
+func (w *watchLog) waitUntil(what string, cond func(got []string) bool) {
+	w.t.Helper()
+	for {
+		w.mu.Lock()
+		ok, got := cond(w.got), slices.Clone(w.got)
+		w.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-w.seen:
+		case <-w.ctx.Done():
+			w.t.Fatalf("timed out waiting for %s, have %v", what, got)
+		}
+	}
+}
+
+// stop ends the watch and returns its lines.
+func (w *watchLog) stop() []string {
+	w.t.Helper()
+	w.cancel()
+	if err := <-w.done; err != nil {
+		w.t.Fatal(err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.got
 }
 
 func TestApplyProgressAndFailingHosts(t *testing.T) {
