@@ -59,6 +59,20 @@ func treeFromListing(t *testing.T, root, dir, listing string) {
 	}
 }
 
+// readShown is what `gpupass-host-agent driver show` printed on the captured host dir.
+func readShown(t *testing.T, dir string) Set {
+	t.Helper()
+	var shown Set
+	b, err := os.ReadFile(filepath.Join(dir, "driver-show.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &shown); err != nil {
+		t.Fatal(err)
+	}
+	return shown
+}
+
 func copyFixture(t *testing.T, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
@@ -76,14 +90,7 @@ func copyFixture(t *testing.T, src, dst string) {
 // the container with no NVIDIA files (g1) and for the one whose own old libnvidia-ml
 // 570.86.15 is still in its image (g2, switched to driver: host).
 func TestReplayH200(t *testing.T) {
-	var shown Set
-	b, err := os.ReadFile(filepath.Join(realH200, "driver-show.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &shown); err != nil {
-		t.Fatal(err)
-	}
+	shown := readShown(t, realH200)
 
 	t.Run("host: driver show", func(t *testing.T) {
 		root := t.TempDir()
@@ -173,14 +180,7 @@ const realH200Vendor = "../../testdata/real-gpu/h200-vendor-files"
 // template) each was a link to its copy under ContainerDir/conf, where the hook's
 // listing shows a file of the host's size.
 func TestReplayH200VendorFiles(t *testing.T) {
-	var shown Set
-	b, err := os.ReadFile(filepath.Join(realH200Vendor, "driver-show.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &shown); err != nil {
-		t.Fatal(err)
-	}
+	shown := readShown(t, realH200Vendor)
 	if len(shown.Configs) != 2 {
 		t.Fatalf("the capture's driver show lists %d vendor files, want the 2 the host has: %+v", len(shown.Configs), shown.Configs)
 	}
