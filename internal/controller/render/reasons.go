@@ -1,66 +1,39 @@
 package render
 
 import (
-	"slices"
-	"strings"
-
 	"gpupass/internal/controller"
 	pb "gpupass/proto/gpupass/v1"
 )
 
 // reasonTexts are ct's reasons as the tables, plan's text and watch lines show them:
-// device checks that fail alike (the same status and detail) are one entry naming their
-// devices in the order the guest checked them, so four nodes a device cgroup denies give
-// one hint, not the same hint four times. The JSON keeps every reason (reasons_detail).
+// reasons that differ only in their device are one naming the devices (pb.GroupByDevice),
+// in the order the guest checked them, so four nodes a device cgroup denies give one hint,
+// not the same hint four times. The JSON keeps every reason (reasons_detail).
 func reasonTexts(ct controller.Container) []string {
-	details := ct.ReasonsDetail()
+	var rs []*pb.Reason
+	for _, d := range ct.ReasonsDetail() {
+		k, ok := pb.ReasonKindOf(d.Kind)
+		if !ok {
+			rs = append(rs, pb.OtherReason(d.Text)) // the controller's own: as it is
+			continue
+		}
+		rs = append(rs, &pb.Reason{Kind: k, Text: d.Text, Device: d.Device, Want: d.Want, Got: d.Got, Detail: d.Detail})
+	}
 	checked := map[string]int{}
 	for i, d := range ct.Devices {
-		checked[d.Path] = i
+		checked[d.Path] = i + 1
 	}
-	deviceCheck := pb.ReasonKindName(pb.ReasonKind_REASON_KIND_DEVICE_CHECK)
-	type group struct {
-		at      int // index in out
-		devices []string
-		got     string
-		detail  string
-	}
-	var out []string
-	groups := map[string]*group{}
-	var order []*group
-	for _, d := range details {
-		if d.Kind != deviceCheck || d.Device == "" || d.Text != d.Device+": "+d.Got+": "+d.Detail {
-			out = append(out, d.Text)
-			continue
+	byCheck := func(a, b string) int {
+		ia, ib := checked[a], checked[b]
+		switch {
+		case ia == 0 && ib == 0:
+			return 0
+		case ia == 0:
+			return 1
+		case ib == 0:
+			return -1
 		}
-		key := d.Got + "\x00" + d.Detail
-		g, ok := groups[key]
-		if !ok {
-			g = &group{at: len(out), got: d.Got, detail: d.Detail}
-			groups[key] = g
-			order = append(order, g)
-			out = append(out, d.Text)
-		}
-		g.devices = append(g.devices, d.Device)
+		return ia - ib
 	}
-	for _, g := range order {
-		if len(g.devices) < 2 {
-			continue
-		}
-		slices.SortStableFunc(g.devices, func(a, b string) int {
-			ia, oka := checked[a]
-			ib, okb := checked[b]
-			switch {
-			case oka && okb:
-				return ia - ib
-			case oka:
-				return -1
-			case okb:
-				return 1
-			}
-			return strings.Compare(a, b)
-		})
-		out[g.at] = strings.Join(g.devices, ", ") + ": " + g.got + ": " + g.detail
-	}
-	return out
+	return pb.ReasonTexts(pb.GroupByDevice(rs, byCheck))
 }

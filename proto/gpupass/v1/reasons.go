@@ -2,6 +2,7 @@ package gpupassv1
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -194,39 +195,59 @@ func DetailsOf(texts []string, details []*Reason) []*Reason {
 	return out
 }
 
-// Brief is the reasons as one short line: reasons that differ only in their device (the
-// same kind, want, got and detail: four nodes a device cgroup denies) are one, naming the
-// devices in order ("guest reports /dev/nvidia1, /dev/nvidiactl denied by ..."); the others
-// stay as they are, in place; joined by "; ". For progress lines; data keeps every reason.
+// Brief is the reasons as one short line (GroupByDevice, joined by "; "): for progress
+// lines; data keeps every reason.
 func Brief(rs []*Reason) string {
+	return strings.Join(ReasonTexts(GroupByDevice(rs, nil)), "; ")
+}
+
+// GroupByDevice makes one of the reasons that differ only in their device (the same kind,
+// want, got and detail: four nodes a device cgroup denies), naming the devices ("guest
+// reports /dev/nvidia1, /dev/nvidiactl denied by ..."), at the first one's place; the
+// others stay as they are. The devices are in the reasons' order, or by order when given.
+// For short human output: the data keeps every reason.
+func GroupByDevice(rs []*Reason, order func(a, b string) int) []*Reason {
 	type group struct {
 		at      int
-		first   *Reason
 		devices []string
 	}
-	var parts []string
+	out := make([]*Reason, 0, len(rs))
 	groups := map[string]*group{}
-	var order []*group
 	for _, r := range rs {
-		if r.GetDevice() == "" || r.GetKind() == ReasonKind_REASON_KIND_OTHER || r.GetKind() == ReasonKind_REASON_KIND_UNSPECIFIED {
-			parts = append(parts, ReasonText(r))
+		k := r.GetKind()
+		if r.GetDevice() == "" || k == ReasonKind_REASON_KIND_OTHER || k == ReasonKind_REASON_KIND_UNSPECIFIED {
+			out = append(out, r)
 			continue
 		}
-		key := fmt.Sprint(int32(r.GetKind()), "\x00", r.GetWant(), "\x00", r.GetGot(), "\x00", r.GetDetail())
+		key := fmt.Sprint(int32(k), "\x00", r.GetWant(), "\x00", r.GetGot(), "\x00", r.GetDetail())
 		g, ok := groups[key]
 		if !ok {
-			g = &group{at: len(parts), first: r}
+			g = &group{at: len(out)}
 			groups[key] = g
-			order = append(order, g)
-			parts = append(parts, ReasonText(r))
+			out = append(out, r)
 		}
 		g.devices = append(g.devices, r.GetDevice())
 	}
-	for _, g := range order {
-		if len(g.devices) > 1 {
-			m := &Reason{Kind: g.first.GetKind(), Device: strings.Join(g.devices, ", "), Want: g.first.GetWant(), Got: g.first.GetGot(), Detail: g.first.GetDetail()}
-			parts[g.at] = RenderReason(m)
+	for _, g := range groups {
+		if len(g.devices) < 2 {
+			continue
+		}
+		if order != nil {
+			slices.SortStableFunc(g.devices, order)
+		}
+		first := out[g.at]
+		out[g.at] = NewReason(&Reason{Kind: first.GetKind(), Device: strings.Join(g.devices, ", "), Want: first.GetWant(), Got: first.GetGot(), Detail: first.GetDetail()})
+	}
+	return out
+}
+
+// ReasonKindOf is the kind whose ReasonKindName is name; ok is false for any other name
+// (the controller's own kinds, "Other", "Unknown").
+func ReasonKindOf(name string) (k ReasonKind, ok bool) {
+	for v := range ReasonKind_name {
+		if k := ReasonKind(v); k != ReasonKind_REASON_KIND_UNSPECIFIED && ReasonKindName(k) == name {
+			return k, true
 		}
 	}
-	return strings.Join(parts, "; ")
+	return ReasonKind_REASON_KIND_UNSPECIFIED, false
 }
