@@ -410,11 +410,7 @@ func (a *Agent) Serve(tb testing.TB, ln net.Listener, cfg *tls.Config) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if a.serveConn(ctx, c, cfg, mux, lg) {
-					a.mu.Lock()
-					a.resumed++
-					a.mu.Unlock()
-				}
+				a.serveConn(ctx, c, cfg, mux, lg)
 			}()
 		}
 	}()
@@ -427,8 +423,10 @@ func (a *Agent) Serve(tb testing.TB, ln net.Listener, cfg *tls.Config) string {
 	return a.Addr
 }
 
-// serveConn serves one connection; it reports whether its TLS handshake resumed a session.
-func (a *Agent) serveConn(ctx context.Context, c net.Conn, cfg *tls.Config, mux *wire.Mux, lg *log.Entry) (resumed bool) {
+// serveConn serves one connection. A resumed TLS handshake is counted as soon as it is
+// done, before the session is served: a client that has its answer and exits must find
+// its resumption counted (counting when the session ended raced the test's check).
+func (a *Agent) serveConn(ctx context.Context, c net.Conn, cfg *tls.Config, mux *wire.Mux, lg *log.Entry) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	defer c.Close()
@@ -438,19 +436,22 @@ func (a *Agent) serveConn(ctx context.Context, c net.Conn, cfg *tls.Config, mux 
 	cancel()
 	if err != nil {
 		lg.WithError(err).Debug("TLS handshake failed")
-		return false
+		return
 	}
-	resumed = tc.ConnectionState().DidResume
+	if tc.ConnectionState().DidResume {
+		a.mu.Lock()
+		a.resumed++
+		a.mu.Unlock()
+	}
 	s, err := wire.Server(ctx, tc, wire.Config{Role: pb.Role_ROLE_HOST_AGENT, Build: "agenttest", Log: lg}, mux)
 	if err != nil {
 		lg.WithError(err).Debug("hello failed")
-		return resumed
+		return
 	}
 	defer s.Close()
 	if err := s.Serve(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		lg.WithError(err).Debug("session ended")
 	}
-	return resumed
 }
 
 // Listen opens a loopback TCP listener closed at tb's cleanup.
