@@ -55,6 +55,7 @@ var scenarios = []scenario{
 	{"HostBoot_AgentReadyBeforePveGuests", testHostBootOrder},
 	{"DriverHost_UpgradeRestartsAndRealigns", testDriverHostUpgrade},
 	{"Contract_ModelStatusOfRunningContainers", testModelStatusOfRunningContainers},
+	{"Contract_ModelAppliesToRunningContainers", testModelAppliesToRunningContainers},
 }
 
 // TestE2E runs every scenario against real LXC containers, in parallel, on one fabric

@@ -25,6 +25,10 @@ type Agent struct {
 	Simulated bool
 	GPUs      []*pb.GPU
 	Driver    *pb.Driver
+	// CtlMinor, UVMMinor and UVMToolsMinor are the minors of /dev/nvidiactl,
+	// /dev/nvidia-uvm and /dev/nvidia-uvm-tools: a real host's 255, 0 and 1 (New). A
+	// simulated GPU host (test/e2e) backs them with other character devices.
+	CtlMinor, UVMMinor, UVMToolsMinor uint32
 	// Delay is slept (context-aware) before every answer; StepDelay between apply steps.
 	Delay, StepDelay time.Duration
 	// Hang makes every call wait until the caller gives up.
@@ -51,6 +55,7 @@ func New(name string) *Agent {
 		},
 		Driver: &pb.Driver{Loaded: true, KernelVersion: KernelVersion,
 			Majors: map[string]uint32{"nvidia-frontend": 195, "nvidia-uvm": 238, "nvidia-caps": 241}},
+		CtlMinor: 255, UVMMinor: 0, UVMToolsMinor: 1,
 		containers: map[string]*Container{},
 		changed:    make(chan struct{}),
 		calls:      map[string]int{},

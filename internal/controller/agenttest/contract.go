@@ -1,6 +1,9 @@
 package agenttest
 
 import (
+	"context"
+	"strings"
+
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -10,10 +13,9 @@ import (
 // containers where no start is asked (TestModelAppliesAsTheAgent: the results, the status
 // after, the progress steps in order, the config written) are held here without root
 // (contract_test.go); running containers, whose status comes from a real guest's report
-// and the host's evidence of a real container, in the e2e suite
-// (test/e2e Contract_ModelStatusOfRunningContainers), which drives real LXC containers.
-// The apply of a running container (restart, start, wait-ready) is not held: its steps
-// follow the agent's applyLocked by reading.
+// and the host's evidence of a real container, and applies that start, restart or wait
+// for a running container, in the e2e suite (test/e2e Contract_ModelStatusOfRunningContainers
+// and Contract_ModelAppliesToRunningContainers), which drives real LXC containers.
 
 // StatusView is what the controller's status output shows of a container's status.
 type StatusView struct {
@@ -59,4 +61,69 @@ func (a *Agent) StatusOf(id string, spec *pb.ContainerSpec) *pb.ContainerStatus 
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status(id, spec)
+}
+
+// PlanView is what the controller's plan output shows of a container's plan: the config
+// lines added and removed, whether it starts or restarts (and why), and the error.
+type PlanView struct {
+	Changes  []string
+	Start    bool
+	Restart  []string
+	RunState string
+	Error    string
+	Diff     string
+}
+
+// PlanViewOf is p's PlanView with a real host's paths put back: hostRoot (the agent's
+// host_root; "" for none) in front of the device nodes is dropped and guestDir (its
+// guest_socket_dir) reads /run/gpupass/guests. Lines in LXC's own format ("key = value",
+// the plain-LXC runtime) read in Proxmox's ("key: value"), the model's.
+func PlanViewOf(p *pb.ContainerPlan, hostRoot, guestDir string) PlanView {
+	real := func(s string) string {
+		s = strings.ReplaceAll(s, guestDir, "/run/gpupass/guests")
+		if hostRoot != "" {
+			s = strings.ReplaceAll(s, " "+hostRoot+"/dev/", " /dev/")
+		}
+		return s
+	}
+	v := PlanView{Start: p.GetStart(), Restart: p.GetRestart().GetReasons(), RunState: p.GetRunState(), Error: p.GetError(),
+		Diff: real(p.GetDiff())}
+	for _, c := range p.GetChanges() {
+		op := "+"
+		if c.GetOp() == pb.ConfigChange_OP_REMOVE {
+			op = "-"
+		}
+		line := real(c.GetLine())
+		if k, val, ok := strings.Cut(line, " = "); ok && strings.HasPrefix(k, "lxc.") && !strings.Contains(k, ":") {
+			line = k + ": " + val
+		}
+		v.Changes = append(v.Changes, op+" "+line)
+	}
+	return v
+}
+
+// ApplyView is what the controller shows of one container's apply: written, restarted,
+// started, whether it failed (the wording names the host's paths and digests), the status
+// after, the plan, and the steps its progress lines name, in order.
+type ApplyView struct {
+	Written, Restarted, Started, Failed bool
+	Status                              StatusView
+	Plan                                PlanView
+	Steps                               []string
+}
+
+// ApplyViewOf is r's ApplyView, given the steps its progress named and the host's paths
+// (as PlanViewOf).
+func ApplyViewOf(r *pb.ContainerResult, steps []string, hostRoot, guestDir string) ApplyView {
+	return ApplyView{Written: r.GetWritten(), Restarted: r.GetRestarted(), Started: r.GetStarted(), Failed: r.GetError() != "",
+		Status: StatusViewOf(r.GetStatus()), Plan: PlanViewOf(r.GetPlan(), hostRoot, guestDir), Steps: steps}
+}
+
+// Apply is the model's host.Apply as its handler answers it, each progress update sent to
+// progress.
+func (a *Agent) Apply(ctx context.Context, req *pb.ApplyRequest, progress func(*pb.ApplyProgress)) (*pb.ApplyResponse, error) {
+	return a.applyWith(ctx, req, func(p *pb.ApplyProgress) error {
+		progress(p)
+		return nil
+	})
 }

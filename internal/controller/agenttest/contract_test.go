@@ -44,39 +44,6 @@ func (stoppedRuntime) StartedConfig(context.Context, string, runtime.State) ([]b
 }
 func (r stoppedRuntime) LockPath(id string) string { return filepath.Join(r.dir, id+".lock") }
 
-// planView is what the controller's plan output shows of a container's plan: the config
-// lines added and removed, whether it starts or restarts (and why), and the error.
-type planView struct {
-	Changes  []string
-	Start    bool
-	Restart  []string
-	RunState string
-	Error    string
-	Diff     string
-}
-
-// viewOf is p's planView, with the agent's host root and guest socket directory put back
-// to a real host's ("/" and /run/gpupass/guests).
-func viewOf(p *pb.ContainerPlan, hostRoot, guestDir string) planView {
-	v := planView{Start: p.GetStart(), Restart: p.GetRestart().GetReasons(), RunState: p.GetRunState(), Error: p.GetError(),
-		Diff: strings.ReplaceAll(p.GetDiff(), guestDir, "/run/gpupass/guests")}
-	if hostRoot != "" {
-		v.Diff = strings.ReplaceAll(v.Diff, " "+hostRoot+"/dev/", " /dev/")
-	}
-	for _, c := range p.GetChanges() {
-		op := "+"
-		if c.GetOp() == pb.ConfigChange_OP_REMOVE {
-			op = "-"
-		}
-		line := strings.ReplaceAll(c.GetLine(), guestDir, "/run/gpupass/guests")
-		if hostRoot != "" {
-			line = strings.ReplaceAll(line, " "+hostRoot+"/dev/", " /dev/")
-		}
-		v.Changes = append(v.Changes, op+" "+line)
-	}
-	return v
-}
-
 // contractHost is a real agent on the pve-2gpu fixture host, its containers stopped with
 // their configs on disk (stoppedRuntime), beside the model with the agent's own GPUs and
 // driver: the setup of the contract tests.
@@ -177,7 +144,7 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if d := viewOf(got.GetContainers()[0], root, cfg.GuestSocketDir); len(d.Changes) > 0 || d.Error != "" {
+				if d := PlanViewOf(got.GetContainers()[0], root, cfg.GuestSocketDir); len(d.Changes) > 0 || d.Error != "" {
 					t.Fatalf("the model's rendering of GPUs %v is not what the agent writes: it would change %v %s", tt.have, d.Changes, d.Error)
 				}
 			}
@@ -185,8 +152,8 @@ func TestModelPlansAsTheAgent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := viewOf(resp.GetContainers()[0], root, cfg.GuestSocketDir)
-			want := viewOf(model.plan(tt.spec), "", "/run/gpupass/guests")
+			got := PlanViewOf(resp.GetContainers()[0], root, cfg.GuestSocketDir)
+			want := PlanViewOf(model.plan(tt.spec), "", "/run/gpupass/guests")
 			if tt.name == "unknown GPU" {
 				// Both refuse; the wording is the agent's (the model's names its GPUs alike).
 				if got.Error == "" || want.Error == "" {
@@ -299,29 +266,18 @@ func TestModelAppliesAsTheAgent(t *testing.T) {
 				}
 			}).GetContainers()[0]
 			var wantSteps []string
-			resp, err := model.applyWith(ctx, req, func(p *pb.ApplyProgress) error {
+			resp, err := model.Apply(ctx, req, func(p *pb.ApplyProgress) {
 				if p.GetContainerId() == id {
 					wantSteps = append(wantSteps, p.GetStep())
 				}
-				return nil
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			want := resp.GetContainers()[0]
 
-			type resultView struct {
-				Written, Restarted, Started, Failed bool
-				Status                              StatusView
-				Plan                                planView
-				Steps                               []string
-			}
-			view := func(r *pb.ContainerResult, p planView, steps []string) resultView {
-				return resultView{Written: r.GetWritten(), Restarted: r.GetRestarted(), Started: r.GetStarted(), Failed: r.GetError() != "",
-					Status: StatusViewOf(r.GetStatus()), Plan: p, Steps: steps}
-			}
-			gotV := view(got, viewOf(got.GetPlan(), h.root, h.cfg.GuestSocketDir), gotSteps)
-			wantV := view(want, viewOf(want.GetPlan(), "", "/run/gpupass/guests"), wantSteps)
+			gotV := ApplyViewOf(got, gotSteps, h.root, h.cfg.GuestSocketDir)
+			wantV := ApplyViewOf(want, wantSteps, "", "/run/gpupass/guests")
 			if tt.fails {
 				// Both refuse, each naming its own paths and digests (the model words its
 				// errors alike); the status says the error.

@@ -85,9 +85,9 @@ func (a *Agent) nodes(ms []uint32) []node {
 		out = append(out, node{fmt.Sprintf("/dev/nvidia%d", m), a.gpuMajor(), m})
 	}
 	return append(out,
-		node{"/dev/nvidiactl", a.gpuMajor(), 255},
-		node{"/dev/nvidia-uvm", a.uvmMajor(), 0},
-		node{"/dev/nvidia-uvm-tools", a.uvmMajor(), 1})
+		node{"/dev/nvidiactl", a.gpuMajor(), a.CtlMinor},
+		node{"/dev/nvidia-uvm", a.uvmMajor(), a.UVMMinor},
+		node{"/dev/nvidia-uvm-tools", a.uvmMajor(), a.UVMToolsMinor})
 }
 
 // lines renders the managed config entries for a GPU set as the real renderer does
@@ -240,7 +240,7 @@ func (a *Agent) restart(c *Container, style pb.Style, want []*pb.GPU) *pb.Restar
 }
 
 // isGPU reports whether n is a whole GPU's node (/dev/nvidia<N>).
-func (n node) isGPU(a *Agent) bool { return n.major == a.gpuMajor() && n.minor != 255 }
+func (n node) isGPU(a *Agent) bool { return n.major == a.gpuMajor() && n.minor != a.CtlMinor }
 
 // deviceChecks are the guest's checks of nodes in running container c: missing unless c
 // was started with them, denied when Denied, no-driver when the driver is not loaded.
