@@ -53,6 +53,13 @@ var simConfigs = []string{
 	"/usr/share/nvidia/nvidia-application-profiles-{version}-rc",
 }
 
+// simConfigLinks are the simulated host's vendor files that are absolute symbolic links,
+// as the H200 host's (testdata/real-gpu/h200-vendor-files): their targets exist only
+// under the host root, so Find and the hook must resolve them inside it.
+var simConfigLinks = map[string]string{
+	"/usr/share/vulkan/icd.d/nvidia_icd.json": "/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json",
+}
+
 // writeConfigs writes the simulated host's vendor files of version v, each reading
 // "<path> of the host\n", and neighbours that are not NVIDIA's driver's (Mesa's vendor
 // files, another version's profiles' documentation).
@@ -61,8 +68,19 @@ func writeConfigs(t *testing.T, root, v string) []string {
 	var paths []string
 	for _, c := range simConfigs {
 		p := strings.ReplaceAll(c, "{version}", v)
-		write(t, filepath.Join(root, p), p+" of the host\n", 0o644)
 		paths = append(paths, p)
+		if target, ok := simConfigLinks[p]; ok {
+			// As on the H200 host: an absolute link, which only resolves inside root.
+			write(t, filepath.Join(root, target), p+" of the host\n", 0o644)
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, filepath.Join(root, p)); err != nil && !errors.Is(err, os.ErrExist) {
+				t.Fatal(err)
+			}
+			continue
+		}
+		write(t, filepath.Join(root, p), p+" of the host\n", 0o644)
 	}
 	for _, p := range []string{"/usr/share/glvnd/egl_vendor.d/50_mesa.json", "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json", "/usr/share/egl/egl_external_platform.d/20_other.json", "/usr/share/nvidia/nvidia-application-profiles-" + v + "-key-documentation"} {
 		write(t, filepath.Join(root, p), "not the driver's vendor file\n", 0o644)

@@ -20,9 +20,9 @@ import (
 const realH200 = "../../testdata/real-gpu/h200-driver-host"
 
 // treeFromListing recreates a captured `ls -la --time-style=+` of dir under root: empty
-// regular files, the same symbolic links. An absolute link target is taken under root
-// (root stands for the host's /), so the link leads to the recreated file, not to the
-// test machine's.
+// regular files, the same symbolic links, targets as captured. An absolute target
+// (/usr/local/nvidia/...) names the host's /, which root stands for: Find resolves it
+// inside root (hostPath), never on the test machine.
 func treeFromListing(t *testing.T, root, dir, listing string) {
 	t.Helper()
 	b, err := os.ReadFile(listing)
@@ -46,11 +46,7 @@ func treeFromListing(t *testing.T, root, dir, listing string) {
 			if len(f) != 8 || f[6] != "->" {
 				t.Fatalf("listing %s: link line %q", listing, line)
 			}
-			target := f[7]
-			if filepath.IsAbs(target) {
-				target = filepath.Join(root, target)
-			}
-			if err := os.Symlink(target, p); err != nil {
+			if err := os.Symlink(f[7], p); err != nil {
 				t.Fatal(err)
 			}
 		case '-':
@@ -231,7 +227,7 @@ func TestReplayH200VendorFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range got.Configs {
-		content, err := os.ReadFile(filepath.Join(root, f.Path))
+		content, err := os.ReadFile(hostPath(root, f.Path))
 		if err != nil {
 			t.Fatalf("read %s through the replayed host's link: %v", f.Path, err)
 		}
