@@ -14,6 +14,7 @@ import (
 // (tailscale's tstest/deptest).
 var allowedDeps = []string{
 	"gpupass/agent-guest",
+	"gpupass/internal/atomicfile", // the one atomic write; imports only the standard library
 	"gpupass/internal/buildinfo",
 	"gpupass/internal/guest",
 	"gpupass/internal/log",

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"gpupass/internal/atomicfile"
 	pb "gpupass/proto/gpupass/v1"
 )
 
@@ -50,7 +51,7 @@ func NewMarker(dir string, pid int) (*Marker, error) {
 	if err := os.Remove(m.readyPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("make the ready marker: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(pid)+"\n")); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("make the ready marker: %w", err)
 	}
 	return m, nil
@@ -75,7 +76,7 @@ func (m *Marker) Update(r *pb.GuestReport) error {
 		}
 	}
 	if !bytes.Equal(b, m.last) {
-		if err := writeAtomic(filepath.Join(m.dir, StatusFile), b); err != nil {
+		if err := atomicfile.Write(filepath.Join(m.dir, StatusFile), b, 0o644); err != nil {
 			return fmt.Errorf("update the ready marker: %w", err)
 		}
 		m.last = b
@@ -95,7 +96,7 @@ func (m *Marker) setReady(ready bool) error {
 	}
 	var err error
 	if ready {
-		err = writeAtomic(m.readyPath(), nil)
+		err = atomicfile.Write(m.readyPath(), nil, 0o644)
 	} else if err = os.Remove(m.readyPath()); errors.Is(err, fs.ErrNotExist) {
 		err = nil
 	}
@@ -114,36 +115,6 @@ func (m *Marker) Close() error {
 		err = errors.Join(err, fmt.Errorf("remove the pid file: %w", e))
 	}
 	return err
-}
-
-// writeAtomic writes b to path through a temporary file in the same directory and a
-// rename, so readers see the old content or the new, never a part. (The guest agent
-// cannot import the host side's helper: its import graph is pinned.)
-func writeAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }
 
 // RunningAgent returns the PID of the guest agent that keeps dir, or 0 when none runs:

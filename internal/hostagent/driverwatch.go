@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"gpupass/internal/atomicfile"
 	"gpupass/internal/gpu"
 )
 
@@ -118,11 +119,8 @@ func (a *Agent) noteDriver(inv *gpu.Inventory) {
 		return
 	}
 	b, _ := json.Marshal(cur)
-	tmp := path + ".tmp"
 	if err := os.MkdirAll(a.cfg.StateDir, 0o755); err == nil {
-		if err := os.WriteFile(tmp, b, 0o644); err == nil {
-			_ = os.Rename(tmp, path)
-		}
+		_ = atomicfile.Write(path, b, 0o644)
 	}
 }
 

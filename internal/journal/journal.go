@@ -19,6 +19,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"gpupass/internal/atomicfile"
 )
 
 // Steps of one apply, in the order they happen.
@@ -169,7 +171,7 @@ func (op *Op) Done(outcome, detail string) error {
 	if err := os.MkdirAll(j.ConflictDir(), 0o700); err != nil {
 		return fmt.Errorf("record conflict: %w", err)
 	}
-	return writeFileSync(cf, b)
+	return atomicfile.Write(cf, b, 0o600)
 }
 
 func (op *Op) append(e Entry) error {
@@ -290,7 +292,7 @@ func (j *Journal) Quarantine(name string, why error) Broken {
 		b.Err = errors.Join(why, fmt.Errorf("quarantine: %w", err))
 		return b
 	}
-	_ = writeFileSync(dst+".why", []byte(why.Error()+"\n"))
+	_ = atomicfile.Write(dst+".why", []byte(why.Error()+"\n"), 0o600)
 	b.Quarantined = dst
 	return b
 }
@@ -367,25 +369,6 @@ func readEntries(path string) ([]Entry, error) {
 		return nil, fmt.Errorf("read journal %s: %w", filepath.Base(path), err)
 	}
 	return out, nil
-}
-
-func writeFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, werr := f.Write(b)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return syncDir(filepath.Dir(path))
 }
 
 func syncDir(dir string) error {
