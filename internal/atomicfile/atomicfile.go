@@ -1,8 +1,9 @@
 // Package atomicfile replaces a file's content all at once: a reader sees the old content or
 // the new, never a part of either, also after a crash. The host agent's records and apply
 // journal, the start records of the runtimes, the controller's certificates and TLS session
-// cache, and the guest agent's ready marker and status are written with it. (internal/pveconf writes container configs its own way: through pmxcfs, which
-// refuses chmod, with fault injection for its tests.)
+// cache, and the guest agent's ready marker and status are written with it.
+// (internal/pveconf writes container configs its own way: through pmxcfs, which refuses
+// chmod, with fault injection for its tests.)
 package atomicfile
 
 import (
