@@ -35,10 +35,12 @@ uninstall: ## remove what make install copied
 test: build ## run unit and integration tests (root + LXC parts skip locally without them, never with CI=true)
 	$(GO) test -count=1 -timeout 20m ./...
 
-lint: ## gofmt, go vet, staticcheck (pinned), go mod tidy drift, systemd unit checks
+lint: ## gofmt, go vet, staticcheck and deadcode (pinned), go mod tidy drift, systemd unit checks
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GOBIN)/staticcheck ./...
+	@out=$$($(GOBIN)/deadcode -test ./... 2>/tmp/gpupass-deadcode.err) || { cat /tmp/gpupass-deadcode.err; exit 1; }; \
+	  if [ -n "$$out" ]; then echo "unreachable code (deadcode -test, also from tests): delete it"; echo "$$out"; exit 1; fi
 	@cp go.mod /tmp/gpupass.go.mod.bak; cp go.sum /tmp/gpupass.go.sum.bak; $(GO) mod tidy; \
 	  if ! git diff --quiet -- go.mod go.sum; then echo "go mod tidy changes go.mod/go.sum"; git --no-pager diff -- go.mod go.sum; exit 1; fi
 	@./scripts/check-units.sh

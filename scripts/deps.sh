@@ -7,13 +7,14 @@
 #   scripts/deps.sh [test]  all of the above, and what lint, the protobuf drift check and
 #                           the tests need: protoc, iproute2, rsync, systemd's unit verifier,
 #                           lintian (the .deb packages), prometheus (promtool: alert rules),
-#                           uidmap, the pinned Go tools (protoc-gen-go, staticcheck), and
+#                           uidmap, the pinned Go tools (protoc-gen-go, staticcheck, deadcode), and
 #                           root:100000:65536 in /etc/subuid and /etc/subgid (unprivileged
 #                           test containers)
 set -euo pipefail
 
 PROTOC_GEN_GO_VERSION=v1.36.12
 STATICCHECK_VERSION=v0.8.2
+DEADCODE_VERSION=v0.52.0 # golang.org/x/tools
 DEMO_PKGS=(lxc busybox-static make git ca-certificates)
 TEST_PKGS=(lxc-templates uidmap protobuf-compiler iproute2 rsync systemd lintian prometheus)
 
@@ -54,6 +55,10 @@ fi
 if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
   echo "deps: go install staticcheck@$STATICCHECK_VERSION"
   go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
+if ! go version -m "$GOBIN/deadcode" 2>/dev/null | grep -q "golang.org/x/tools[[:space:]]*$DEADCODE_VERSION"; then
+  echo "deps: go install deadcode@$DEADCODE_VERSION"
+  go install "golang.org/x/tools/cmd/deadcode@$DEADCODE_VERSION"
 fi
 
 # Unprivileged test containers need subordinate ids for root.

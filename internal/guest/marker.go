@@ -87,9 +87,6 @@ func (m *Marker) Update(r *pb.GuestReport) error {
 	return nil
 }
 
-// Ready says whether the marker is there.
-func (m *Marker) Ready() bool { return m.ready }
-
 func (m *Marker) setReady(ready bool) error {
 	if ready == m.ready {
 		return nil

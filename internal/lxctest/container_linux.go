@@ -211,9 +211,6 @@ func (c *Container) Rootfs() string { return filepath.Join(c.lxcpath, c.name, "r
 // LogPath is the LXC debug log of the latest start.
 func (c *Container) LogPath() string { return filepath.Join(c.lxcpath, c.name, "lxctest.log") }
 
-// Unprivileged reports whether the container maps its ids.
-func (c *Container) Unprivileged() bool { return c.unpriv }
-
 // AppendConfig appends lines to the config file (for example after the start, to show that
 // the running container does not see them).
 func (c *Container) AppendConfig(t testing.TB, lines ...string) {

@@ -104,9 +104,6 @@ func RootfsTarball(t testing.TB, kind Kind) string {
 	return r.path
 }
 
-// SystemdRootfs is RootfsTarball(t, KindSystemd).
-func SystemdRootfs(t testing.TB) string { return RootfsTarball(t, KindSystemd) }
-
 func findOrBuildRootfs(flavor string) (string, error) {
 	if flavor == "" {
 		return "", errors.New("no rootfs tarball for this kind")

@@ -108,11 +108,6 @@ func IsDriverHook(value string) bool {
 	return len(f) >= 3 && strings.HasPrefix(filepath.Base(f[0]), "gpupass-host-agent") && f[1] == "driver" && f[2] == "hook"
 }
 
-// IsManaged is NewMatcher(inv).IsManaged(key, value).
-func IsManaged(inv *gpu.Inventory, key, value string) bool {
-	return NewMatcher(inv).IsManaged(key, value)
-}
-
 func (m *Matcher) staleCandidate(key, value string, keep map[uint32]bool) bool {
 	if key != KeyAllow && key != KeyAllowV1 {
 		return false
@@ -259,13 +254,7 @@ func (m *Matcher) ManagedSet(cfg *pveconf.Config) []string {
 	return out
 }
 
-// ManagedSet is NewMatcher(nil).ManagedSet(cfg): without an inventory, allow rules are
-// recognised only by adjacency to path-based entries (major 195 and the dynamic ranges),
-// so prefer (*Matcher).ManagedSet with the host's inventory, or Result.Set for the
-// desired side.
-func ManagedSet(cfg *pveconf.Config) []string { return NewMatcher(nil).ManagedSet(cfg) }
-
-// EntrySet is ManagedSet's form of rendered entries.
+// EntrySet is (*Matcher).ManagedSet's form of rendered entries.
 func EntrySet(entries []pveconf.Entry) []string {
 	if len(entries) == 0 {
 		return nil

@@ -99,9 +99,6 @@ type Entry struct {
 	Key, Value string
 }
 
-// String is "key=value", the format-independent form.
-func (e Entry) String() string { return e.Key + "=" + e.Value }
-
 // ParseError names the line of the input that is not valid.
 type ParseError struct {
 	Line int

@@ -31,9 +31,6 @@ func (r *Reverter) Add(name string, fn func(ctx context.Context) error) {
 	r.undos = append(r.undos, Undo{Name: name, Fn: fn})
 }
 
-// Len is the number of registered undos.
-func (r *Reverter) Len() int { return len(r.undos) }
-
 // Success drops the undos: the change is kept.
 func (r *Reverter) Success() { r.undos = nil }
 
