@@ -224,15 +224,20 @@ func explainContainer(d *Diagnosis) []Finding {
 			}
 			out = append(out, f)
 		} else if p.GetRestart().GetRequired() {
-			out = append(out, Finding{
+			f := Finding{
 				Problem: "the running container does not have what its config now says: " + strings.Join(p.GetRestart().GetReasons(), "; "),
 				Cause:   "the config was edited after the container started; mount entries and cgroup rules only take effect at start",
 				Fix:     apply + " (it restarts the container)",
-			})
+			}
+			for _, r := range p.GetRestart().GetDetails() {
+				f.explains = append(f.explains, r.GetKind())
+			}
+			out = append(out, f)
 		}
 		if p.GetStart() {
 			out = append(out, Finding{Problem: "the container is stopped and " + file + " asks for it to run",
-				Cause: "it was stopped, or failed to start", Fix: apply})
+				Cause: "it was stopped, or failed to start", Fix: apply,
+				explains: []pb.ReasonKind{pb.ReasonKind_REASON_KIND_CONTAINER_STOPPED}})
 		}
 		out = append(out, pveFindings(d, p, apply)...)
 	}
@@ -436,15 +441,12 @@ var guestAgentKinds = []pb.ReasonKind{
 	pb.ReasonKind_REASON_KIND_GUEST_SILENT,
 }
 
-// explained reports whether a host reason is covered by a finding: a finding that
-// explains its kind, one whose problem quotes it, or, for a device check, one about the
-// same device.
+// explained reports whether a host reason is covered by a finding: by its kind (a finding
+// that explains it) or, for a device check, by a finding about the same device; never by
+// matching its text.
 func explained(reason *pb.Reason, fs []Finding) bool {
 	for _, f := range fs {
 		if slices.Contains(f.explains, reason.GetKind()) {
-			return true
-		}
-		if strings.Contains(f.Problem, pb.ReasonText(reason)) {
 			return true
 		}
 		if reason.GetKind() == pb.ReasonKind_REASON_KIND_DEVICE_CHECK && slices.Contains(f.devices, reason.GetDevice()) {

@@ -20,6 +20,7 @@ func TestExplain(t *testing.T) {
 	dev := func(path string, st pb.DeviceStatus, major, minor uint32) *pb.DeviceCheck {
 		return &pb.DeviceCheck{Path: path, Status: st, Major: major, Minor: minor}
 	}
+	startedWith := pb.NewReason(&pb.Reason{Kind: pb.ReasonKind_REASON_KIND_STARTED_WITH_RULE, Got: "lxc.cgroup2.devices.allow=c 195:1 rwm"})
 	running := func(devs ...*pb.DeviceCheck) *pb.ContainerStatus {
 		return &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true, NetworkOk: true,
 			Devices: devs, Driver: &pb.DriverVersions{Kernel: "580.95.05", Userspace: "580.95.05"}}
@@ -50,6 +51,11 @@ func TestExplain(t *testing.T) {
 			Status: running(dev("/dev/nvidia0", pb.DeviceStatus_DEVICE_STATUS_MISSING, 0, 0))},
 			[]string{"the running container does not have what its config now says", "/dev/nvidia0 is missing in the container"},
 			[]string{"gpupass apply -f fleet.yaml (it restarts the container)", "gpupass apply"}},
+		// The status repeats the plan's restart reasons (same kinds): one finding, by kind.
+		{"restart reasons in the status", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true,
+			Plan: &pb.ContainerPlan{Restart: &pb.RestartDecision{Required: true, Reasons: pb.ReasonTexts([]*pb.Reason{startedWith}), Details: []*pb.Reason{startedWith}}},
+			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true, RestartRequired: true, Details: []*pb.Reason{startedWith}}},
+			[]string{"the running container does not have what its config now says: running container was started with"}, []string{"it restarts the container"}},
 		{"stopped", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
 			Status: &pb.ContainerStatus{Id: "901", State: "stopped", RunState: "stopped"}},
 			[]string{"the container is stopped"}, []string{"pct start 901 on pve1"}},
