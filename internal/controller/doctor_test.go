@@ -53,7 +53,7 @@ func TestExplain(t *testing.T) {
 			[]string{"gpupass apply -f fleet.yaml (it restarts the container)", "gpupass apply"}},
 		// The status repeats the plan's restart reasons (same kinds): one finding, by kind.
 		{"restart reasons in the status", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true,
-			Plan: &pb.ContainerPlan{Restart: &pb.RestartDecision{Required: true, Reasons: pb.ReasonTexts([]*pb.Reason{startedWith}), Details: []*pb.Reason{startedWith}}},
+			Plan:   &pb.ContainerPlan{Restart: &pb.RestartDecision{Required: true, Reasons: pb.ReasonTexts([]*pb.Reason{startedWith}), Details: []*pb.Reason{startedWith}}},
 			Status: &pb.ContainerStatus{Id: "901", State: "not-ready", RunState: "running", GuestConnected: true, RestartRequired: true, Details: []*pb.Reason{startedWith}}},
 			[]string{"the running container does not have what its config now says: running container was started with"}, []string{"it restarts the container"}},
 		{"stopped", Diagnosis{Host: host, Inventory: loaded, Entry: entry, InFleet: true, Plan: &pb.ContainerPlan{},
