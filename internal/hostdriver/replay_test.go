@@ -19,6 +19,10 @@ import (
 // cache the driver hook built in the containers and what their guest agents reported.
 const realH200 = "../../testdata/real-gpu/h200-driver-host"
 
+// realH200Unprivileged is the same proof's later run (scripts/driver-host/proof.sh, g3): an
+// unprivileged container (root mapped to 100000) with driver: host on the H200 host.
+const realH200Unprivileged = "../../testdata/real-gpu/h200-driver-host-unprivileged"
+
 // treeFromListing recreates a captured `ls -la --time-style=+` of dir under root: empty
 // regular files, the same symbolic links, targets as captured. An absolute target
 // (/usr/local/nvidia/...) names the host's /, which root stands for: Find resolves it
@@ -112,17 +116,18 @@ func TestReplayH200(t *testing.T) {
 	})
 
 	for _, tc := range []struct {
-		name, container, report string
-		ownOld                  bool
+		name, dir, container, report string
+		ownOld                       bool
 	}{
-		{name: "g1: no NVIDIA files in the template", container: "g1", report: "guest-g1.json"},
-		{name: "g2: own libnvidia-ml 570.86.15, switched to driver: host", container: "g2", report: "guest-g2-host.json", ownOld: true},
+		{name: "g1: no NVIDIA files in the template", dir: realH200, container: "g1", report: "guest-g1.json"},
+		{name: "g2: own libnvidia-ml 570.86.15, switched to driver: host", dir: realH200, container: "g2", report: "guest-g2-host.json", ownOld: true},
+		{name: "g3: unprivileged (root is 100000), no NVIDIA files", dir: realH200Unprivileged, container: "g3", report: "guest-g3-unprivileged.json"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
-			copyFixture(t, filepath.Join(realH200, "fixture", tc.container, "ld.so.cache"), filepath.Join(root, "etc/ld.so.cache"))
+			copyFixture(t, filepath.Join(tc.dir, "fixture", tc.container, "ld.so.cache"), filepath.Join(root, "etc/ld.so.cache"))
 			lib := filepath.Join(root, ContainerDir, "lib")
-			for _, f := range shown.Libs {
+			for _, f := range readShown(t, tc.dir).Libs {
 				write(t, filepath.Join(lib, f.Name), "", 0o644)
 				for _, l := range links(f) {
 					if err := os.Symlink(f.Name, filepath.Join(lib, l)); err != nil {
@@ -138,7 +143,7 @@ func TestReplayH200(t *testing.T) {
 				}
 			}
 			var rep guest.JSONReport
-			b, err := os.ReadFile(filepath.Join(realH200, tc.report))
+			b, err := os.ReadFile(filepath.Join(tc.dir, tc.report))
 			if err != nil {
 				t.Fatal(err)
 			}

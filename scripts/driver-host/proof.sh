@@ -5,8 +5,10 @@
 # files at start). Inside: nvidia-smi -L, a dynamically linked CUDA program (cudacheck.c:
 # dlopen libcuda.so.1, cuInit, cuDeviceGetCount), and the guest agent's report (kernel =
 # userspace, source host). Then a container with an OLD own libnvidia-ml: reported as
-# mismatched, switched to driver: host, back matching. Everything it saw lands under $OUT
-# (at most 7 files) as the fixture internal/hostdriver TestReplayH200 replays.
+# mismatched, switched to driver: host, back matching. Then an UNPRIVILEGED container (root
+# mapped to 100000, as Proxmox creates them by default) with driver: host: the same checks.
+# Everything it saw lands under $OUT (7 files; the configs are in the fixture); the fixture
+# internal/hostdriver TestReplayH200 replays.
 #
 # Prepare on the development machine, in the repo root (a folder git ignores, carried):
 #   mkdir -p .gpuhost/driver/bin .gpuhost/driver/deps && cd .gpuhost/driver
@@ -89,7 +91,7 @@ note "g1: busybox, no NVIDIA files; conf apply --driver host"
 mkrootfs g1
 ls -R $S/lxc/g1/rootfs | grep -ci nvidia
 "$B/gpupass-host-agent" conf apply --conf $S/lxc/g1/config --gpus 0 --driver host --state-dir $S/state; echo "conf apply rc=$?"
-cp $S/lxc/g1/config "$OUT/g1.config"
+mkdir -p $F/g1; cp $S/lxc/g1/config $F/g1/config
 expect g1 > $S/lxc/g1/rootfs/etc/expect.json
 start g1
 att g1 ls /usr/lib/gpupass-driver/lib | wc -l
@@ -99,7 +101,7 @@ att g1 nvidia-smi -L; echo "nvidia-smi rc=$?"
 t0=$(ts); att g1 cudacheck; echo "cudacheck rc=$? in $(ms $t0 $(ts)) ms"
 att g1 gpupass-guest-agent --once -o json --expect-file /etc/expect.json > "$OUT/guest-g1.json"; echo "guest rc=$?"
 cat "$OUT/guest-g1.json" | head -c 1500; echo
-mkdir -p $F/g1; cp $S/lxc/g1/rootfs/etc/ld.so.cache $F/g1/ld.so.cache
+cp $S/lxc/g1/rootfs/etc/ld.so.cache $F/g1/ld.so.cache
 att g1 ls -l /usr/lib/gpupass-driver/lib /usr/lib/gpupass-driver/bin > $F/g1/ls.txt
 att g1 cat /usr/lib/gpupass-driver/source > $F/g1/source
 timeout 20 lxc-stop -n g1 -P $S/lxc -k
@@ -126,4 +128,26 @@ grep -o '"driver":{[^}]*}' "$OUT/guest-g2-host.json"
 att g2 cudacheck; echo "cudacheck rc=$?"
 mkdir -p $F/g2; cp $R/etc/ld.so.cache $F/g2/ld.so.cache; att g2 ls -l /usr/lib/gpupass-driver/lib > $F/g2/ls.txt
 timeout 20 lxc-stop -n g2 -P $S/lxc -k
+note "g3: UNPRIVILEGED busybox (root is 100000), no NVIDIA files; conf apply --driver host"
+# The hook runs for a user-namespaced container: the agent it names must be reachable by
+# any user, so this container's agent is a copy under /opt.
+mkdir -p /opt/gpupass-bin; cp "$B/gpupass-host-agent" /opt/gpupass-bin/; chmod 0755 /opt/gpupass-bin /opt/gpupass-bin/*
+mkrootfs g3
+printf 'lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n' >> $S/lxc/g3/config
+/opt/gpupass-bin/gpupass-host-agent conf apply --conf $S/lxc/g3/config --gpus 0 --driver host --state-dir $S/state; echo "conf apply (unprivileged) rc=$?"
+mkdir -p $F/g3; cp $S/lxc/g3/config $F/g3/config
+expect g3 > $S/lxc/g3/rootfs/etc/expect.json
+chown -R 100000:100000 $S/lxc/g3/rootfs
+start g3
+att g3 cat /proc/self/uid_map
+att g3 cat /usr/lib/gpupass-driver/source
+att g3 sh -c 'touch /usr/lib/gpupass-driver/lib/x; echo touch-rc=$?'
+att g3 sh -c 'echo x >> /usr/lib/gpupass-driver/lib/libcuda.so.1; echo append-rc=$?'
+att g3 nvidia-smi -L; echo "nvidia-smi rc=$?"
+t0=$(ts); att g3 cudacheck; echo "cudacheck rc=$? in $(ms $t0 $(ts)) ms"
+att g3 gpupass-guest-agent --once -o json --expect-file /etc/expect.json > "$OUT/guest-g3-unprivileged.json"; echo "guest rc=$?"
+grep -o '"ready": *[a-z]*' "$OUT/guest-g3-unprivileged.json" | head -1
+cp $S/lxc/g3/rootfs/etc/ld.so.cache $F/g3/ld.so.cache; att g3 ls -l /usr/lib/gpupass-driver/lib > $F/g3/ls.txt
+timeout 20 lxc-stop -n g3 -P $S/lxc -k
+note "g3 again (every start)"; start g3; att g3 cudacheck; echo "cudacheck rc=$?"; timeout 20 lxc-stop -n g3 -P $S/lxc -k
 tar -C $F -cf "$OUT/fixture.tar" . ; ls -la "$OUT"; note done
