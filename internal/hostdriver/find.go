@@ -114,7 +114,7 @@ var libRE = regexp.MustCompile(`^(libcuda|libcudadebugger|libnv[a-z0-9_-]*|lib[A
 // libnvidia-ml of another version and none of the module's, it returns ErrMismatch naming
 // both versions and where.
 func Find(root string) (*Set, error) {
-	vb, err := os.ReadFile(hostPath(root, "/proc/driver/nvidia/version"))
+	vb, err := hostReadFile(root, "/proc/driver/nvidia/version")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("read /proc/driver/nvidia/version: %w", ErrNoDriver)
 	}
@@ -129,7 +129,7 @@ func Find(root string) (*Set, error) {
 	others := map[string][]string{} // libnvidia-ml versions that are not the module's -> dirs
 	seen := map[string]bool{}
 	for _, dir := range libDirs(root) {
-		ents, err := os.ReadDir(hostPath(root, dir))
+		ents, err := hostReadDir(root, dir)
 		if err != nil {
 			continue
 		}
@@ -148,14 +148,14 @@ func Find(root string) (*Set, error) {
 			if seen[e.Name()] {
 				continue
 			}
-			fi, err := os.Stat(hostPath(root, filepath.Join(dir, e.Name())))
+			fi, err := hostStat(root, filepath.Join(dir, e.Name()))
 			if err != nil || !fi.Mode().IsRegular() {
 				continue
 			}
 			seen[e.Name()] = true
 			took = true
 			p := filepath.Join(dir, e.Name())
-			set.Libs = append(set.Libs, File{Name: e.Name(), Path: p, Soname: soname(hostPath(root, p))})
+			set.Libs = append(set.Libs, File{Name: e.Name(), Path: p, Soname: soname(root, p)})
 		}
 		if took {
 			set.Dirs = append(set.Dirs, dir)
@@ -206,7 +206,7 @@ func libDirs(root string) []string {
 			out = append(out, d)
 		}
 	}
-	if b, err := readCapped(hostPath(root, "/etc/ld.so.cache"), 16<<20); err == nil {
+	if b, err := hostReadCapped(root, "/etc/ld.so.cache", 16<<20); err == nil {
 		if entries, err := guest.ParseLdCache(b); err == nil {
 			for _, e := range entries {
 				if libRE.MatchString(filepath.Base(resolveIn(root, e.Value))) || strings.HasPrefix(e.Key, "libnvidia-ml.so") || strings.HasPrefix(e.Key, "libcuda.so") {
@@ -231,7 +231,7 @@ func findTools(root string, libDirs []string) []File {
 	for _, t := range Tools {
 		for _, d := range dirs {
 			p := filepath.Join(d, t)
-			if fi, err := os.Stat(hostPath(root, p)); err == nil && fi.Mode().IsRegular() {
+			if fi, err := hostStat(root, p); err == nil && fi.Mode().IsRegular() {
 				out = append(out, File{Name: t, Path: p})
 				break
 			}
@@ -250,7 +250,7 @@ func findConfigs(root, version string) []File {
 			dir, pat := filepath.Split(p)
 			var cands []string
 			if strings.Contains(pat, "*") {
-				ents, err := os.ReadDir(hostPath(root, dir))
+				ents, err := hostReadDir(root, dir)
 				if err != nil {
 					continue
 				}
@@ -264,7 +264,7 @@ func findConfigs(root, version string) []File {
 			}
 			for _, n := range cands {
 				hp := filepath.Join(dir, n)
-				if fi, err := os.Stat(hostPath(root, hp)); err == nil && fi.Mode().IsRegular() {
+				if fi, err := hostStat(root, hp); err == nil && fi.Mode().IsRegular() {
 					out = append(out, File{Name: n, Path: hp})
 				}
 			}
@@ -274,8 +274,13 @@ func findConfigs(root, version string) []File {
 	return out
 }
 
-// soname is the ELF DT_SONAME of the library at path ("" when it has none or is no ELF).
-func soname(path string) string {
+// soname is the ELF DT_SONAME of the host's library at p ("" when it has none or is no
+// ELF).
+func soname(root, p string) string {
+	path, err := hostPath(root, p)
+	if err != nil {
+		return ""
+	}
 	f, err := elf.Open(path)
 	if err != nil {
 		return ""
@@ -290,7 +295,11 @@ func soname(path string) string {
 
 // resolveIn follows a host path's last symbolic link (within root) to the file's name.
 func resolveIn(root, p string) string {
-	t, err := os.Readlink(filepath.Join(hostPath(root, filepath.Dir(p)), filepath.Base(p)))
+	dir, err := hostPath(root, filepath.Dir(p))
+	if err != nil {
+		return p
+	}
+	t, err := os.Readlink(filepath.Join(dir, filepath.Base(p)))
 	if err != nil {
 		return p
 	}
@@ -305,6 +314,41 @@ func join(root, p string) string {
 		return p
 	}
 	return filepath.Join(root, p)
+}
+
+// hostStat, hostReadDir and hostReadFile are os.Stat, os.ReadDir and os.ReadFile of a
+// host path under root (hostPath).
+func hostStat(root, p string) (os.FileInfo, error) {
+	hp, err := hostPath(root, p)
+	if err != nil {
+		return nil, err
+	}
+	return os.Stat(hp)
+}
+
+func hostReadDir(root, p string) ([]os.DirEntry, error) {
+	hp, err := hostPath(root, p)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadDir(hp)
+}
+
+func hostReadFile(root, p string) ([]byte, error) {
+	hp, err := hostPath(root, p)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(hp)
+}
+
+// hostReadCapped reads a host path under root, at most limit bytes.
+func hostReadCapped(root, p string, limit int64) ([]byte, error) {
+	hp, err := hostPath(root, p)
+	if err != nil {
+		return nil, err
+	}
+	return readCapped(hp, limit)
 }
 
 func readCapped(path string, limit int64) ([]byte, error) {

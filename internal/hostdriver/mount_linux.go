@@ -89,7 +89,7 @@ func Mount(o MountOptions) (*Mounted, error) {
 		}
 	}
 	for _, f := range set.Libs {
-		if err := bindFile(hostPath(o.Root, f.Path), filepath.Join(tm, "lib", f.Name)); err != nil {
+		if err := bindFile(o.Root, f.Path, filepath.Join(tm, "lib", f.Name)); err != nil {
 			return nil, err
 		}
 		for _, l := range links(f) {
@@ -99,7 +99,7 @@ func Mount(o MountOptions) (*Mounted, error) {
 		}
 	}
 	for _, f := range set.Tools {
-		if err := bindFile(hostPath(o.Root, f.Path), filepath.Join(tm, "bin", f.Name)); err != nil {
+		if err := bindFile(o.Root, f.Path, filepath.Join(tm, "bin", f.Name)); err != nil {
 			return nil, err
 		}
 	}
@@ -108,7 +108,7 @@ func Mount(o MountOptions) (*Mounted, error) {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return nil, fmt.Errorf("create %s/conf%s: %w", ContainerDir, filepath.Dir(f.Path), err)
 		}
-		if err := bindFile(hostPath(o.Root, f.Path), dst); err != nil {
+		if err := bindFile(o.Root, f.Path, dst); err != nil {
 			return nil, err
 		}
 	}
@@ -197,7 +197,11 @@ func provideConfig(rootfd int, root string, f File) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("the container's own %s is not a regular file: left as it is", f.Path)
 	}
-	return bindOver(hostPath(root, f.Path), fd)
+	src, err := hostPath(root, f.Path)
+	if err != nil {
+		return fmt.Errorf("bind the host's %s: %w", f.Path, err)
+	}
+	return bindOver(src, fd)
 }
 
 // bindOver binds src read-only over the file fd (O_PATH) names. The bind is made
@@ -260,8 +264,13 @@ func dropStaleLinks(rootfd int, set *Set) []string {
 	return warnings
 }
 
-// bindFile binds src read-only onto a new empty file dst (bindRO).
-func bindFile(src, dst string) error {
+// bindFile binds the host's file p (under root: hostPath) read-only onto a new empty file
+// dst (bindRO).
+func bindFile(root, p, dst string) error {
+	src, err := hostPath(root, p)
+	if err != nil {
+		return fmt.Errorf("bind the host's %s: %w", p, err)
+	}
 	if err := os.WriteFile(dst, nil, 0o644); err != nil {
 		return fmt.Errorf("create %s: %w", dst, err)
 	}

@@ -232,7 +232,7 @@ func TestReplayH200VendorFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range got.Configs {
-		content, err := os.ReadFile(hostPath(root, f.Path))
+		content, err := hostReadFile(root, f.Path)
 		if err != nil {
 			t.Fatalf("read %s through the replayed host's link: %v", f.Path, err)
 		}
