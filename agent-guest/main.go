@@ -117,7 +117,7 @@ const gcPercent = 25
 // mapped pages): near it the runtime collects and returns freed pages to the kernel at
 // once rather than keeping them. Without it a busy agent's RSS (a report every 20 ms in
 // TestBinary/rss_and_systemd_notify) was 9.5-9.8 MiB and once, under CI's load, 4 KiB
-// over the 10 MiB budget; with 7 MiB it is 9.0-9.2 MiB at the same report rate (6 MiB
+// over the 10 MiB budget; with 7 MiB it is 9.0-9.5 MiB at the same report rate (6 MiB
 // saved little more and cost a third of the reports: the collector ran all the time).
 const memoryLimit = 7 << 20
 
