@@ -59,6 +59,16 @@ func treeFromListing(t *testing.T, root, dir, listing string) {
 	}
 }
 
+// withoutSonames is s with its libraries' sonames blanked: Find reads them from the ELF
+// files, which the fixtures do not carry.
+func withoutSonames(s Set) Set {
+	s.Libs = append([]File(nil), s.Libs...)
+	for i := range s.Libs {
+		s.Libs[i].Soname = ""
+	}
+	return s
+}
+
 // readShown is what `gpupass-host-agent driver show` printed on the captured host dir.
 func readShown(t *testing.T, dir string) Set {
 	t.Helper()
@@ -104,12 +114,7 @@ func TestReplayH200(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Sonames come from the ELF files, which the fixture does not carry.
-		want := shown
-		want.Libs = append([]File(nil), shown.Libs...)
-		for i := range want.Libs {
-			want.Libs[i].Soname = ""
-		}
+		want := withoutSonames(shown)
 		if diff := cmp.Diff(*got, want); diff != "" {
 			t.Errorf("Find on the captured host vs the real driver show (-replay +real):\n%s", diff)
 		}
@@ -214,11 +219,7 @@ func TestReplayH200VendorFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := shown
-	want.Libs = append([]File(nil), shown.Libs...)
-	for i := range want.Libs {
-		want.Libs[i].Soname = "" // from the ELF files, which the fixture does not carry
-	}
+	want := withoutSonames(shown)
 	if diff := cmp.Diff(*got, want); diff != "" {
 		t.Errorf("Find on the captured host vs the real driver show (-replay +real):\n%s", diff)
 	}
